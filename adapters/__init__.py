@@ -1,0 +1,1 @@
+"""Framework bridges: numpy .npz now; PyTorch and ONNX in later issues."""

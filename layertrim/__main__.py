@@ -1,0 +1,5 @@
+import sys
+
+from layertrim.cli import main
+
+sys.exit(main())

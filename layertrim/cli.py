@@ -1,0 +1,76 @@
+"""The ``layertrim`` command line: ``solve`` one layer, list ``methods``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from layertrim.adapters.npz import atomic_savez, load_layer
+from layertrim.api import methods, solve_layer
+from layertrim.errors import InvalidInputError
+from layertrim.report import format_result
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="layertrim", description="Layer-wise pruning without retraining.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("solve", help="prune one layer stored as .npz (keys W, X or H, optional b)")
+    s.add_argument("layer", help="input .npz with W (m x d), X (n x d) or H (d x d), optional b")
+    s.add_argument("--method", default="sparsegpt", help="solver name (see `layertrim methods`)")
+    target = s.add_mutually_exclusive_group()
+    target.add_argument("--sparsity", type=float, help="fraction of weights to remove, in [0, 1)")
+    target.add_argument("--nnz", type=int, help="number of weights to keep")
+    s.add_argument("--pattern", default="layer", help="layer | row | N:M (e.g. 2:4)")
+    s.add_argument("--refit", action="store_true", help="exact least-squares refit on the mask")
+    s.add_argument("--seed", type=int, default=None, help="seed for the random solver")
+    s.add_argument("--out", help="output .npz (W, mask, b); written atomically")
+
+    sub.add_parser("methods", help="list the solvers")
+    return p
+
+
+def _solve(args) -> int:
+    data = load_layer(args.layer)
+    gram = None
+    if data["H"] is not None:
+        gram = data["H"]
+    options = {} if args.seed is None else {"seed": args.seed}
+    result = solve_layer(
+        data["W"], data["X"], gram=gram, bias=data["b"], sparsity=args.sparsity, nnz=args.nnz,
+        method=args.method, pattern=args.pattern, refit=args.refit, **options,
+    )
+    print(format_result(result))
+    if args.out:
+        arrays = {"W": result.W.astype(data["W"].dtype), "mask": result.mask}
+        if result.bias is not None:
+            arrays["b"] = result.bias.astype(data["b"].dtype)
+        arrays["rel_error"] = np.float64(result.rel_error)
+        arrays["sparsity"] = np.float64(result.sparsity)
+        path = atomic_savez(args.out, protect=(args.layer,), **arrays)
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "methods":
+            items = methods()
+            width = max(len(k) for k in items)
+            for name, desc in items.items():
+                print(f"{name.ljust(width)}  {desc}")
+            return 0
+        return _solve(args)
+    except InvalidInputError as e:
+        print(f"layertrim: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the output folder is not writable
+        print(f"layertrim: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

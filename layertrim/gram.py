@@ -1,0 +1,100 @@
+"""Streaming Gram accumulator: H = X^T X in float64 without ever holding all n rows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from layertrim.errors import InvalidInputError
+
+
+def _as_batch(name: str, X, d: int) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim == 1:
+        X = X[None, :]
+    if X.ndim != 2:
+        raise InvalidInputError(f"{name} batch must be 2-D (rows are samples), got ndim={X.ndim}")
+    if X.shape[1] != d:
+        raise InvalidInputError(f"{name} batch has {X.shape[1]} columns, expected d={d}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise InvalidInputError(f"{name} batch must be numeric, got dtype {X.dtype}")
+    if not np.all(np.isfinite(X)):
+        raise InvalidInputError(f"{name} batch contains NaN or Inf")
+    return X
+
+
+class Gram:
+    """Accumulates H = X^T X, the column sums of X and n, batch by batch, in float64.
+
+    Memory is O(d^2) whatever n is. With ``d0`` set, it also accumulates the cascade cross
+    term C = X^T X0 between the (pruned-network) inputs X and the original inputs X0.
+
+    Parameters
+    ----------
+    d : int
+        Number of input features (columns of X).
+    d0 : int, optional
+        Number of columns of X0 for the cross term; usually equal to d.
+
+    Examples
+    --------
+    >>> g = Gram(3)
+    >>> for batch in np.array_split(np.ones((10, 3)), 4):
+    ...     g.update(batch)
+    >>> g.n, g.H[0, 0]
+    (10, 10.0)
+    """
+
+    def __init__(self, d: int, d0: int | None = None) -> None:
+        if int(d) <= 0:
+            raise InvalidInputError(f"Gram dimension d must be positive, got {d}")
+        self.d = int(d)
+        self.d0 = None if d0 is None else int(d0)
+        self.n = 0
+        self.H = np.zeros((self.d, self.d), dtype=np.float64)
+        self.sum = np.zeros(self.d, dtype=np.float64)
+        self.cross = None if d0 is None else np.zeros((self.d, self.d0), dtype=np.float64)
+        self.sum0 = None if d0 is None else np.zeros(self.d0, dtype=np.float64)
+
+    def update(self, X, X0=None) -> Gram:
+        """Add one batch of rows (n_b x d); with a cross term, also its X0 batch (n_b x d0)."""
+        X = _as_batch("X", X, self.d).astype(np.float64, copy=False)
+        if self.cross is not None:
+            if X0 is None:
+                raise InvalidInputError("this Gram tracks the cross term: pass X0 with every batch")
+            X0 = _as_batch("X0", X0, self.d0).astype(np.float64, copy=False)
+            if X0.shape[0] != X.shape[0]:
+                raise InvalidInputError(
+                    f"X has {X.shape[0]} rows but X0 has {X0.shape[0]}: they must pair up"
+                )
+            self.cross += X.T @ X0
+            self.sum0 += X0.sum(axis=0)
+        elif X0 is not None:
+            raise InvalidInputError("X0 given but this Gram was built without d0 (no cross term)")
+        self.H += X.T @ X
+        self.sum += X.sum(axis=0)
+        self.n += X.shape[0]
+        return self
+
+    @classmethod
+    def from_data(cls, X, batch_size: int = 4096) -> Gram:
+        """Accumulate a whole array in batches (bounds the float64 temporary to one batch)."""
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise InvalidInputError(f"X must be 2-D (n x d), got shape {X.shape}")
+        g = cls(X.shape[1])
+        for start in range(0, X.shape[0], batch_size):
+            g.update(X[start : start + batch_size])
+        return g
+
+    def augmented(self) -> np.ndarray:
+        """The (d+1) x (d+1) Gram of [X, 1]: what a layer with a bias is solved on."""
+        Ha = np.empty((self.d + 1, self.d + 1), dtype=np.float64)
+        Ha[: self.d, : self.d] = self.H
+        Ha[: self.d, self.d] = self.sum
+        Ha[self.d, : self.d] = self.sum
+        Ha[self.d, self.d] = self.n
+        return Ha
+
+    def __repr__(self) -> str:
+        cross = "" if self.cross is None else f", d0={self.d0}"
+        return f"Gram(d={self.d}{cross}, n={self.n})"

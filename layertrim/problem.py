@@ -1,0 +1,224 @@
+"""The layer problem: keep a layer's outputs on the calibration data while making it sparse.
+
+A dense layer maps x in R^d to z = W x + b with W in R^{m x d}. With calibration inputs X
+(n x d), every least-squares solver needs only the Gram matrix H = X^T X. A layer with a bias
+is solved on inputs augmented with a ones column, so its Gram is (d+1) x (d+1) and the bias is
+the last, never-pruned column of the augmented weights [W, b].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from layertrim.errors import InvalidInputError
+from layertrim.gram import Gram
+from layertrim.pattern import Pattern
+
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "sigmoid", "gelu", "other")
+
+
+def _finite_matrix(name: str, A, ndim: int) -> np.ndarray:
+    A = np.asarray(A)
+    if A.ndim != ndim:
+        raise InvalidInputError(f"{name} must be {ndim}-D, got shape {A.shape}")
+    if not np.issubdtype(A.dtype, np.number) or np.iscomplexobj(A):
+        raise InvalidInputError(f"{name} must be a real numeric array, got dtype {A.dtype}")
+    if not np.all(np.isfinite(A)):
+        raise InvalidInputError(f"{name} contains NaN or Inf")
+    return A
+
+
+@dataclass
+class LayerProblem:
+    """A validated single-layer pruning problem. Build it with :meth:`create`.
+
+    Attributes
+    ----------
+    W0 : (m, d) float64 original weights.
+    bias : (m,) float64 or None.
+    H : Gram of the solve inputs, float64: (d, d), or (d+1, d+1) with a bias (ones column last).
+    X : (n, d) calibration inputs, or None (only solvers with per-sample constraints need it).
+    activation : the layer's activation kind (the least-squares solvers ignore it).
+    pattern : the sparsity pattern.
+    nnz : exact number of weights of W kept (the bias is never counted or pruned).
+    """
+
+    W0: np.ndarray
+    bias: np.ndarray | None
+    H: np.ndarray
+    X: np.ndarray | None
+    activation: str
+    pattern: Pattern
+    nnz: int
+    options: dict = field(default_factory=dict)
+
+    @property
+    def m(self) -> int:
+        return self.W0.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.W0.shape[1]
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / (self.m * self.d)
+
+    @property
+    def W0a(self) -> np.ndarray:
+        """Augmented weights [W0, b] (a view-free copy only when there is a bias)."""
+        if self.bias is None:
+            return self.W0
+        return np.hstack([self.W0, self.bias[:, None]])
+
+    @property
+    def row_nnz(self) -> int:
+        """Kept weights per row for the ``row`` and ``N:M`` patterns."""
+        return self.nnz // self.m
+
+    @classmethod
+    def create(
+        cls,
+        W,
+        X=None,
+        *,
+        gram=None,
+        bias=None,
+        sparsity: float | None = None,
+        nnz: int | None = None,
+        pattern: str | Pattern = "layer",
+        activation: str = "linear",
+    ) -> LayerProblem:
+        """Validate inputs and build the problem.
+
+        Parameters
+        ----------
+        W : (m, d) array, the trained weights.
+        X : (n, d) array, calibration inputs. Either X or ``gram`` is required.
+        gram : a :class:`Gram`, or an array H = X^T X of shape (d, d); with a bias, a raw array
+            must be the (d+1, d+1) Gram of [X, 1] (a Gram object carries what is needed).
+        bias : (m,) array, optional.
+        sparsity : fraction of weights to remove, in [0, 1).
+        nnz : number of weights to keep, in [1, m*d] (alternative to ``sparsity``).
+        pattern : ``"layer"``, ``"row"`` or ``"N:M"``.
+        activation : one of ``ACTIVATIONS``.
+        """
+        W0 = _finite_matrix("W", W, 2).astype(np.float64)
+        m, d = W0.shape
+        if m == 0 or d == 0:
+            raise InvalidInputError(f"W must be non-empty, got shape {W0.shape}")
+        b = None
+        if bias is not None:
+            b = _finite_matrix("bias", bias, 1).astype(np.float64)
+            if b.shape[0] != m:
+                raise InvalidInputError(f"bias has length {b.shape[0]} but W has m={m} rows")
+        if activation not in ACTIVATIONS:
+            raise InvalidInputError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+
+        Xarr = None
+        if X is not None:
+            Xarr = _finite_matrix("X", X, 2)
+            if Xarr.shape[1] != d:
+                raise InvalidInputError(
+                    f"shape mismatch: X has {Xarr.shape[1]} columns but W has d={d} inputs"
+                )
+        H = _gram_matrix(gram, Xarr, d, with_bias=b is not None)
+
+        pat = Pattern.parse(pattern)
+        pat.check_width(d)
+        k = _target_nnz(pat, m, d, sparsity, nnz)
+        return cls(W0, b, H, Xarr, activation, pat, k)
+
+    def objective(self, Wa: np.ndarray) -> float:
+        """Reconstruction error tr((Wa - W0a) H (Wa - W0a)^T) = ||Xa (Wa - W0a)^T||_F^2."""
+        D = Wa - self.W0a
+        return float(np.einsum("ij,ij->", D @ self.H, D))
+
+    def reference_energy(self) -> float:
+        """||Xa W0a^T||_F^2, the denominator of the relative error."""
+        W = self.W0a
+        return float(np.einsum("ij,ij->", W @ self.H, W))
+
+    def mean_diag(self) -> float:
+        """mean(diag H) over the real inputs: the scale that dampening is relative to."""
+        md = float(np.mean(np.diag(self.H)[: self.d]))
+        return md if md > 0 else 1.0
+
+
+def _gram_matrix(gram, X, d: int, *, with_bias: bool) -> np.ndarray:
+    if gram is None and X is None:
+        raise InvalidInputError("pass calibration inputs X or a Gram matrix (gram=)")
+    if gram is None:
+        g = Gram.from_data(X)
+        return g.augmented() if with_bias else g.H
+    if isinstance(gram, Gram):
+        if gram.d != d:
+            raise InvalidInputError(f"shape mismatch: Gram has d={gram.d} but W has d={d} inputs")
+        if gram.n == 0:
+            raise InvalidInputError("the Gram accumulator is empty (no batch was added)")
+        return gram.augmented() if with_bias else gram.H.copy()
+    H = _finite_matrix("H", gram, 2).astype(np.float64)
+    want = d + 1 if with_bias else d
+    if H.shape != (want, want):
+        hint = " (with a bias, H must be the Gram of [X, 1])" if with_bias else ""
+        raise InvalidInputError(
+            f"shape mismatch: H has shape {H.shape}, expected ({want}, {want}){hint}"
+        )
+    scale = max(float(np.max(np.abs(H))), 1e-300)
+    if np.max(np.abs(H - H.T)) > 1e-8 * scale:
+        raise InvalidInputError("H is not symmetric: it must be a Gram matrix X^T X")
+    if np.any(np.diag(H) < 0):
+        raise InvalidInputError("H has a negative diagonal entry: it is not a Gram matrix X^T X")
+    return H
+
+
+def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
+    total = m * d
+    if sparsity is not None and nnz is not None:
+        raise InvalidInputError("give either sparsity (a fraction) or nnz (a count), not both")
+    if sparsity is not None:
+        if isinstance(sparsity, bool) or not np.isscalar(sparsity):
+            raise InvalidInputError(f"sparsity must be a number, got {sparsity!r}")
+        s = float(sparsity)
+        if not (0.0 <= s < 1.0):  # also rejects NaN
+            raise InvalidInputError(f"sparsity {sparsity!r} is outside [0, 1)")
+    if nnz is not None:
+        if isinstance(nnz, bool) or int(nnz) != nnz:
+            raise InvalidInputError(f"nnz must be an integer count, got {nnz!r}")
+        nnz = int(nnz)
+        if nnz > total:
+            raise InvalidInputError(f"nnz={nnz} exceeds the m*d={total} weights of the layer")
+        if nnz < 1:
+            raise InvalidInputError(f"nnz={nnz}: at least one weight must be kept")
+
+    if pat.kind == "nm":
+        k = total // pat.m * pat.n
+        if sparsity is not None and abs(s - (1 - pat.n / pat.m)) > 1e-9:
+            raise InvalidInputError(
+                f"pattern {pat} fixes sparsity at {1 - pat.n / pat.m:g}, but sparsity={s:g} given"
+            )
+        if nnz is not None and nnz != k:
+            raise InvalidInputError(f"pattern {pat} keeps exactly {k} weights, but nnz={nnz} given")
+        return k
+    if sparsity is None and nnz is None:
+        raise InvalidInputError("missing sparsity target: give sparsity (fraction) or nnz (count)")
+    if pat.kind == "row":
+        if nnz is not None:
+            if nnz % m:
+                raise InvalidInputError(
+                    f"pattern row keeps the same count in each of the m={m} rows: "
+                    f"nnz={nnz} is not a multiple of m"
+                )
+            return nnz
+        per_row = d - int(round(s * d))
+        if per_row < 1:
+            raise InvalidInputError(f"sparsity {s:g} leaves no weight in a row of d={d} inputs")
+        return per_row * m
+    if nnz is not None:
+        return nnz
+    k = total - int(round(s * total))
+    if k < 1:
+        raise InvalidInputError(f"sparsity {s:g} leaves no weight among m*d={total}")
+    return k

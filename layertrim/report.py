@@ -1,0 +1,36 @@
+"""Plain-text tables for the CLI and the demo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence], *, title: str = "") -> str:
+    """Left-aligned first column, right-aligned others; values are pre-formatted strings."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(vals):
+        out = [vals[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(vals[1:], widths[1:])]
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    lines = ([title] if title else []) + [line(list(headers)), sep] + [line(r) for r in cells]
+    return "\n".join(lines)
+
+
+def format_result(result) -> str:
+    """A short report of one LayerResult."""
+    m, d = result.W.shape
+    rows = [
+        ("method", result.solver),
+        ("layer", f"{m} x {d}" + (" + bias" if result.bias is not None else "")),
+        ("pattern", result.pattern),
+        ("sparsity", f"{result.sparsity:.4f}  ({result.nnz} of {m * d} weights kept)"),
+        ("relative error", f"{result.rel_error:.4e}"),
+        ("time", f"{result.wall_time:.3f} s"),
+        ("status", result.status),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

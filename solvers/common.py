@@ -1,0 +1,57 @@
+"""Turning a solver's raw output into a LayerResult with its error measured from H."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from layertrim.problem import LayerProblem
+from layertrim.result import LayerResult
+
+
+def finalize(
+    problem: LayerProblem,
+    Wa: np.ndarray,
+    mask: np.ndarray,
+    *,
+    solver: str,
+    settings: dict,
+    t0: float,
+    iterations: int,
+    status: str = "solved",
+    history: list | None = None,
+) -> LayerResult:
+    """Zero the pruned weights exactly, split off the bias and measure the error.
+
+    ``Wa`` is the augmented m x (d+1) matrix [W, b] when the problem has a bias, else m x d.
+    ``t0`` is the ``time.perf_counter()`` value at the solver's start.
+    """
+    d = problem.d
+    mask = np.asarray(mask, dtype=bool)
+    Wa = np.array(Wa, dtype=np.float64, copy=True)
+    Wa[:, :d] = np.where(mask, Wa[:, :d], 0.0)
+    wall = time.perf_counter() - t0
+    obj = problem.objective(Wa)
+    ref = problem.reference_energy()
+    if ref > 0:
+        rel = obj / ref
+    else:  # the layer's output is identically zero on the data
+        rel = 0.0 if obj == 0 else float("inf")
+    nnz = int(mask.sum())
+    return LayerResult(
+        W=Wa[:, :d],
+        mask=mask,
+        bias=Wa[:, d].copy() if problem.bias is not None else None,
+        objective=obj,
+        rel_error=rel,
+        sparsity=1.0 - nnz / mask.size,
+        nnz=nnz,
+        iterations=iterations,
+        wall_time=wall,
+        solver=solver,
+        settings=dict(settings),
+        status=status,
+        pattern=str(problem.pattern),
+        history=list(history or []),
+    )

@@ -1,0 +1,115 @@
+"""Exact least-squares refit of the kept weights on a fixed mask.
+
+For each output row with kept set S (plus the bias column when there is one) and pruned set P:
+
+    minimize (w - w0)^T Hd (w - w0)  s.t.  w_P = 0,        Hd = H + lambda I,
+
+whose optimum is w_S = w0_S + Hd_SS^{-1} Hd_SP w0_P (the "support" form, O(|S|^3) per row),
+or equivalently, with G = Hd^{-1}, w = w0 - G_{:,P} (G_PP)^{-1} w0_P (the OBS "complement" form,
+O(|P|^3) per row after one O(d^3) inverse). The cheaper form is used per group of rows sharing
+a size, and rows of a group are solved as one batched LAPACK call. lambda = damp * mean(diag H)
+keeps singular H (dead inputs, n < d) solvable: among equally good solutions it picks the one
+closest to w0, and for a full-rank H with a tiny damp it is the plain least-squares optimum.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from layertrim.errors import InvalidInputError
+from layertrim.problem import LayerProblem
+from layertrim.result import LayerResult
+from layertrim.solvers.common import finalize
+
+_BATCH_BYTES = 256 * 2**20  # cap on the stacked (rows x s x s) systems held at once
+
+
+def _support_form(Hd, W0a, keep, rows, out):
+    """Rows whose kept set (incl. bias) has the same size s: solve Hd_SS dS = Hd_SP w0_P."""
+    s = int(keep[rows[0]].sum())
+    pruned_w0 = np.where(keep[rows], 0.0, W0a[rows])
+    Y = pruned_w0 @ Hd  # row i holds (Hd w0_P) for every column; Hd is symmetric
+    chunk = max(1, _BATCH_BYTES // (8 * s * s))
+    for c0 in range(0, len(rows), chunk):
+        r = rows[c0 : c0 + chunk]
+        idx = np.nonzero(keep[r])[1].reshape(len(r), s)
+        A = Hd[idx[:, :, None], idx[:, None, :]]
+        rhs = np.take_along_axis(Y[c0 : c0 + chunk], idx, axis=1)
+        delta = np.linalg.solve(A, rhs[:, :, None])[:, :, 0]
+        w = np.zeros((len(r), W0a.shape[1]))
+        np.put_along_axis(w, idx, np.take_along_axis(W0a[r], idx, axis=1) + delta, axis=1)
+        out[r] = w
+
+
+def _complement_form(G, W0a, keep, rows, out):
+    """Rows whose pruned set has the same size p: w = w0 - G_{:,P} (G_PP)^{-1} w0_P."""
+    p = int((~keep[rows[0]]).sum())
+    dp = W0a.shape[1]
+    chunk = max(1, _BATCH_BYTES // (8 * p * (p + dp)))
+    for c0 in range(0, len(rows), chunk):
+        r = rows[c0 : c0 + chunk]
+        idx = np.nonzero(~keep[r])[1].reshape(len(r), p)
+        Gpp = G[idx[:, :, None], idx[:, None, :]]
+        w0p = np.take_along_axis(W0a[r], idx, axis=1)
+        mu = np.linalg.solve(Gpp, w0p[:, :, None])[:, :, 0]
+        w = W0a[r] - np.einsum("rpd,rp->rd", G[idx], mu)
+        w[~keep[r]] = 0.0
+        out[r] = w
+
+
+def refit(
+    problem: LayerProblem, mask: np.ndarray, *, damp: float = 1e-8, form: str = "auto"
+) -> LayerResult:
+    """Exact least-squares optimum of the layer on a fixed mask.
+
+    Parameters
+    ----------
+    problem : the layer problem (its H, W0 and bias are used).
+    mask : (m, d) bool, True where a weight may be nonzero.
+    damp : ridge lambda relative to mean(diag H); the bias, if any, is always kept and refit.
+    form : "auto" (cheaper of the two per row group), "support" or "complement".
+
+    Returns
+    -------
+    LayerResult with ``solver="refit"``; ``iterations`` is the number of rows solved.
+    """
+    t0 = time.perf_counter()
+    mask = np.asarray(mask)
+    if mask.shape != problem.W0.shape:
+        raise InvalidInputError(f"mask has shape {mask.shape}, expected {problem.W0.shape}")
+    if mask.dtype != bool:
+        raise InvalidInputError(f"mask must be boolean, got dtype {mask.dtype}")
+    if form not in ("auto", "support", "complement"):
+        raise InvalidInputError(f"form must be 'auto', 'support' or 'complement', got {form!r}")
+    if not (damp >= 0):
+        raise InvalidInputError(f"damp must be >= 0, got {damp}")
+    W0a = problem.W0a
+    m, dp = W0a.shape
+    keep = np.ones((m, dp), dtype=bool)
+    keep[:, : problem.d] = mask
+    lam = damp * problem.mean_diag()
+    Hd = problem.H.copy()
+    Hd[np.diag_indices_from(Hd)] += lam
+    if lam == 0:
+        # dead inputs make H singular; give them a unit diagonal so their (zero) rows solve
+        dead = np.diag(Hd) == 0
+        Hd[dead, dead] = 1.0
+
+    out = np.zeros_like(W0a)
+    s_counts = keep.sum(axis=1)
+    G = None
+    for s in np.unique(s_counts):
+        rows = np.flatnonzero(s_counts == s)
+        p = dp - int(s)
+        if p == 0:
+            out[rows] = W0a[rows]
+        elif form == "complement" or (form == "auto" and p < s // 2):
+            if G is None:
+                G = np.linalg.inv(Hd)
+            _complement_form(G, W0a, keep, rows, out)
+        else:
+            _support_form(Hd, W0a, keep, rows, out)
+    return finalize(problem, out, mask, solver="refit", settings={"damp": damp, "form": form},
+                    t0=t0, iterations=m)

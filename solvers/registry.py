@@ -1,0 +1,77 @@
+"""Solvers registered by name; every one is ``solve(problem, **options) -> LayerResult``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from layertrim.errors import InvalidInputError
+from layertrim.problem import LayerProblem
+from layertrim.result import LayerResult
+
+SolverFn = Callable[..., LayerResult]
+
+
+@dataclass(frozen=True)
+class SolverEntry:
+    name: str
+    fn: SolverFn
+    description: str
+
+
+_REGISTRY: dict[str, SolverEntry] = {}
+
+
+def register(name: str, description: str) -> Callable[[SolverFn], SolverFn]:
+    """Decorator: register ``fn`` under ``name`` with a one-line description."""
+
+    def wrap(fn: SolverFn) -> SolverFn:
+        if name in _REGISTRY:
+            raise RuntimeError(f"solver {name!r} registered twice")
+        _REGISTRY[name] = SolverEntry(name, fn, description)
+        return fn
+
+    return wrap
+
+
+def get_solver(name: str) -> SolverEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise InvalidInputError(f"unknown method {name!r}; known methods: {known}") from None
+
+
+def available() -> dict[str, str]:
+    """Registered solver names mapped to their one-line descriptions, sorted by name."""
+    return {k: _REGISTRY[k].description for k in sorted(_REGISTRY)}
+
+
+def run(problem: LayerProblem, method: str, *, refit: bool = False, **options) -> LayerResult:
+    """Run solver ``method`` on ``problem``; with ``refit=True`` follow it by the exact refit."""
+    entry = get_solver(method)
+    _check_options(entry, options)
+    result = entry.fn(problem, **options)
+    if not refit:
+        return result
+    from layertrim.solvers.refit import refit as refit_fn
+
+    refitted = refit_fn(problem, result.mask)
+    refitted.solver = f"{result.solver}+refit"
+    refitted.wall_time += result.wall_time
+    refitted.iterations += result.iterations
+    refitted.settings = {**result.settings, "refit": refitted.settings}
+    return refitted
+
+
+def _check_options(entry: SolverEntry, options: dict) -> None:
+    params = inspect.signature(entry.fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InvalidInputError(
+            f"solver {entry.name!r} has no option(s) {unknown}; its options are {allowed}"
+        )
