@@ -1,9 +1,8 @@
-"""Layers as .npz files: read W, X or H, optional b; write results atomically."""
+"""Layers as .npz files: read W, X or H, optional b (results go out via layertrim.atomic)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -39,32 +38,3 @@ def load_layer(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if "X" not in data and "H" not in data:
         raise InvalidInputError(f"{path}: missing key 'X' or 'H' (found {sorted(data)})")
     return {k: data.get(k) for k in ("W", "X", "H", "b")}
-
-
-def atomic_savez(path: str | os.PathLike, *, protect: tuple = (), **arrays) -> Path:
-    """Write ``arrays`` to ``path`` as .npz via a temp file in the same folder and a rename.
-
-    A reader never sees a half-written file, and a crash leaves any earlier file intact.
-    Refuses to write over any path in ``protect`` (the inputs).
-    """
-    path = Path(path)
-    for p in protect:
-        if Path(p).exists() and path.exists() and os.path.samefile(p, path):
-            raise InvalidInputError(f"refusing to overwrite the input file {p} with the output")
-        if Path(p).resolve() == path.resolve():
-            raise InvalidInputError(f"refusing to overwrite the input file {p} with the output")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InvalidInputError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 
-from layertrim.adapters.npz import atomic_savez, load_layer
+from layertrim.adapters.npz import load_layer
+from layertrim.atomic import atomic_savez
 from layertrim.api import methods, solve_layer
 from layertrim.errors import InvalidInputError
 from layertrim.report import format_result

@@ -1,0 +1,52 @@
+"""Atomic file output: a temp file in the target folder, fsync, then rename over the target.
+
+A reader never sees a half-written file, and a crash leaves any earlier file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from layertrim.errors import InvalidInputError
+
+
+def _write_atomically(path: Path, mode: str, write: Callable) -> Path:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidInputError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_savez(path: str | os.PathLike, *, protect: tuple = (), **arrays) -> Path:
+    """Write ``arrays`` as an .npz at exactly ``path``; refuse to replace any path in ``protect``."""
+    path = Path(path)
+    for p in protect:
+        same = Path(p).resolve() == path.resolve() or (
+            Path(p).exists() and path.exists() and os.path.samefile(p, path)
+        )
+        if same:
+            raise InvalidInputError(f"refusing to overwrite the input file {p} with the output")
+    return _write_atomically(path, "wb", lambda f: np.savez(f, **arrays))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text (JSON reports, manifests) atomically, creating the folder if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write_atomically(path, "w", lambda f: f.write(text))

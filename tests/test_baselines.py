@@ -1,0 +1,135 @@
+"""Baseline solvers: exact counts, pattern validity, ordering of quality, OBS exactness."""
+
+import numpy as np
+import pytest
+
+import layertrim as lt
+from layertrim import LayerProblem, refit
+from layertrim.solvers import run
+from layertrim.solvers.masks import is_valid_mask
+
+from .conftest import correlated_inputs
+
+SOLVERS = ["magnitude", "random", "wanda", "sparsegpt"]
+PATTERNS = ["layer", "row", "2:4", "4:8", "1:4"]
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_exact_nonzero_count_and_valid_pattern(layer, method, pattern, with_bias):
+    W, X, b = layer
+    n_m = pattern not in ("layer", "row")
+    kwargs = {} if n_m else {"sparsity": 0.63}
+    r = lt.solve_layer(W, X, bias=b if with_bias else None, method=method, pattern=pattern,
+                       **kwargs)
+    P = LayerProblem.create(W, X, pattern=pattern, **kwargs)
+    assert is_valid_mask(r.mask, P.pattern, P.nnz)
+    assert r.nnz == P.nnz == int(r.mask.sum())
+    assert np.count_nonzero(r.W) <= P.nnz
+    assert np.all(r.W[~r.mask] == 0)
+    assert r.sparsity == pytest.approx(1 - P.nnz / W.size)
+    assert (r.bias is not None) == with_bias
+    # the error reported from H equals the error measured on X itself
+    Xa = np.hstack([X, np.ones((len(X), 1))]) if with_bias else X
+    Wa = np.hstack([r.W, r.bias[:, None]]) if with_bias else r.W
+    W0a = np.hstack([W, b[:, None]]) if with_bias else W
+    direct = np.linalg.norm(Xa @ (Wa - W0a).T) ** 2 / np.linalg.norm(Xa @ W0a.T) ** 2
+    assert r.rel_error == pytest.approx(direct, rel=1e-9)
+
+
+@pytest.mark.parametrize("nnz", [1, 7, 12 * 32])
+def test_layer_count_given_as_nnz(layer, nnz):
+    W, X, _ = layer
+    for method in SOLVERS:
+        r = lt.solve_layer(W, X, nnz=nnz, method=method)
+        assert r.nnz == nnz
+
+
+def test_sparsity_zero_keeps_the_layer(layer):
+    W, X, b = layer
+    for method in SOLVERS:
+        r = lt.solve_layer(W, X, bias=b, sparsity=0.0, method=method)
+        assert r.rel_error < 1e-20
+        np.testing.assert_allclose(r.W, W, atol=1e-10)
+
+
+def test_quality_order_on_correlated_inputs():
+    """sparsegpt < wanda <= magnitude in relative error, on average over seeds."""
+    errs = {m: [] for m in ("magnitude", "wanda", "sparsegpt")}
+    for seed in range(5):
+        X = correlated_inputs(400, 96, seed=seed)
+        W = np.random.default_rng(100 + seed).standard_normal((48, 96))
+        for method in errs:
+            errs[method].append(lt.solve_layer(W, X, sparsity=0.7, method=method).rel_error)
+    mean = {k: np.mean(v) for k, v in errs.items()}
+    assert mean["sparsegpt"] < mean["wanda"] <= mean["magnitude"], mean
+
+
+def test_sparsegpt_is_exact_obs_when_only_the_first_column_is_pruned():
+    """Pruning column 0 and compensating every later column is the exact optimum on that mask."""
+    rng = np.random.default_rng(7)
+    X = correlated_inputs(300, 12, seed=8)
+    W = rng.standard_normal((6, 12)) + 3.0
+    W[:, 0] = 1e-3 * rng.standard_normal(6)
+    P = LayerProblem.create(W, X, nnz=6 * 11, pattern="row")
+    r = run(P, "sparsegpt", damp=0.01)
+    assert not r.mask[:, 0].any() and r.mask[:, 1:].all()
+    exact = refit(P, r.mask, damp=0.01)
+    np.testing.assert_allclose(r.W, exact.W, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("blocksize", [1, 5, 128])
+def test_sparsegpt_blocking_does_not_change_a_fixed_mask_sweep(blocksize):
+    """Lazy blocked updates are an exact reordering of the same arithmetic (N:M masks are
+    chosen per group, independent of the block size)."""
+    X = correlated_inputs(200, 24, seed=3)
+    W = np.random.default_rng(4).standard_normal((8, 24))
+    ref = lt.solve_layer(W, X, pattern="2:4", method="sparsegpt", blocksize=4)
+    r = lt.solve_layer(W, X, pattern="2:4", method="sparsegpt", blocksize=blocksize)
+    np.testing.assert_array_equal(r.mask, ref.mask)
+    np.testing.assert_allclose(r.W, ref.W, rtol=1e-9, atol=1e-12)
+
+
+def test_sparsegpt_bias_compensation_helps_with_nonzero_mean_inputs():
+    X = correlated_inputs(300, 40, seed=2) + 2.0
+    rng = np.random.default_rng(9)
+    W, b = rng.standard_normal((10, 40)), rng.standard_normal(10)
+    r = lt.solve_layer(W, X, bias=b, sparsity=0.8, method="sparsegpt")
+    assert not np.allclose(r.bias, b)
+    kept_bias = LayerProblem.create(W, X, bias=b, sparsity=0.8).objective(
+        np.hstack([r.W, b[:, None]]))
+    assert r.objective < kept_bias
+
+
+def test_random_is_seeded(layer):
+    W, X, _ = layer
+    a = lt.solve_layer(W, X, sparsity=0.5, method="random", seed=1)
+    b = lt.solve_layer(W, X, sparsity=0.5, method="random", seed=1)
+    c = lt.solve_layer(W, X, sparsity=0.5, method="random", seed=2)
+    assert np.array_equal(a.mask, b.mask) and not np.array_equal(a.mask, c.mask)
+
+
+def test_gram_and_x_give_the_same_result(layer):
+    W, X, b = layer
+    g = lt.Gram.from_data(X, batch_size=17)
+    for method in SOLVERS:
+        r1 = lt.solve_layer(W, X, bias=b, sparsity=0.5, method=method)
+        r2 = lt.solve_layer(W, gram=g, bias=b, sparsity=0.5, method=method)
+        np.testing.assert_allclose(r1.W, r2.W, rtol=1e-9, atol=1e-12)
+
+
+def test_refit_option_never_hurts(layer):
+    W, X, b = layer
+    for method in SOLVERS:
+        plain = lt.solve_layer(W, X, bias=b, sparsity=0.6, method=method)
+        fitted = lt.solve_layer(W, X, bias=b, sparsity=0.6, method=method, refit=True)
+        assert fitted.solver == f"{method}+refit"
+        assert np.array_equal(plain.mask, fitted.mask)
+        assert fitted.objective <= plain.objective * (1 + 1e-9)
+
+
+def test_methods_lists_every_baseline_with_a_description():
+    listed = lt.methods()
+    for name in SOLVERS:
+        assert name in listed and len(listed[name]) > 10

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from layertrim import Gram, InvalidInputError
+
+
+def test_batched_gram_equals_full_product():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1003, 17)).astype(np.float32)
+    g = Gram(17)
+    for batch in np.array_split(X, 7):
+        g.update(batch)
+    X64 = X.astype(np.float64)
+    assert g.n == 1003
+    assert g.H.dtype == np.float64
+    np.testing.assert_allclose(g.H, X64.T @ X64, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(g.sum, X64.sum(0), rtol=1e-12)
+
+
+def test_from_data_batches_match_and_augmented_is_gram_of_ones_column():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 6))
+    g = Gram.from_data(X, batch_size=7)
+    Xa = np.hstack([X, np.ones((50, 1))])
+    np.testing.assert_allclose(g.augmented(), Xa.T @ Xa, rtol=1e-12, atol=1e-12)
+
+
+def test_cross_term_accumulates_x_transpose_x0():
+    rng = np.random.default_rng(2)
+    X, X0 = rng.standard_normal((40, 5)), rng.standard_normal((40, 8))
+    g = Gram(5, d0=8)
+    for a, b in zip(np.array_split(X, 3), np.array_split(X0, 3)):
+        g.update(a, b)
+    np.testing.assert_allclose(g.cross, X.T @ X0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.sum0, X0.sum(0), rtol=1e-12)
+
+
+def test_gram_memory_is_independent_of_n():
+    g = Gram(4)
+    for _ in range(100):
+        g.update(np.ones((1000, 4)))
+    held = [v for v in vars(g).values() if isinstance(v, np.ndarray)]
+    assert sum(a.nbytes for a in held) <= 8 * (4 * 4 + 4)
+    assert g.n == 100_000
+
+
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (np.ones((3, 5)), "columns"),
+        (np.full((3, 4), np.nan), "NaN"),
+        (np.ones((2, 2, 4)), "2-D"),
+    ],
+)
+def test_gram_rejects_bad_batches(bad, msg):
+    with pytest.raises(InvalidInputError, match=msg):
+        Gram(4).update(bad)
+
+
+def test_cross_term_needs_paired_batches():
+    g = Gram(3, d0=3)
+    with pytest.raises(InvalidInputError, match="X0"):
+        g.update(np.ones((2, 3)))
+    with pytest.raises(InvalidInputError, match="rows"):
+        g.update(np.ones((2, 3)), np.ones((3, 3)))
