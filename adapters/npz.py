@@ -11,7 +11,7 @@ import numpy as np
 from layertrim.errors import InvalidInputError
 
 
-def load_layer(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_layer(path: str | os.PathLike) -> dict[str, np.ndarray | None]:
     """Read a layer file with keys W and (X or H), optionally b.
 
     Returns a dict with keys ``W``, ``X``, ``H``, ``b`` (absent entries are None).

@@ -43,7 +43,8 @@ def correlated_layer(d: int, seed: int = 0, rho: float = 0.8):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", type=int, nargs="+", default=[256, 512, 1024, 2048])
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "layer_baselines.json"))
+    default_out = Path(__file__).parent / "results" / "layer_baselines.json"
+    ap.add_argument("--out", default=str(default_out))
     args = ap.parse_args(argv)
 
     records = []

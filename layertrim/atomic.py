@@ -34,7 +34,7 @@ def _write_atomically(path: Path, mode: str, write: Callable) -> Path:
 
 
 def atomic_savez(path: str | os.PathLike, *, protect: tuple = (), **arrays) -> Path:
-    """Write ``arrays`` as an .npz at exactly ``path``; refuse to replace any path in ``protect``."""
+    """Write ``arrays`` as .npz at exactly ``path``; refuse to replace any path in ``protect``."""
     path = Path(path)
     for p in protect:
         same = Path(p).resolve() == path.resolve() or (

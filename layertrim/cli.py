@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import numpy as np
 
 from layertrim.adapters.npz import load_layer
-from layertrim.atomic import atomic_savez
 from layertrim.api import methods, solve_layer
+from layertrim.atomic import atomic_savez
 from layertrim.errors import InvalidInputError
 from layertrim.report import format_result
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="layertrim", description="Layer-wise pruning without retraining.")
+    p = argparse.ArgumentParser(
+        prog="layertrim", description="Layer-wise pruning of trained networks, no retraining."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("solve", help="prune one layer stored as .npz (keys W, X or H, optional b)")
@@ -45,7 +48,7 @@ def _solve(args) -> int:
     )
     print(format_result(result))
     if args.out:
-        arrays = {"W": result.W.astype(data["W"].dtype), "mask": result.mask}
+        arrays: dict[str, Any] = {"W": result.W.astype(data["W"].dtype), "mask": result.mask}
         if result.bias is not None:
             arrays["b"] = result.bias.astype(data["b"].dtype)
         arrays["rel_error"] = np.float64(result.rel_error)

@@ -8,6 +8,7 @@ layer is put back into the network to measure test accuracy with no retraining.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -75,11 +76,14 @@ def main() -> None:
     print(f"calibration: {gram.n} inputs, Gram {gram.d}x{gram.d} (+ ones column for the bias)\n")
 
     rows = []
-    runs = [("magnitude", {}), ("random", {}), ("wanda", {}), ("sparsegpt", {}),
-            ("magnitude", {"refit": True}), ("sparsegpt", {"refit": True})]
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("magnitude", {}), ("random", {}), ("wanda", {}), ("sparsegpt", {}),
+        ("magnitude", {"refit": True}), ("sparsegpt", {"refit": True}),
+    ]
     for s in SPARSITIES:
         for method, opts in runs:
             r = lt.solve_layer(W0, gram=gram, bias=b0, sparsity=s, method=method, **opts)
+            assert r.bias is not None
             acc = accuracy(model, Xte, yte, r.W.astype(np.float32), r.bias.astype(np.float32))
             rows.append((r.solver, f"{s:.0%}", f"{r.rel_error:.4f}", f"{r.wall_time * 1e3:.1f}",
                          f"{acc:.4f}", f"{acc - dense_acc:+.4f}"))

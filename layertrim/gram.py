@@ -52,13 +52,16 @@ class Gram:
         self.n = 0
         self.H = np.zeros((self.d, self.d), dtype=np.float64)
         self.sum = np.zeros(self.d, dtype=np.float64)
-        self.cross = None if d0 is None else np.zeros((self.d, self.d0), dtype=np.float64)
-        self.sum0 = None if d0 is None else np.zeros(self.d0, dtype=np.float64)
+        self.cross: np.ndarray | None = None
+        self.sum0: np.ndarray | None = None
+        if d0 is not None:
+            self.cross = np.zeros((self.d, int(d0)), dtype=np.float64)
+            self.sum0 = np.zeros(int(d0), dtype=np.float64)
 
     def update(self, X, X0=None) -> Gram:
         """Add one batch of rows (n_b x d); with a cross term, also its X0 batch (n_b x d0)."""
         X = _as_batch("X", X, self.d).astype(np.float64, copy=False)
-        if self.cross is not None:
+        if self.cross is not None and self.sum0 is not None and self.d0 is not None:
             if X0 is None:
                 raise InvalidInputError("this Gram tracks the cross term: pass X0 with every batch")
             X0 = _as_batch("X0", X0, self.d0).astype(np.float64, copy=False)

@@ -179,13 +179,16 @@ def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
     if sparsity is not None and nnz is not None:
         raise InvalidInputError("give either sparsity (a fraction) or nnz (a count), not both")
     if sparsity is not None:
-        if isinstance(sparsity, bool) or not np.isscalar(sparsity):
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.number)):
             raise InvalidInputError(f"sparsity must be a number, got {sparsity!r}")
         s = float(sparsity)
         if not (0.0 <= s < 1.0):  # also rejects NaN
             raise InvalidInputError(f"sparsity {sparsity!r} is outside [0, 1)")
     if nnz is not None:
-        if isinstance(nnz, bool) or int(nnz) != nnz:
+        integral = isinstance(nnz, (int, np.integer)) or (
+            isinstance(nnz, (float, np.floating)) and float(nnz).is_integer()
+        )
+        if isinstance(nnz, bool) or not integral:
             raise InvalidInputError(f"nnz must be an integer count, got {nnz!r}")
         nnz = int(nnz)
         if nnz > total:

@@ -12,7 +12,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence], *, title: str
               for i, h in enumerate(headers)]
 
     def line(vals):
-        out = [vals[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(vals[1:], widths[1:])]
+        rest = [v.rjust(w) for v, w in zip(vals[1:], widths[1:], strict=True)]
+        out = [vals[0].ljust(widths[0]), *rest]
         return "  ".join(out).rstrip()
 
     sep = "  ".join("-" * w for w in widths)

@@ -29,7 +29,7 @@ def test_cross_term_accumulates_x_transpose_x0():
     rng = np.random.default_rng(2)
     X, X0 = rng.standard_normal((40, 5)), rng.standard_normal((40, 8))
     g = Gram(5, d0=8)
-    for a, b in zip(np.array_split(X, 3), np.array_split(X0, 3)):
+    for a, b in zip(np.array_split(X, 3), np.array_split(X0, 3), strict=True):
         g.update(a, b)
     np.testing.assert_allclose(g.cross, X.T @ X0, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(g.sum0, X0.sum(0), rtol=1e-12)
