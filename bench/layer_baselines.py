@@ -45,7 +45,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dims", type=int, nargs="+", default=[256, 512, 1024, 2048])
     default_out = Path(__file__).parent / "results" / "layer_baselines.json"
     ap.add_argument("--out", default=str(default_out))
+    ap.add_argument("--table", action="store_true",
+                    help="only print the README's markdown table from an existing --out file")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.out).read_text())["results"]))
+        return 0
 
     records = []
     for d in args.dims:
@@ -82,8 +87,27 @@ def main(argv=None) -> int:
         "results": records,
     }
     path = atomic_write_text(args.out, json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    print(f"wrote {path}\n")
+    print(markdown_table(records))
     return 0
+
+
+def markdown_table(records: list[dict]) -> str:
+    """Relative error at 50/70/90% and time at 70% (seconds; x magnitude) per solver and d."""
+    by_key = {(r["d"], r["solver"], r["sparsity"]): r for r in records}
+    dims = sorted({r["d"] for r in records})
+    solvers = list(dict.fromkeys(r["solver"] for r in records))
+    lines = ["| d | solver | rel. error 50% | 70% | 90% | time at 70% [s] | vs magnitude |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for d in dims:
+        for name in solvers:
+            if (d, name, 0.7) not in by_key:
+                continue
+            errs = " | ".join(f"{by_key[(d, name, s)]['rel_error']:.4f}" for s in SPARSITIES)
+            t = by_key[(d, name, 0.7)]
+            lines.append(f"| {d} | {name} | {errs} | {t['time_s']:.3f} | "
+                         f"{t['time_vs_magnitude']:.1f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ class LayerProblem:
                 raise InvalidInputError(
                     f"shape mismatch: X has {Xarr.shape[1]} columns but W has d={d} inputs"
                 )
+            if Xarr.shape[0] == 0:
+                raise InvalidInputError("X has no rows: at least one calibration sample is needed")
         H = _gram_matrix(gram, Xarr, d, with_bias=b is not None)
 
         pat = Pattern.parse(pattern)

@@ -28,6 +28,7 @@ def test_error_type_is_a_value_error():
         ({"X": None, "gram": np.triu(np.ones((8, 8)))}, "not symmetric"),
         ({"X": None, "gram": -np.eye(8)}, "negative diagonal"),
         ({"X": None}, "pass calibration inputs X or a Gram"),
+        ({"X": np.ones((0, 8))}, "X has no rows"),
         ({"X": None, "gram": lt.Gram(8)}, "empty"),
     ],
 )
