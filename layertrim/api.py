@@ -64,4 +64,7 @@ def relative_error(W, W0, H) -> float:
     """||X (W - W0)^T||_F^2 / ||X W0^T||_F^2 from the Gram H = X^T X alone."""
     D = np.asarray(W, dtype=np.float64) - W0
     ref = float(np.einsum("ij,ij->", W0 @ H, W0))
-    return float(np.einsum("ij,ij->", D @ H, D)) / ref
+    err = float(np.einsum("ij,ij->", D @ H, D))
+    if ref == 0:
+        return 0.0 if err == 0 else float("inf")
+    return err / ref

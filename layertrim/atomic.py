@@ -20,6 +20,9 @@ def _write_atomically(path: Path, mode: str, write: Callable) -> Path:
     if not folder.is_dir():
         raise InvalidInputError(f"cannot write {path}: folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to the writer
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

@@ -48,14 +48,21 @@ def _solve(args) -> int:
     )
     print(format_result(result))
     if args.out:
-        arrays: dict[str, Any] = {"W": result.W.astype(data["W"].dtype), "mask": result.mask}
+        arrays: dict[str, Any] = {"W": _as_float(result.W, data["W"]), "mask": result.mask}
         if result.bias is not None:
-            arrays["b"] = result.bias.astype(data["b"].dtype)
+            arrays["b"] = _as_float(result.bias, data["b"])
         arrays["rel_error"] = np.float64(result.rel_error)
         arrays["sparsity"] = np.float64(result.sparsity)
         path = atomic_savez(args.out, protect=(args.layer,), **arrays)
         print(f"wrote {path}")
     return 0
+
+
+def _as_float(values: np.ndarray, like) -> np.ndarray:
+    """Keep the input's float precision; integer inputs get float64 (solved weights are real)."""
+    if like is not None and np.issubdtype(like.dtype, np.floating):
+        return values.astype(like.dtype)
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidInputError as e:
         print(f"layertrim: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # e.g. the output folder is not writable
+    except (OSError, ValueError) as e:  # e.g. an unwritable output; numerical trouble
         print(f"layertrim: error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ from layertrim.errors import InvalidInputError
 
 
 def _as_batch(name: str, X, d: int) -> np.ndarray:
-    X = np.asarray(X)
+    try:
+        X = np.asarray(X)
+    except (ValueError, TypeError) as e:
+        raise InvalidInputError(f"{name} batch is not a rectangular numeric array ({e})") from None
     if X.ndim == 1:
         X = X[None, :]
     if X.ndim != 2:
         raise InvalidInputError(f"{name} batch must be 2-D (rows are samples), got ndim={X.ndim}")
     if X.shape[1] != d:
         raise InvalidInputError(f"{name} batch has {X.shape[1]} columns, expected d={d}")
-    if not np.issubdtype(X.dtype, np.number):
-        raise InvalidInputError(f"{name} batch must be numeric, got dtype {X.dtype}")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise InvalidInputError(f"{name} batch must be real numeric, got dtype {X.dtype}")
     if not np.all(np.isfinite(X)):
         raise InvalidInputError(f"{name} batch contains NaN or Inf")
     return X
@@ -45,8 +48,12 @@ class Gram:
     """
 
     def __init__(self, d: int, d0: int | None = None) -> None:
-        if int(d) <= 0:
-            raise InvalidInputError(f"Gram dimension d must be positive, got {d}")
+        for name, v in (("d", d), ("d0", d0)):
+            ok = v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+            if not ok or (v is not None and v <= 0):
+                raise InvalidInputError(
+                    f"Gram dimension {name} must be a positive integer, got {v!r}"
+                )
         self.d = int(d)
         self.d0 = None if d0 is None else int(d0)
         self.n = 0
@@ -61,7 +68,8 @@ class Gram:
     def update(self, X, X0=None) -> Gram:
         """Add one batch of rows (n_b x d); with a cross term, also its X0 batch (n_b x d0)."""
         X = _as_batch("X", X, self.d).astype(np.float64, copy=False)
-        if self.cross is not None and self.sum0 is not None and self.d0 is not None:
+        cross = None
+        if self.cross is not None and self.d0 is not None:
             if X0 is None:
                 raise InvalidInputError("this Gram tracks the cross term: pass X0 with every batch")
             X0 = _as_batch("X0", X0, self.d0).astype(np.float64, copy=False)
@@ -69,12 +77,20 @@ class Gram:
                 raise InvalidInputError(
                     f"X has {X.shape[0]} rows but X0 has {X0.shape[0]}: they must pair up"
                 )
-            self.cross += X.T @ X0
-            self.sum0 += X0.sum(axis=0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                cross = self.cross + X.T @ X0
         elif X0 is not None:
             raise InvalidInputError("X0 given but this Gram was built without d0 (no cross term)")
-        self.H += X.T @ X
+        with np.errstate(over="ignore", invalid="ignore"):
+            H = self.H + X.T @ X
+        # checked before anything is committed, so a refused batch leaves the state valid
+        if not np.all(np.isfinite(H)) or (cross is not None and not np.all(np.isfinite(cross))):
+            raise InvalidInputError("X^T X overflows float64 on this batch: rescale the inputs")
+        self.H = H
         self.sum += X.sum(axis=0)
+        if cross is not None and self.sum0 is not None and X0 is not None:
+            self.cross = cross
+            self.sum0 += X0.sum(axis=0)
         self.n += X.shape[0]
         return self
 

@@ -20,6 +20,12 @@ class Pattern:
     n: int = 0
     m: int = 0
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("layer", "row", "nm"):
+            raise InvalidInputError(f"unknown pattern kind {self.kind!r}: 'layer', 'row' or 'nm'")
+        if self.kind == "nm" and not (0 < self.n < self.m):
+            raise InvalidInputError(f"pattern {self.n}:{self.m}: N:M needs 0 < N < M")
+
     def __str__(self) -> str:
         return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
 

@@ -20,7 +20,10 @@ ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "sigmoid", "gelu", "other
 
 
 def _finite_matrix(name: str, A, ndim: int) -> np.ndarray:
-    A = np.asarray(A)
+    try:
+        A = np.asarray(A)
+    except (ValueError, TypeError) as e:
+        raise InvalidInputError(f"{name} is not a rectangular numeric array ({e})") from None
     if A.ndim != ndim:
         raise InvalidInputError(f"{name} must be {ndim}-D, got shape {A.shape}")
     if not np.issubdtype(A.dtype, np.number) or np.iscomplexobj(A):
@@ -114,7 +117,7 @@ class LayerProblem:
             b = _finite_matrix("bias", bias, 1).astype(np.float64)
             if b.shape[0] != m:
                 raise InvalidInputError(f"bias has length {b.shape[0]} but W has m={m} rows")
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise InvalidInputError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
 
         Xarr = None
@@ -154,13 +157,32 @@ def _gram_matrix(gram, X, d: int, *, with_bias: bool) -> np.ndarray:
         raise InvalidInputError("pass calibration inputs X or a Gram matrix (gram=)")
     if gram is None:
         g = Gram.from_data(X)
-        return g.augmented() if with_bias else g.H
+        return _check_finite_gram(g.augmented() if with_bias else g.H)
     if isinstance(gram, Gram):
         if gram.d != d:
             raise InvalidInputError(f"shape mismatch: Gram has d={gram.d} but W has d={d} inputs")
         if gram.n == 0:
             raise InvalidInputError("the Gram accumulator is empty (no batch was added)")
-        return gram.augmented() if with_bias else gram.H.copy()
+        H = gram.augmented() if with_bias else gram.H.copy()
+    else:
+        H = _raw_gram(gram, d, with_bias)
+    H = _check_finite_gram(H)
+    if X is not None:
+        # X is kept for the per-sample solvers, so it must describe the same data as H
+        g = Gram.from_data(X)
+        HX = g.augmented() if with_bias else g.H
+        if not np.allclose(HX, H, rtol=1e-6, atol=1e-9 * max(float(np.abs(H).max()), 1.0)):
+            raise InvalidInputError("X and gram were both given but X^T X does not match the Gram")
+    return H
+
+
+def _check_finite_gram(H: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(H)):
+        raise InvalidInputError("the Gram matrix X^T X overflows float64: rescale the inputs")
+    return H
+
+
+def _raw_gram(gram, d: int, with_bias: bool) -> np.ndarray:
     H = _finite_matrix("H", gram, 2).astype(np.float64)
     want = d + 1 if with_bias else d
     if H.shape != (want, want):
@@ -173,6 +195,12 @@ def _gram_matrix(gram, X, d: int, *, with_bias: bool) -> np.ndarray:
         raise InvalidInputError("H is not symmetric: it must be a Gram matrix X^T X")
     if np.any(np.diag(H) < 0):
         raise InvalidInputError("H has a negative diagonal entry: it is not a Gram matrix X^T X")
+    try:  # a Gram matrix is positive semidefinite; allow round-off relative to its scale
+        np.linalg.cholesky((H + H.T) / 2 + 1e-9 * scale * np.eye(H.shape[0]))
+    except np.linalg.LinAlgError:
+        raise InvalidInputError(
+            "H is not positive semidefinite: it is not a Gram matrix X^T X"
+        ) from None
     return H
 
 
@@ -181,9 +209,13 @@ def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
     if sparsity is not None and nnz is not None:
         raise InvalidInputError("give either sparsity (a fraction) or nnz (a count), not both")
     if sparsity is not None:
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.number)):
+        real = isinstance(sparsity, (int, float, np.integer, np.floating))
+        if isinstance(sparsity, bool) or not real:
             raise InvalidInputError(f"sparsity must be a number, got {sparsity!r}")
-        s = float(sparsity)
+        try:
+            s = float(sparsity)
+        except OverflowError:
+            s = float("inf")
         if not (0.0 <= s < 1.0):  # also rejects NaN
             raise InvalidInputError(f"sparsity {sparsity!r} is outside [0, 1)")
     if nnz is not None:
@@ -217,13 +249,18 @@ def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
                     f"nnz={nnz} is not a multiple of m"
                 )
             return nnz
-        per_row = d - int(round(s * d))
+        per_row = d - _round_half_up(s * d)
         if per_row < 1:
             raise InvalidInputError(f"sparsity {s:g} leaves no weight in a row of d={d} inputs")
         return per_row * m
     if nnz is not None:
         return nnz
-    k = total - int(round(s * total))
+    k = total - _round_half_up(s * total)
     if k < 1:
         raise InvalidInputError(f"sparsity {s:g} leaves no weight among m*d={total}")
     return k
+
+
+def _round_half_up(x: float) -> int:
+    """Round to nearest with halves up, so the count never depends on banker's rounding."""
+    return int(np.floor(x + 0.5))

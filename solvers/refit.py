@@ -10,6 +10,7 @@ O(|P|^3) per row after one O(d^3) inverse). The cheaper form is used per group o
 a size, and rows of a group are solved as one batched LAPACK call. lambda = damp * mean(diag H)
 keeps singular H (dead inputs, n < d) solvable: among equally good solutions it picks the one
 closest to w0, and for a full-rank H with a tiny damp it is the plain least-squares optimum.
+With damp = 0 the inverse-based complement form is only used when asked for explicitly.
 """
 
 from __future__ import annotations
@@ -83,15 +84,16 @@ def refit(
         raise InvalidInputError(f"mask must be boolean, got dtype {mask.dtype}")
     if form not in ("auto", "support", "complement"):
         raise InvalidInputError(f"form must be 'auto', 'support' or 'complement', got {form!r}")
-    if not (damp >= 0):
-        raise InvalidInputError(f"damp must be >= 0, got {damp}")
+    if not isinstance(damp, (int, float, np.number)) or not (0 <= damp < np.inf):
+        raise InvalidInputError(f"damp must be a finite number >= 0, got {damp!r}")
     W0a = problem.W0a
     m, dp = W0a.shape
     keep = np.ones((m, dp), dtype=bool)
     keep[:, : problem.d] = mask
     lam = damp * problem.mean_diag()
     Hd = problem.H.copy()
-    Hd[np.diag_indices_from(Hd)] += lam
+    d_idx = np.arange(problem.d)  # the bias entry (n) is always kept: it needs no ridge
+    Hd[d_idx, d_idx] += lam
     if lam == 0:
         # dead inputs make H singular; give them a unit diagonal so their (zero) rows solve
         dead = np.diag(Hd) == 0
@@ -103,13 +105,21 @@ def refit(
     for s in np.unique(s_counts):
         rows = np.flatnonzero(s_counts == s)
         p = dp - int(s)
-        if p == 0:
-            out[rows] = W0a[rows]
-        elif form == "complement" or (form == "auto" and p < s // 2):
-            if G is None:
-                G = np.linalg.inv(Hd)
-            _complement_form(G, W0a, keep, rows, out)
-        else:
-            _support_form(Hd, W0a, keep, rows, out)
+        try:
+            if p == 0:
+                out[rows] = W0a[rows]
+            elif s == 0:  # every weight of these rows pruned (and no bias): nothing to fit
+                out[rows] = 0.0
+            elif form == "complement" or (form == "auto" and lam > 0 and p < s // 2):
+                if G is None:
+                    G = np.linalg.inv(Hd)
+                _complement_form(G, W0a, keep, rows, out)
+            else:
+                _support_form(Hd, W0a, keep, rows, out)
+        except np.linalg.LinAlgError:
+            raise InvalidInputError(
+                "refit: H restricted to a support is singular (n < d or collinear inputs); "
+                "use damp > 0"
+            ) from None
     return finalize(problem, out, mask, solver="refit", settings={"damp": damp, "form": form},
                     t0=t0, iterations=m)

@@ -36,6 +36,8 @@ def register(name: str, description: str) -> Callable[[SolverFn], SolverFn]:
 
 
 def get_solver(name: str) -> SolverEntry:
+    if not isinstance(name, str):
+        raise InvalidInputError(f"method must be a solver name (a string), got {name!r}")
     try:
         return _REGISTRY[name]
     except KeyError:

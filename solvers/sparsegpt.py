@@ -24,15 +24,17 @@ from layertrim.solvers.masks import layer_topk, nm_topk, row_topk, split_count
 from layertrim.solvers.registry import register
 
 
-def inverse_hessian_factor(H: np.ndarray, damp: float) -> tuple[np.ndarray, float]:
-    """Upper Cholesky factor of (H + lambda I)^{-1}, lambda = damp * mean(diag H).
+def inverse_hessian_factor(
+    H: np.ndarray, damp: float, mean_diag: float
+) -> tuple[np.ndarray, float]:
+    """Upper Cholesky factor of (H + lambda I)^{-1}, lambda = damp * mean_diag.
 
+    ``mean_diag`` is mean(diag H) over the real inputs (not the bias entry, which is n).
     Retries with a 10x larger damp if the damped H is numerically not positive definite.
     Returns the factor and the lambda actually used.
     """
-    mean_diag = float(np.mean(np.diag(H)))
-    lam = damp * (mean_diag if mean_diag > 0 else 1.0)
-    for _ in range(8):
+    lam = damp * mean_diag
+    for _ in range(12):
         Hd = H.copy()
         Hd[np.diag_indices_from(Hd)] += lam
         try:
@@ -40,7 +42,7 @@ def inverse_hessian_factor(H: np.ndarray, damp: float) -> tuple[np.ndarray, floa
             Hinv = scipy.linalg.cho_solve((L, True), np.eye(H.shape[0]))
             return scipy.linalg.cholesky(Hinv, lower=False), lam
         except np.linalg.LinAlgError:
-            lam = max(lam * 10, 1e-12)
+            lam = max(lam * 10, 1e-12 * mean_diag)
     raise InvalidInputError("H + lambda I is not positive definite even after raising the damp")
 
 
@@ -54,10 +56,10 @@ def solve(problem: LayerProblem, *, blocksize: int = 128, damp: float = 0.01) ->
     damp : dampening relative to mean(diag H) (the paper's percdamp).
     """
     t0 = time.perf_counter()
-    if int(blocksize) < 1:
-        raise InvalidInputError(f"blocksize must be >= 1, got {blocksize}")
-    if not (damp >= 0):
-        raise InvalidInputError(f"damp must be >= 0, got {damp}")
+    if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize < 1:
+        raise InvalidInputError(f"blocksize must be an integer >= 1, got {blocksize!r}")
+    if not isinstance(damp, (int, float, np.number)) or not (0 <= damp < np.inf):
+        raise InvalidInputError(f"damp must be a finite number >= 0, got {damp!r}")
     d, m = problem.d, problem.m
     pat = problem.pattern
     W = problem.W0a.copy()
@@ -65,7 +67,7 @@ def solve(problem: LayerProblem, *, blocksize: int = 128, damp: float = 0.01) ->
     dead = np.flatnonzero(np.diag(H)[:d] == 0)
     H[dead, dead] = 1.0  # an input that is always zero: its weights can go first, for free
     W[:, dead] = 0.0
-    U, lam = inverse_hessian_factor(H, damp)
+    U, lam = inverse_hessian_factor(H, damp, problem.mean_diag())
 
     B = int(blocksize)
     if pat.kind == "nm":

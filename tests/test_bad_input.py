@@ -133,3 +133,50 @@ def test_inputs_are_never_modified(small):
         lt.solve_layer(W, X, bias=b, sparsity=0.5, method=method, refit=True)
     for a, c in zip((W, X, b), copies, strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+def test_indefinite_h_is_not_a_gram():
+    with pytest.raises(InvalidInputError, match="not positive semidefinite"):
+        lt.solve_layer(np.ones((1, 2)), gram=np.array([[1.0, 2.0], [2.0, 1.0]]), nnz=1)
+
+
+def test_x_and_gram_that_disagree(small):
+    W, X = small
+    with pytest.raises(InvalidInputError, match="does not match"):
+        lt.solve_layer(W, X, gram=np.eye(8), sparsity=0.5)
+    r = lt.solve_layer(W, X, gram=lt.Gram.from_data(X), sparsity=0.5)
+    assert r.nnz == 16
+
+
+def test_gram_overflow_is_reported(small):
+    W, X = small
+    with pytest.raises(InvalidInputError, match="overflows"):
+        lt.solve_layer(W, X * 1e160, sparsity=0.5)
+
+
+def test_malformed_arguments(small):
+    W, X = small
+    with pytest.raises(InvalidInputError, match="rectangular"):
+        lt.solve_layer([[1.0, 2.0], [3.0]], X, sparsity=0.5)
+    with pytest.raises(InvalidInputError, match="method must be"):
+        lt.solve_layer(W, X, sparsity=0.5, method=["sparsegpt"])
+    with pytest.raises(InvalidInputError, match="seed"):
+        lt.solve_layer(W, X, sparsity=0.5, method="random", seed=-1)
+    with pytest.raises(InvalidInputError, match="blocksize"):
+        lt.solve_layer(W, X, sparsity=0.5, method="sparsegpt", blocksize="x")
+    with pytest.raises(InvalidInputError, match="damp"):
+        lt.solve_layer(W, X, sparsity=0.5, method="sparsegpt", damp=float("inf"))
+    with pytest.raises(InvalidInputError, match="outside"):
+        lt.solve_layer(W, X, sparsity=10**400)
+    with pytest.raises(InvalidInputError, match="sparsity must be a number"):
+        lt.solve_layer(W, X, sparsity=np.complex128(0.5))
+    with pytest.raises(InvalidInputError, match="positive integer"):
+        lt.Gram(2.5)
+    with pytest.raises(InvalidInputError, match="real numeric"):
+        lt.Gram(2).update(np.ones((3, 2), dtype=complex))
+
+
+@pytest.mark.parametrize("args", [("blah",), ("nm", 0, 0), ("nm", 4, 2)])
+def test_pattern_objects_are_validated(args):
+    with pytest.raises(InvalidInputError, match="pattern"):
+        lt.Pattern(*args)

@@ -133,3 +133,11 @@ def test_methods_lists_every_baseline_with_a_description():
     listed = lt.methods()
     for name in SOLVERS:
         assert name in listed and len(listed[name]) > 10
+
+
+def test_sparsegpt_damping_is_relative_to_the_real_inputs_not_the_bias_entry():
+    X = 1e-3 * correlated_inputs(2000, 32, seed=1)
+    rng = np.random.default_rng(0)
+    W, b = rng.standard_normal((8, 32)), rng.standard_normal(8)
+    r = lt.solve_layer(W, X, bias=b, sparsity=0.5, method="sparsegpt", damp=0.01)
+    assert r.settings["lambda"] == pytest.approx(0.01 * np.mean(np.sum(X**2, axis=0)))

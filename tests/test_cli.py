@@ -111,3 +111,28 @@ def test_failed_write_leaves_no_partial_file(layer_file, tmp_path):
     r = cli("solve", path, "--sparsity", "0.5", "--out", tmp_path / "no_such_dir" / "o.npz")
     _assert_clean_error(r, "does not exist")
     assert not (tmp_path / "no_such_dir").exists()
+
+
+def test_integer_weights_are_written_as_float_and_files_follow_the_umask(tmp_path):
+    rng = np.random.default_rng(1)
+    W = rng.integers(-100, 100, size=(4, 8)).astype(np.int8)
+    X = rng.standard_normal((50, 8))
+    path, out = tmp_path / "int.npz", tmp_path / "int_out.npz"
+    np.savez(path, W=W, X=X)
+    r = cli("solve", path, "--sparsity", "0.5", "--out", out)
+    assert r.returncode == 0, r.stderr
+    with np.load(out) as f:
+        assert f["W"].dtype == np.float64
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_all_pruned_row_with_refit_from_the_cli(tmp_path):
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((4, 8))
+    W[0] *= 1e-3  # magnitude pruning empties this row
+    path = tmp_path / "deadrow.npz"
+    np.savez(path, W=W, X=rng.standard_normal((50, 8)))
+    r = cli("solve", path, "--sparsity", "0.7", "--method", "magnitude", "--refit")
+    assert r.returncode == 0, r.stderr

@@ -63,3 +63,11 @@ def test_cross_term_needs_paired_batches():
         g.update(np.ones((2, 3)))
     with pytest.raises(InvalidInputError, match="rows"):
         g.update(np.ones((2, 3)), np.ones((3, 3)))
+
+
+def test_an_overflowing_batch_is_refused_and_leaves_the_state_intact():
+    g = Gram(3, d0=3)
+    g.update(np.ones((2, 3)), np.ones((2, 3)))
+    with pytest.raises(InvalidInputError, match="overflows"):
+        g.update(np.full((2, 3), 1e200), np.ones((2, 3)))
+    assert g.n == 2 and np.all(g.H == 2) and np.all(g.cross == 2)

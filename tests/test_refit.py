@@ -72,3 +72,43 @@ def test_refit_survives_dead_inputs_and_n_smaller_than_d():
     assert np.all(np.isfinite(r.W))
     # with n < d, the kept weights can reproduce the outputs almost exactly
     assert r.rel_error < 1e-6
+
+
+def test_refit_rows_with_every_weight_pruned(layer):
+    W, X, _ = layer
+    mask = np.ones(W.shape, dtype=bool)
+    mask[0] = False
+    mask[3, :30] = False
+    P = LayerProblem.create(W, X, nnz=int(mask.sum()))
+    r = refit(P, mask, damp=0.0)
+    W_ref, _ = lstsq_on_support(X, W, mask)
+    assert np.all(r.W[0] == 0)
+    np.testing.assert_allclose(r.W, W_ref, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_refit_with_bias_is_least_squares_at_any_input_scale(scale):
+    """The ridge is relative to the inputs and never touches the (always kept) bias."""
+    rng = np.random.default_rng(11)
+    X = scale * (rng.standard_normal((300, 20)) + 0.5)
+    W, b = rng.standard_normal((6, 20)), rng.standard_normal(6)
+    mask = layer_topk(np.abs(W), 50)
+    P = LayerProblem.create(W, X, bias=b, nnz=50)
+    r = refit(P, mask)
+    W_ref, b_ref = lstsq_on_support(X, W, mask, b)
+    ref_obj = P.objective(np.hstack([W_ref, b_ref[:, None]]))
+    assert r.objective <= ref_obj * (1 + 1e-6)
+
+
+def test_refit_without_damping_on_rank_deficient_data_is_refused_or_exact():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3, 8))  # n < d
+    W = rng.standard_normal((4, 8))
+    mask = layer_topk(np.abs(W), 24)
+    P = LayerProblem.create(W, X, nnz=24)
+    try:
+        r = refit(P, mask, damp=0.0)
+    except ValueError as e:
+        assert "singular" in str(e)
+    else:
+        assert 0 <= r.rel_error < 1e-8
