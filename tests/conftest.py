@@ -1,5 +1,10 @@
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI machines are shared and slow to warm up: judge properties, not per-example latency
+settings.register_profile("layertrim", deadline=None, derandomize=True)
+settings.load_profile("layertrim")
 
 
 def correlated_inputs(n: int, d: int, seed: int, rho: float = 0.8) -> np.ndarray:
