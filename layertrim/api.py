@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from layertrim.pattern import Pattern
-from layertrim.problem import LayerProblem
+from layertrim.problem import LayerProblem, error_ratio
 from layertrim.result import LayerResult
 from layertrim.solvers import available, run
 
@@ -64,7 +64,4 @@ def relative_error(W, W0, H) -> float:
     """||X (W - W0)^T||_F^2 / ||X W0^T||_F^2 from the Gram H = X^T X alone."""
     D = np.asarray(W, dtype=np.float64) - W0
     ref = float(np.einsum("ij,ij->", W0 @ H, W0))
-    err = float(np.einsum("ij,ij->", D @ H, D))
-    if ref == 0:
-        return 0.0 if err == 0 else float("inf")
-    return err / ref
+    return error_ratio(float(np.einsum("ij,ij->", D @ H, D)), ref)

@@ -5,23 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from layertrim.errors import InvalidInputError
+from layertrim.validate import real_finite_array
 
 
 def _as_batch(name: str, X, d: int) -> np.ndarray:
     try:
-        X = np.asarray(X)
-    except (ValueError, TypeError) as e:
-        raise InvalidInputError(f"{name} batch is not a rectangular numeric array ({e})") from None
-    if X.ndim == 1:
-        X = X[None, :]
-    if X.ndim != 2:
-        raise InvalidInputError(f"{name} batch must be 2-D (rows are samples), got ndim={X.ndim}")
+        single = np.ndim(X) == 1  # a single sample
+    except ValueError:  # ragged: let the shared check name it
+        single = False
+    X = real_finite_array(f"{name} batch", np.asarray(X)[None, :] if single else X, 2)
     if X.shape[1] != d:
         raise InvalidInputError(f"{name} batch has {X.shape[1]} columns, expected d={d}")
-    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
-        raise InvalidInputError(f"{name} batch must be real numeric, got dtype {X.dtype}")
-    if not np.all(np.isfinite(X)):
-        raise InvalidInputError(f"{name} batch contains NaN or Inf")
     return X
 
 

@@ -15,22 +15,9 @@ import numpy as np
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
 from layertrim.pattern import Pattern
+from layertrim.validate import real_finite_array
 
 ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "sigmoid", "gelu", "other")
-
-
-def _finite_matrix(name: str, A, ndim: int) -> np.ndarray:
-    try:
-        A = np.asarray(A)
-    except (ValueError, TypeError) as e:
-        raise InvalidInputError(f"{name} is not a rectangular numeric array ({e})") from None
-    if A.ndim != ndim:
-        raise InvalidInputError(f"{name} must be {ndim}-D, got shape {A.shape}")
-    if not np.issubdtype(A.dtype, np.number) or np.iscomplexobj(A):
-        raise InvalidInputError(f"{name} must be a real numeric array, got dtype {A.dtype}")
-    if not np.all(np.isfinite(A)):
-        raise InvalidInputError(f"{name} contains NaN or Inf")
-    return A
 
 
 @dataclass
@@ -108,13 +95,13 @@ class LayerProblem:
         pattern : ``"layer"``, ``"row"`` or ``"N:M"``.
         activation : one of ``ACTIVATIONS``.
         """
-        W0 = _finite_matrix("W", W, 2).astype(np.float64)
+        W0 = real_finite_array("W", W, 2).astype(np.float64)
         m, d = W0.shape
         if m == 0 or d == 0:
             raise InvalidInputError(f"W must be non-empty, got shape {W0.shape}")
         b = None
         if bias is not None:
-            b = _finite_matrix("bias", bias, 1).astype(np.float64)
+            b = real_finite_array("bias", bias, 1).astype(np.float64)
             if b.shape[0] != m:
                 raise InvalidInputError(f"bias has length {b.shape[0]} but W has m={m} rows")
         if not isinstance(activation, str) or activation not in ACTIVATIONS:
@@ -122,7 +109,7 @@ class LayerProblem:
 
         Xarr = None
         if X is not None:
-            Xarr = _finite_matrix("X", X, 2)
+            Xarr = real_finite_array("X", X, 2)
             if Xarr.shape[1] != d:
                 raise InvalidInputError(
                     f"shape mismatch: X has {Xarr.shape[1]} columns but W has d={d} inputs"
@@ -145,6 +132,10 @@ class LayerProblem:
         """||Xa W0a^T||_F^2, the denominator of the relative error."""
         W = self.W0a
         return float(np.einsum("ij,ij->", W @ self.H, W))
+
+    def rel_error(self, objective: float) -> float:
+        """objective / ||Xa W0a^T||_F^2 (0 or inf when the layer's output is zero on the data)."""
+        return error_ratio(objective, self.reference_energy())
 
     def mean_diag(self) -> float:
         """mean(diag H) over the real inputs: the scale that dampening is relative to."""
@@ -183,7 +174,7 @@ def _check_finite_gram(H: np.ndarray) -> np.ndarray:
 
 
 def _raw_gram(gram, d: int, with_bias: bool) -> np.ndarray:
-    H = _finite_matrix("H", gram, 2).astype(np.float64)
+    H = real_finite_array("H", gram, 2).astype(np.float64)
     want = d + 1 if with_bias else d
     if H.shape != (want, want):
         hint = " (with a bias, H must be the Gram of [X, 1])" if with_bias else ""
@@ -264,3 +255,11 @@ def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
 def _round_half_up(x: float) -> int:
     """Round to nearest with halves up, so the count never depends on banker's rounding."""
     return int(np.floor(x + 0.5))
+
+
+def error_ratio(objective: float, reference: float) -> float:
+    """objective / reference, where a zero reference (the output is identically zero on the
+    data) gives 0 for a zero objective and inf otherwise."""
+    if reference > 0:
+        return objective / reference
+    return 0.0 if objective == 0 else float("inf")

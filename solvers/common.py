@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 
@@ -33,11 +34,7 @@ def finalize(
     Wa[:, :d] = np.where(mask, Wa[:, :d], 0.0)
     wall = time.perf_counter() - t0
     obj = problem.objective(Wa)
-    ref = problem.reference_energy()
-    if ref > 0:
-        rel = obj / ref
-    else:  # the layer's output is identically zero on the data
-        rel = 0.0 if obj == 0 else float("inf")
+    rel = problem.rel_error(obj)
     nnz = int(mask.sum())
     return LayerResult(
         W=Wa[:, :d],
@@ -55,3 +52,9 @@ def finalize(
         pattern=str(problem.pattern),
         history=list(history or []),
     )
+
+
+def check_damp(damp) -> None:
+    """A dampening factor (relative to mean(diag H)) must be a finite number >= 0."""
+    if not isinstance(damp, (int, float, np.number)) or not (0 <= damp < np.inf):
+        raise InvalidInputError(f"damp must be a finite number >= 0, got {damp!r}")

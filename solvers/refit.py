@@ -22,7 +22,7 @@ import numpy as np
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.common import finalize
+from layertrim.solvers.common import check_damp, finalize
 
 _BATCH_BYTES = 256 * 2**20  # cap on the stacked (rows x s x s) systems held at once
 
@@ -84,8 +84,7 @@ def refit(
         raise InvalidInputError(f"mask must be boolean, got dtype {mask.dtype}")
     if form not in ("auto", "support", "complement"):
         raise InvalidInputError(f"form must be 'auto', 'support' or 'complement', got {form!r}")
-    if not isinstance(damp, (int, float, np.number)) or not (0 <= damp < np.inf):
-        raise InvalidInputError(f"damp must be a finite number >= 0, got {damp!r}")
+    check_damp(damp)
     W0a = problem.W0a
     m, dp = W0a.shape
     keep = np.ones((m, dp), dtype=bool)

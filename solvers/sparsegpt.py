@@ -19,7 +19,7 @@ import scipy.linalg
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.common import finalize
+from layertrim.solvers.common import check_damp, finalize
 from layertrim.solvers.masks import layer_topk, nm_topk, row_topk, split_count
 from layertrim.solvers.registry import register
 
@@ -58,8 +58,7 @@ def solve(problem: LayerProblem, *, blocksize: int = 128, damp: float = 0.01) ->
     t0 = time.perf_counter()
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize < 1:
         raise InvalidInputError(f"blocksize must be an integer >= 1, got {blocksize!r}")
-    if not isinstance(damp, (int, float, np.number)) or not (0 <= damp < np.inf):
-        raise InvalidInputError(f"damp must be a finite number >= 0, got {damp!r}")
+    check_damp(damp)
     d, m = problem.d, problem.m
     pat = problem.pattern
     W = problem.W0a.copy()

@@ -16,7 +16,7 @@ from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.common import finalize
-from layertrim.solvers.masks import layer_topk, project_mask, row_topk, rows_topk
+from layertrim.solvers.masks import project_mask, rows_topk
 from layertrim.solvers.registry import register
 
 
@@ -40,11 +40,9 @@ def solve(problem: LayerProblem, *, comparison: str = "row") -> LayerResult:
     norms = np.sqrt(np.maximum(np.diag(problem.H)[: problem.d], 0.0))
     scores = np.abs(problem.W0) * norms[None, :]
     pat, k = problem.pattern, problem.nnz
-    if pat.kind == "layer":
-        mask = _per_row_layer_mask(scores, k) if comparison == "row" else layer_topk(scores, k)
-    elif pat.kind == "row":
-        mask = row_topk(scores, problem.row_nnz)
-    else:
+    if pat.kind == "layer" and comparison == "row":
+        mask = _per_row_layer_mask(scores, k)
+    else:  # global ranking, or a row / N:M pattern that already compares within rows
         mask = project_mask(scores, pat, k)
     return finalize(problem, problem.W0a, mask, solver="wanda",
                     settings={"comparison": comparison}, t0=t0, iterations=1)

@@ -71,3 +71,9 @@ def test_an_overflowing_batch_is_refused_and_leaves_the_state_intact():
     with pytest.raises(InvalidInputError, match="overflows"):
         g.update(np.full((2, 3), 1e200), np.ones((2, 3)))
     assert g.n == 2 and np.all(g.H == 2) and np.all(g.cross == 2)
+
+
+def test_ragged_batch_and_single_sample():
+    with pytest.raises(InvalidInputError, match="rectangular"):
+        Gram(2).update([[1.0, 2.0], [3.0]])
+    assert Gram(2).update([1.0, 2.0]).n == 1
