@@ -21,7 +21,7 @@ def solve_layer(
     method: str = "sparsegpt",
     pattern: str | Pattern = "layer",
     activation: str = "linear",
-    refit: bool = False,
+    refit: bool | None = None,
     **options,
 ) -> LayerResult:
     """Prune one layer.
@@ -37,7 +37,8 @@ def solve_layer(
     method : a registered solver name, see :func:`methods`.
     pattern : ``"layer"`` (unstructured), ``"row"`` (same count per row) or ``"N:M"``.
     activation : the layer's activation kind; the least-squares solvers ignore it.
-    refit : follow the solver by the exact least-squares refit on its mask.
+    refit : end with the exact least-squares refit on the solver's mask. The l0 solvers refit
+        by default (``refit=False`` turns it off); for the baselines it is off unless True.
     **options : solver settings (e.g. ``blocksize``, ``damp`` for sparsegpt; ``seed`` for random).
 
     Returns

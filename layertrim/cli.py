@@ -28,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--sparsity", type=float, help="fraction of weights to remove, in [0, 1)")
     target.add_argument("--nnz", type=int, help="number of weights to keep")
     s.add_argument("--pattern", default="layer", help="layer | row | N:M (e.g. 2:4)")
-    s.add_argument("--refit", action="store_true", help="exact least-squares refit on the mask")
+    s.add_argument(
+        "--refit", action=argparse.BooleanOptionalAction, default=None,
+        help="exact least-squares refit on the mask (the l0 solvers refit unless --no-refit)",
+    )
     s.add_argument("--seed", type=int, default=None, help="seed for the random solver")
     s.add_argument("--out", help="output .npz (W, mask, b); written atomically")
 

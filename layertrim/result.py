@@ -24,6 +24,9 @@ class LayerResult:
     wall_time : seconds spent in the solver.
     solver : registered name; ``settings`` holds the options it ran with.
     status : "solved", or a solver-specific status string.
+    history : per-iteration records (dicts) for convergence curves.
+    certificate : solver-specific proof of quality, e.g. lower/upper bounds and the gap of the
+        cutting-plane solver, or constraint violations; empty when the solver has none.
     """
 
     W: np.ndarray
@@ -40,6 +43,7 @@ class LayerResult:
     status: str = "solved"
     pattern: str = "layer"
     history: list = field(default_factory=list)
+    certificate: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Scalars only, for reports and JSON."""

@@ -3,7 +3,15 @@
 Importing this package registers every solver; see :func:`layertrim.methods`.
 """
 
-from layertrim.solvers import magnitude, random_mask, sparsegpt, wanda  # noqa: F401  (register)
+from layertrim.solvers import (  # noqa: F401  (importing registers the solvers)
+    iht,
+    l0_admm,
+    magnitude,
+    random_mask,
+    slr,
+    sparsegpt,
+    wanda,
+)
 from layertrim.solvers.refit import refit
 from layertrim.solvers.registry import available, get_solver, register, run
 

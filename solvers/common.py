@@ -22,6 +22,7 @@ def finalize(
     iterations: int,
     status: str = "solved",
     history: list | None = None,
+    certificate: dict | None = None,
 ) -> LayerResult:
     """Zero the pruned weights exactly, split off the bias and measure the error.
 
@@ -51,6 +52,7 @@ def finalize(
         status=status,
         pattern=str(problem.pattern),
         history=list(history or []),
+        certificate=dict(certificate or {}),
     )
 
 

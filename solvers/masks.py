@@ -1,57 +1,92 @@
 """Projections onto sparsity patterns: keep the top-scoring weights, exactly k of them.
 
-Selection uses numpy's argpartition (introselect), O(md) per call, never a full sort.
-Ties are broken deterministically by argpartition's order.
+The kernels are Numba-compiled: selection is introselect (``np.partition``), O(md) per call,
+never a full sort, and rows run in parallel. Ties at the threshold go to the lowest index, so
+masks are deterministic. Scores must be finite (callers pass |W| or other finite scores).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from layertrim.pattern import Pattern
 
 
+@numba.njit(cache=True)
+def _fill_topk(row, k, out):
+    """Set out[j] for the k largest row[j]; ties at the threshold go to the lowest indices."""
+    d = row.size
+    if k >= d:
+        out[:] = True
+        return
+    if k <= 0:
+        return
+    t = np.partition(row, d - k)[d - k]  # introselect: the k-th largest value, O(d)
+    c = 0
+    for j in range(d):
+        if row[j] > t:
+            out[j] = True
+            c += 1
+    for j in range(d):
+        if c >= k:
+            break
+        if row[j] == t and not out[j]:
+            out[j] = True
+            c += 1
+
+
+@numba.njit(cache=True, parallel=True)
+def _rows_kernel(scores, counts, mask):
+    for i in numba.prange(scores.shape[0]):
+        _fill_topk(scores[i], counts[i], mask[i])
+
+
+@numba.njit(cache=True, parallel=True)
+def _nm_kernel(scores, n, group, mask):
+    rows, d = scores.shape
+    for i in numba.prange(rows):
+        for g0 in range(0, d, group):
+            # N of M by repeated max: M is tiny (4, 8), so this beats any selection routine
+            for _ in range(n):
+                best = -1
+                for j in range(g0, g0 + group):
+                    if not mask[i, j] and (best < 0 or scores[i, j] > scores[i, best]):
+                        best = j
+                mask[i, best] = True
+
+
+def _scores(scores: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(scores, dtype=np.float64)
+
+
 def layer_topk(scores: np.ndarray, k: int) -> np.ndarray:
     """Mask of the k largest entries of the whole matrix."""
-    mask = np.zeros(scores.shape, dtype=bool)
-    if k >= scores.size:
-        mask[...] = True
-    elif k > 0:
-        flat = np.argpartition(-scores, k - 1, axis=None)[:k]
-        mask.flat[flat] = True
+    s = _scores(scores)
+    mask = np.zeros(s.shape, dtype=bool)
+    _fill_topk(s.reshape(-1), int(k), mask.reshape(-1))
     return mask
 
 
 def row_topk(scores: np.ndarray, k: int) -> np.ndarray:
     """Mask of the k largest entries of every row."""
-    m, d = scores.shape
-    mask = np.zeros((m, d), dtype=bool)
-    if k >= d:
-        mask[...] = True
-    elif k > 0:
-        idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        np.put_along_axis(mask, idx, True, axis=1)
-    return mask
+    return rows_topk(scores, np.full(scores.shape[0], int(k)))
 
 
 def rows_topk(scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Mask keeping counts[i] largest entries of row i (counts may differ by row)."""
-    m, d = scores.shape
-    mask = np.zeros((m, d), dtype=bool)
-    for c in np.unique(counts):
-        rows = np.flatnonzero(counts == c)
-        mask[rows] = row_topk(scores[rows], int(c))
+    s = _scores(scores)
+    mask = np.zeros(s.shape, dtype=bool)
+    _rows_kernel(s, np.asarray(counts, dtype=np.int64), mask)
     return mask
 
 
 def nm_topk(scores: np.ndarray, n: int, m_group: int) -> np.ndarray:
     """Mask keeping the n largest entries in every group of m_group consecutive columns."""
-    rows, d = scores.shape
-    groups = scores.reshape(rows, d // m_group, m_group)
-    idx = np.argpartition(-groups, n - 1, axis=2)[:, :, :n]
-    mask = np.zeros(groups.shape, dtype=bool)
-    np.put_along_axis(mask, idx, True, axis=2)
-    return mask.reshape(rows, d)
+    s = _scores(scores)
+    mask = np.zeros(s.shape, dtype=bool)
+    _nm_kernel(s, int(n), int(m_group), mask)
+    return mask
 
 
 def project_mask(scores: np.ndarray, pattern: Pattern, nnz: int) -> np.ndarray:

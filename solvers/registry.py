@@ -50,9 +50,18 @@ def available() -> dict[str, str]:
     return {k: _REGISTRY[k].description for k in sorted(_REGISTRY)}
 
 
-def run(problem: LayerProblem, method: str, *, refit: bool = False, **options) -> LayerResult:
-    """Run solver ``method`` on ``problem``; with ``refit=True`` follow it by the exact refit."""
+def run(
+    problem: LayerProblem, method: str, *, refit: bool | None = None, **options
+) -> LayerResult:
+    """Run solver ``method`` on ``problem``.
+
+    ``refit``: solvers that refit by themselves (they take a ``refit`` option, on by default)
+    get it passed through; for the others ``refit=True`` follows them by the exact refit.
+    """
     entry = get_solver(method)
+    if refit is not None and _takes_option(entry, "refit"):
+        options["refit"] = refit
+        refit = None
     _check_options(entry, options)
     result = entry.fn(problem, **options)
     if not refit:
@@ -65,6 +74,11 @@ def run(problem: LayerProblem, method: str, *, refit: bool = False, **options) -
     refitted.iterations += result.iterations
     refitted.settings = {**result.settings, "refit": refitted.settings}
     return refitted
+
+
+def _takes_option(entry: SolverEntry, name: str) -> bool:
+    p = inspect.signature(entry.fn).parameters.get(name)
+    return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def _check_options(entry: SolverEntry, options: dict) -> None:
