@@ -25,7 +25,7 @@ from layertrim.solvers.l0_admm import check_positive
 from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
 from layertrim.solvers.refit_pcg import pcg_refit
 from layertrim.solvers.registry import register
-from layertrim.solvers.swaps import swap_search
+from layertrim.solvers.swaps import swap_search, transfer_between_rows
 
 
 def lambda_max(H: np.ndarray) -> float:
@@ -50,9 +50,11 @@ def swap_rounds(sc: ScaledLS, W: np.ndarray, mask: np.ndarray, *, rounds: int, n
     for _ in range(rounds):
         W, _, _ = pcg_refit(H, W0, keep, W, rtol=1e-6, max_iter=20)
         G = np.ascontiguousarray((W - W0) @ H)
-        counts = swap_search(W, W0, G, H, keep, sc.d, group, n_cand, max_swaps, 1e-9)
-        total += int(counts.sum())
-        if counts.sum() == 0:
+        moved = int(swap_search(W, W0, G, H, keep, sc.d, group, n_cand, max_swaps, 1e-9).sum())
+        if p.pattern.kind == "layer":  # per-row counts are free: let budget move between rows
+            moved += transfer_between_rows(W, G, H, keep, sc.d, 1e-9)
+        total += moved
+        if moved == 0:
             break
     return W, keep[:, : sc.d].copy(), total
 

@@ -100,6 +100,7 @@ def solve(
         R_mid = W - D
         L_mid = lagrangian(f_w, R_mid, Lam, rho)
         accept_w = L_mid < L_prev
+        record_w = (L_prev, L_mid)
         if accept_w:
             s = alpha * s * np.linalg.norm(R_prev) / max(np.linalg.norm(R_mid), 1e-30)
             Lam += s * R_mid
@@ -120,7 +121,7 @@ def solve(
         res = float(np.linalg.norm(R_new)) / max(float(np.linalg.norm(D)), 1e-30)
         history.append({"iter": it, "rho": rho, "step": float(s), "support_change": changed,
                         "residual": res, "objective": eb.objective(Dq),
-                        "lagrangian_w": (L_prev, L_mid), "accepted_w": bool(accept_w),
+                        "lagrangian_w": record_w, "accepted_w": bool(accept_w),
                         "lagrangian_d": (L_mid, L_new), "accepted_d": bool(accept_d),
                         "time": time.perf_counter() - t0})
         stable = stable + 1 if changed == 0 else 0

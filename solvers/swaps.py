@@ -97,3 +97,36 @@ def swap_search(W, W0, G, H, keep, d, group, n_cand, max_swaps, rtol):
             f += delta
             counts[i] += 1
     return counts
+
+
+def transfer_between_rows(W, G, H, keep, d, rtol) -> int:
+    """Move kept weights from rows where one is cheap to drop to rows where one helps most.
+
+    Only for the layer-wide pattern, whose per-row counts are free. Rows are independent, so
+    dropping weight a of row r and adding weight b of row q changes f by exactly
+    cost_r(a) - gain_q(b), priced with the single-move formulas above. Each row takes part in
+    at most one transfer per call. W, G and keep are updated in place; returns the count.
+    """
+    diag = np.diag(H)[:d]
+    Wd, Gd, Kd = W[:, :d], G[:, :d], keep[:, :d]
+    cost = np.where(Kd, Wd * Wd * diag - 2 * Wd * Gd, np.inf)
+    gain = np.where(~Kd & (diag > 0), Gd * Gd / np.where(diag > 0, diag, 1.0), -np.inf)
+    a_idx, b_idx = cost.argmin(axis=1), gain.argmax(axis=1)
+    rows = np.arange(W.shape[0])
+    c, g = cost[rows, a_idx], gain[rows, b_idx]
+    donors, takers = np.argsort(c), np.argsort(-g)
+    used = np.zeros(W.shape[0], dtype=bool)
+    moved = 0
+    scale = float(np.abs(c[np.isfinite(c)]).max(initial=0.0)) * rtol
+    for r, q in zip(donors, takers, strict=True):
+        if r == q or used[r] or used[q] or not (c[r] - g[q] < -scale):
+            continue
+        a, b = a_idx[r], b_idx[q]
+        for row, j, new in ((r, a, 0.0), (q, b, -G[q, b] / H[b, b])):
+            step = new - W[row, j]
+            G[row] += step * H[j]
+            W[row, j] = new
+        keep[r, a], keep[q, b] = False, True
+        used[r] = used[q] = True
+        moved += 1
+    return moved
