@@ -21,7 +21,7 @@ import scipy.sparse.linalg
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.l0_admm import check_positive
+from layertrim.solvers.l0_admm import BUDGET_SPLIT, check_positive, over_budget
 from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
 from layertrim.solvers.refit_pcg import pcg_refit
 from layertrim.solvers.registry import register
@@ -84,7 +84,8 @@ def solve(
     swap_rounds_max : rounds of (short refit, swap pass); 0 disables the local search.
     swap_candidates : shortlist size per side for pricing swaps exactly.
     swaps_per_row : swaps per row and round.
-    time_budget : seconds for the iterations; stop early when spent.
+    time_budget : seconds for the whole solve, refit included: the iterations stop at
+        ``BUDGET_SPLIT`` of it and the refit is PCG cut off at the end of the budget.
     refit : end with the exact least-squares refit on the final support.
     """
     t0 = time.perf_counter()
@@ -130,7 +131,7 @@ def solve(
         if stable >= patience and decrease < tol:
             status = "converged"
             break
-        if time_budget is not None and time.perf_counter() - t0 > time_budget:
+        if time_budget is not None and over_budget(history, t0, BUDGET_SPLIT * time_budget):
             status = "time_budget"
             break
 
@@ -143,4 +144,5 @@ def solve(
                 "swap_candidates": swap_candidates, "swaps_per_row": swaps_per_row,
                 "time_budget": time_budget}
     return finish(problem, sc.unscale(W), mask, refit=refit, solver="iht", settings=settings,
-                  t0=t0, iterations=it, status=status, history=history)
+                  t0=t0, iterations=it, status=status, history=history,
+                  deadline=None if time_budget is None else t0 + time_budget)

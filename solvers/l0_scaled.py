@@ -68,15 +68,22 @@ def finish(
     iterations: int,
     status: str = "solved",
     history: list | None = None,
+    deadline: float | None = None,
 ) -> LayerResult:
     """End an l0 solver: the exact refit on the final support (unless refit=False), then finalize.
 
     ``W`` is the augmented solution in original coordinates; it warm-starts PCG on large layers.
+    With a ``deadline`` (a ``time.perf_counter()`` value, from a time budget) the refit is PCG
+    cut off at the deadline: every PCG iteration lowers the error, so any stop is usable.
     """
     settings = dict(settings, refit=bool(refit))
     if refit:
         t_refit = time.perf_counter()
-        r = exact_refit(problem, mask, start=W)
+        if deadline is None:
+            r = exact_refit(problem, mask, start=W)
+        else:
+            r = exact_refit(problem, mask, start=W, form="pcg",
+                            pcg_time_limit=max(deadline - t_refit, 0.0))
         W = np.hstack([r.W, r.bias[:, None]]) if r.bias is not None else r.W
         settings["refit_form"] = r.settings.get("form")
         settings["refit_time"] = time.perf_counter() - t_refit

@@ -76,6 +76,7 @@ def refit(
     start: np.ndarray | None = None,
     pcg_rtol: float = 1e-10,
     pcg_max_iter: int = 200,
+    pcg_time_limit: float | None = None,
 ) -> LayerResult:
     """Exact least-squares optimum of the layer on a fixed mask.
 
@@ -86,8 +87,9 @@ def refit(
     damp : ridge lambda relative to mean(diag H); the bias, if any, is always kept and refit.
     form : "auto" (cheapest by a flop estimate), "support", "complement" or "pcg".
     start : (m, d) or augmented (m, d+1) warm start for "pcg" (e.g. the solver's iterate).
-    pcg_rtol, pcg_max_iter : PCG stops when an iteration lowers the error by less than
-        pcg_rtol of its value, or after pcg_max_iter iterations.
+    pcg_rtol, pcg_max_iter, pcg_time_limit : PCG stops when an iteration lowers the error by
+        less than pcg_rtol of its value, after pcg_max_iter iterations, or after the iteration
+        that crosses pcg_time_limit seconds.
 
     Returns
     -------
@@ -108,7 +110,8 @@ def refit(
     keep[:, : problem.d] = mask
     lam = damp * problem.mean_diag()
     if form == "pcg" or (form == "auto" and _pcg_is_cheaper(keep)):
-        return _refit_pcg(problem, mask, keep, lam, start, pcg_rtol, pcg_max_iter, t0, damp)
+        return _refit_pcg(problem, mask, keep, lam, start, t0, damp,
+                          dict(rtol=pcg_rtol, max_iter=pcg_max_iter, time_limit=pcg_time_limit))
     Hd = problem.H.copy()
     d_idx = np.arange(problem.d)  # the bias entry (n) is always kept: it needs no ridge
     Hd[d_idx, d_idx] += lam
@@ -151,7 +154,7 @@ def _pcg_is_cheaper(keep: np.ndarray) -> bool:
     return 10.0 * direct > 2.0 * _PCG_ITERS_ESTIMATE * m * p * p
 
 
-def _refit_pcg(problem, mask, keep, lam, start, rtol, max_iter, t0, damp) -> LayerResult:
+def _refit_pcg(problem, mask, keep, lam, start, t0, damp, pcg_options) -> LayerResult:
     W0a = problem.W0a
     if start is not None:
         start = np.asarray(start, dtype=np.float64)
@@ -161,7 +164,6 @@ def _refit_pcg(problem, mask, keep, lam, start, rtol, max_iter, t0, damp) -> Lay
             raise InvalidInputError(f"start has shape {start.shape}, expected {W0a.shape}")
     ridge = np.zeros(W0a.shape[1])
     ridge[: problem.d] = lam
-    W, iters, rel = pcg_refit(problem.H, W0a, keep, start, ridge=ridge, rtol=rtol,
-                              max_iter=max_iter)
+    W, iters, rel = pcg_refit(problem.H, W0a, keep, start, ridge=ridge, **pcg_options)
     settings = {"damp": damp, "form": "pcg", "pcg_iterations": iters, "pcg_last_decrease": rel}
     return finalize(problem, W, mask, solver="refit", settings=settings, t0=t0, iterations=iters)

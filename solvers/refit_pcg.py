@@ -10,6 +10,8 @@ diagonal. A warm start (the ADMM/IHT iterate) usually needs only tens of iterati
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 
@@ -28,6 +30,7 @@ def pcg_refit(
     ridge: np.ndarray | float = 0.0,
     rtol: float = 1e-10,
     max_iter: int = 200,
+    time_limit: float | None = None,
 ) -> tuple[np.ndarray, int, float]:
     """Minimise tr((W - W0a) Hd (W - W0a)^T) over W with W[~keep] = 0, Hd = H + diag(ridge).
 
@@ -40,11 +43,13 @@ def pcg_refit(
     ridge : added to the diagonal of H (scalar or length p).
     rtol : stop when an iteration lowers the objective by less than rtol times its value.
     max_iter : iteration cap.
+    time_limit : seconds; stop before an iteration that would cross it (at least one is done).
 
     Returns
     -------
     (W, iterations, final relative decrease)
     """
+    t_end = None if time_limit is None else time.perf_counter() + time_limit
     s = unit_diagonal_scale(H)
     Hs = (H / s[:, None]) / s[None, :]
     Hs[np.diag_indices_from(Hs)] += np.broadcast_to(ridge, s.shape) / s**2
@@ -58,6 +63,7 @@ def pcg_refit(
     f = float(np.einsum("ij,ij->", E @ Hs, E))
     rel = np.inf
     it = 0
+    t_iter = time.perf_counter()
     while it < max_iter:
         it += 1
         AP = keepf * (P @ Hs)
@@ -68,8 +74,10 @@ def pcg_refit(
         decrease = float(np.dot(alpha, rr))  # exact line search lowers f by alpha * r^T r
         f = max(f - decrease, 0.0)
         rel = decrease / f if f > 0 else 0.0
-        if rel < rtol:
+        now = time.perf_counter()
+        if rel < rtol or (t_end is not None and now + (now - t_iter) > t_end):
             break
+        t_iter = now
         rr_new = np.einsum("ij,ij->i", R, R)
         beta = np.divide(rr_new, rr, out=np.zeros_like(rr), where=rr > 0)
         P = R + beta[:, None] * P

@@ -27,7 +27,13 @@ import numpy as np
 
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.l0_admm import EigenBasis, check_positive, rho_factor
+from layertrim.solvers.l0_admm import (
+    BUDGET_SPLIT,
+    EigenBasis,
+    check_positive,
+    over_budget,
+    rho_factor,
+)
 from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
 from layertrim.solvers.registry import register
 
@@ -128,7 +134,7 @@ def solve(
         if stable >= patience and res <= tol:
             status = "converged"
             break
-        if time_budget is not None and time.perf_counter() - t0 > time_budget:
+        if time_budget is not None and over_budget(history, t0, BUDGET_SPLIT * time_budget):
             status = "time_budget"
             break
         rho *= rho_factor(changed, problem.nnz)
@@ -136,4 +142,5 @@ def solve(
     settings = {"rho": rho, "s0": s0, "M": M, "r": r, "max_iter": max_iter,
                 "patience": patience, "tol": tol, "time_budget": time_budget, "float32": float32}
     return finish(problem, sc.unscale(D), mask, refit=refit, solver="slr", settings=settings,
-                  t0=t0, iterations=it, status=status, history=history)
+                  t0=t0, iterations=it, status=status, history=history,
+                  deadline=None if time_budget is None else t0 + time_budget)
