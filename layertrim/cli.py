@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from typing import Any
 
@@ -32,7 +33,12 @@ def _parser() -> argparse.ArgumentParser:
         "--refit", action=argparse.BooleanOptionalAction, default=None,
         help="exact least-squares refit on the mask (the l0 solvers refit unless --no-refit)",
     )
+    s.add_argument("--activation", default="linear",
+                   help="the layer's activation (relu, tanh, ...; used by l0-general, "
+                        "l0-cutting-plane)")
     s.add_argument("--seed", type=int, default=None, help="seed for the random solver")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="solver setting, repeatable (e.g. --option time_budget=2.5)")
     s.add_argument("--out", help="output .npz (W, mask, b); written atomically")
 
     sub.add_parser("methods", help="list the solvers")
@@ -44,10 +50,13 @@ def _solve(args) -> int:
     gram = None
     if data["H"] is not None:
         gram = data["H"]
-    options = {} if args.seed is None else {"seed": args.seed}
+    options = _parse_options(args.option)
+    if args.seed is not None:
+        options["seed"] = args.seed
     result = solve_layer(
         data["W"], data["X"], gram=gram, bias=data["b"], sparsity=args.sparsity, nnz=args.nnz,
-        method=args.method, pattern=args.pattern, refit=args.refit, **options,
+        method=args.method, pattern=args.pattern, refit=args.refit,
+        activation=args.activation, **options,
     )
     print(format_result(result))
     if args.out:
@@ -59,6 +68,21 @@ def _solve(args) -> int:
         path = atomic_savez(args.out, protect=(args.layer,), **arrays)
         print(f"wrote {path}")
     return 0
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are Python literals (numbers, True, None) or else strings."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InvalidInputError(f"--option needs KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        options[key.strip()] = value
+    return options
 
 
 def _as_float(values: np.ndarray, like) -> np.ndarray:

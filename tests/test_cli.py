@@ -136,3 +136,20 @@ def test_all_pruned_row_with_refit_from_the_cli(tmp_path):
     np.savez(path, W=W, X=rng.standard_normal((50, 8)))
     r = cli("solve", path, "--sparsity", "0.7", "--method", "magnitude", "--refit")
     assert r.returncode == 0, r.stderr
+
+
+def test_l0_solver_with_options_from_the_cli(layer_file, tmp_path):
+    path, W, X, b = layer_file
+    out = tmp_path / "l0.npz"
+    r = cli("solve", path, "--method", "l0-admm", "--sparsity", "0.75", "--option", "rho=0.2",
+            "--option", "max_iter=50", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "l0-admm" in r.stdout
+    with np.load(out) as f:
+        assert f["mask"].sum() == W.size // 4
+    _assert_clean_error(cli("solve", path, "--method", "l0-admm", "--sparsity", "0.5",
+                            "--option", "rho"), "KEY=VALUE")
+    _assert_clean_error(cli("solve", path, "--method", "l0-admm", "--sparsity", "0.5",
+                            "--option", "bogus=1"), "no option(s) ['bogus']")
+    _assert_clean_error(cli("solve", path, "--method", "l0-general", "--sparsity", "0.5",
+                            "--activation", "other"), "derivative")
