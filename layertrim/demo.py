@@ -1,4 +1,4 @@
-"""`make demo`: train an MNIST MLP, prune its first layer with every baseline, print a table.
+"""`make demo`: train an MNIST MLP, prune its first layer with every solver, print a table.
 
 The 784-300-100-10 ReLU network trains in a few seconds on 2 cores. Its first layer is pruned
 from the Gram of its real inputs (10,000 training images, streamed in batches), and each pruned
@@ -79,6 +79,7 @@ def main() -> None:
     runs: list[tuple[str, dict[str, Any]]] = [
         ("magnitude", {}), ("random", {}), ("wanda", {}), ("sparsegpt", {}),
         ("magnitude", {"refit": True}), ("sparsegpt", {"refit": True}),
+        ("l0-admm", {}), ("slr", {}), ("iht", {}),
     ]
     for s in SPARSITIES:
         for method, opts in runs:

@@ -6,6 +6,7 @@ Importing this package registers every solver; see :func:`layertrim.methods`.
 from layertrim.solvers import (  # noqa: F401  (importing registers the solvers)
     iht,
     l0_admm,
+    l0_cutting_plane,
     l0_general,
     magnitude,
     random_mask,
