@@ -43,6 +43,7 @@ class LayerProblem:
     pattern: Pattern
     nnz: int
     options: dict = field(default_factory=dict)
+    _reference: float | None = field(default=None, repr=False, compare=False)
 
     @property
     def m(self) -> int:
@@ -129,9 +130,12 @@ class LayerProblem:
         return float(np.einsum("ij,ij->", D @ self.H, D))
 
     def reference_energy(self) -> float:
-        """||Xa W0a^T||_F^2, the denominator of the relative error."""
-        W = self.W0a
-        return float(np.einsum("ij,ij->", W @ self.H, W))
+        """||Xa W0a^T||_F^2, the denominator of the relative error (computed once: a d^2 m
+        product is not free on large layers, and W0, b and H never change)."""
+        if self._reference is None:
+            W = self.W0a
+            self._reference = float(np.einsum("ij,ij->", W @ self.H, W))
+        return self._reference
 
     def rel_error(self, objective: float) -> float:
         """objective / ||Xa W0a^T||_F^2 (0 or inf when the layer's output is zero on the data)."""

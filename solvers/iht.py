@@ -21,7 +21,13 @@ import scipy.sparse.linalg
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.l0_admm import BUDGET_SPLIT, check_positive, over_budget
+from layertrim.solvers.l0_admm import (
+    BUDGET_SPLIT,
+    REFIT_END,
+    STABLE_FRACTION,
+    check_positive,
+    over_budget,
+)
 from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
 from layertrim.solvers.refit_pcg import pcg_refit
 from layertrim.solvers.registry import register
@@ -48,7 +54,7 @@ def swap_rounds(sc: ScaledLS, W: np.ndarray, mask: np.ndarray, *, rounds: int, n
     total = 0
     W = np.ascontiguousarray(W, dtype=np.float64)
     for _ in range(rounds):
-        W, _, _ = pcg_refit(H, W0, keep, W, rtol=1e-6, max_iter=20)
+        W, _, _ = pcg_refit(H, W0, keep, W, rtol=1e-6, max_iter=10, float32_products=True)
         G = np.ascontiguousarray((W - W0) @ H)
         moved = int(swap_search(W, W0, G, H, keep, sc.d, group, n_cand, max_swaps, 1e-9).sum())
         if p.pattern.kind == "layer":  # per-row counts are free: let budget move between rows
@@ -71,6 +77,7 @@ def solve(
     swap_candidates: int = 16,
     swaps_per_row: int = 8,
     time_budget: float | None = None,
+    float32: bool = True,
     refit: bool = True,
 ) -> LayerResult:
     """Prune a layer by IHT, then swap local search, then the exact refit.
@@ -85,7 +92,9 @@ def solve(
     swap_candidates : shortlist size per side for pricing swaps exactly.
     swaps_per_row : swaps per row and round.
     time_budget : seconds for the whole solve, refit included: the iterations stop at
-        ``BUDGET_SPLIT`` of it and the refit is PCG cut off at the end of the budget.
+        ``BUDGET_SPLIT`` of it and the refit is PCG cut off at ``REFIT_END`` of it (the
+        rest is for measuring the error).
+    float32 : run the gradient products in float32 (swaps and the refit stay float64).
     refit : end with the exact least-squares refit on the final support.
     """
     t0 = time.perf_counter()
@@ -98,12 +107,12 @@ def solve(
     if isinstance(swap_rounds_max, bool) or not isinstance(swap_rounds_max, (int, np.integer)) \
             or swap_rounds_max < 0:
         raise InvalidInputError(f"swap_rounds_max must be an integer >= 0, got {swap_rounds_max!r}")
-    sc = ScaledLS(problem)
-    L = lambda_max(sc.H)
+    sc = ScaledLS(problem, np.float32 if float32 else np.float64)
+    L = lambda_max(sc.H.astype(np.float64))
 
     W, mask = sc.project(sc.W0)
     EH = (W - sc.W0) @ sc.H
-    f = float(np.einsum("ij,ij->", W - sc.W0, EH))
+    f = float(np.einsum("ij,ij->", W - sc.W0, EH, dtype=np.float64))
     W_prev, EH_prev, t_k = W, EH, 1.0
     history: list[dict] = []
     stable, status, it = 0, "max_iter", 0
@@ -116,18 +125,18 @@ def solve(
         grad_Y = EH + beta * (EH - EH_prev)  # (Y - W0) H without another product
         W_new, new_mask = sc.project(Y - grad_Y / L)
         EH_new = (W_new - sc.W0) @ sc.H
-        f_new = float(np.einsum("ij,ij->", W_new - sc.W0, EH_new))
+        f_new = float(np.einsum("ij,ij->", W_new - sc.W0, EH_new, dtype=np.float64))
         if momentum and f_new > f:  # restart: plain step from W
             t_k = 1.0
             W_new, new_mask = sc.project(W - EH / L)
             EH_new = (W_new - sc.W0) @ sc.H
-            f_new = float(np.einsum("ij,ij->", W_new - sc.W0, EH_new))
+            f_new = float(np.einsum("ij,ij->", W_new - sc.W0, EH_new, dtype=np.float64))
         changed = support_change(mask, new_mask)
         decrease = (f - f_new) / max(f, 1e-300)
         W_prev, EH_prev, W, EH, f, mask = W, EH, W_new, EH_new, f_new, new_mask
         history.append({"iter": it, "objective": f, "support_change": changed,
                         "time": time.perf_counter() - t0})
-        stable = stable + 1 if changed == 0 else 0
+        stable = stable + 1 if changed <= STABLE_FRACTION * problem.nnz else 0
         if stable >= patience and decrease < tol:
             status = "converged"
             break
@@ -142,7 +151,7 @@ def solve(
     settings = {"max_iter": max_iter, "momentum": momentum, "patience": patience, "tol": tol,
                 "lipschitz": L, "swaps": swaps, "swap_rounds_max": swap_rounds_max,
                 "swap_candidates": swap_candidates, "swaps_per_row": swaps_per_row,
-                "time_budget": time_budget}
+                "time_budget": time_budget, "float32": float32}
     return finish(problem, sc.unscale(W), mask, refit=refit, solver="iht", settings=settings,
                   t0=t0, iterations=it, status=status, history=history,
-                  deadline=None if time_budget is None else t0 + time_budget)
+                  deadline=None if time_budget is None else t0 + REFIT_END * time_budget)

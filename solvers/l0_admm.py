@@ -31,7 +31,12 @@ from layertrim.result import LayerResult
 from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
 from layertrim.solvers.registry import register
 
-BUDGET_SPLIT = 0.6  # share of a time budget for the iterations; the refit gets the rest
+BUDGET_SPLIT = 0.6  # share of a time budget for the iterations; the refit gets the rest ...
+# the support counts as settled when fewer than this share of the kept weights flip (on large
+# layers a handful of near-tied weights can trade places for many iterations; the refit on
+# the final support makes such flips irrelevant: measured < 1e-4 relative error change)
+STABLE_FRACTION = 1e-5
+REFIT_END = 0.85  # ... up to this share, leaving time to measure the error of the result
 
 
 def over_budget(history: list[dict], t0: float, budget: float) -> bool:
@@ -101,10 +106,12 @@ def solve(
     ----------
     rho : initial penalty, relative to the unit-diagonal H (its eigenvalues average 1).
     max_iter : iteration cap.
-    patience : stop once the support has not changed for this many iterations ...
+    patience : stop once the support has been settled (fewer than ``STABLE_FRACTION`` of the
+        kept weights changed) for this many iterations ...
     tol : ... and ||W - D||_F <= tol * ||D||_F (loose by default: the refit sets the values).
     time_budget : seconds for the whole solve, refit included: the iterations stop at
-        ``BUDGET_SPLIT`` of it and the refit is PCG cut off at the end of the budget.
+        ``BUDGET_SPLIT`` of it and the refit is PCG cut off at ``REFIT_END`` of it (the
+        rest is for measuring the error).
     float32 : run the iteration products in float32 (the refit is always float64).
     refit : end with the exact least-squares refit on the final support.
 
@@ -142,7 +149,7 @@ def solve(
         res = float(np.linalg.norm(R)) / max(float(np.linalg.norm(D)), 1e-30)
         history.append({"iter": it, "rho": rho, "support_change": changed, "residual": res,
                         "objective": eb.objective(Dq), "time": time.perf_counter() - t0})
-        stable = stable + 1 if changed == 0 else 0
+        stable = stable + 1 if changed <= STABLE_FRACTION * problem.nnz else 0
         if stable >= patience and res <= tol:
             status = "converged"
             break
@@ -155,4 +162,4 @@ def solve(
                 "time_budget": time_budget, "float32": float32}
     return finish(problem, sc.unscale(D), mask, refit=refit, solver="l0-admm", settings=settings,
                   t0=t0, iterations=it, status=status, history=history,
-                  deadline=None if time_budget is None else t0 + time_budget)
+                  deadline=None if time_budget is None else t0 + REFIT_END * time_budget)

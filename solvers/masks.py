@@ -60,11 +60,79 @@ def _scores(scores: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(scores, dtype=np.float64)
 
 
+@numba.njit(cache=True, parallel=True)
+def _count_above(flat, t, chunk):
+    n_chunks = (flat.size + chunk - 1) // chunk
+    counts = np.zeros(n_chunks, dtype=np.int64)
+    for c in numba.prange(n_chunks):
+        n = 0
+        for j in range(c * chunk, min((c + 1) * chunk, flat.size)):
+            if flat[j] > t:
+                n += 1
+        counts[c] = n
+    return counts.sum()
+
+
+@numba.njit(cache=True, parallel=True)
+def _mark_above(flat, t, chunk, out):
+    for c in numba.prange((flat.size + chunk - 1) // chunk):
+        for j in range(c * chunk, min((c + 1) * chunk, flat.size)):
+            out[j] = flat[j] > t
+
+
+@numba.njit(cache=True)
+def _kth_largest_bracketed(flat, k, lo, hi, above_hi):
+    """The k-th largest value given lo <= it <= hi and ``above_hi`` values > hi."""
+    cand = flat[(flat >= lo) & (flat <= hi)]
+    r = k - above_hi  # rank of the answer among the candidates, from the top
+    return np.partition(cand, cand.size - r)[cand.size - r]
+
+
+@numba.njit(cache=True)
+def _fill_ties(flat, t, need, out):
+    for j in range(flat.size):
+        if need <= 0:
+            break
+        if flat[j] == t and not out[j]:
+            out[j] = True
+            need -= 1
+
+
+_CHUNK = 1 << 16
+_LARGE = 1 << 20
+
+
+def _layer_threshold(flat: np.ndarray, k: int) -> float:
+    """k-th largest of ``flat``. Large inputs: a strided sample brackets the answer, parallel
+    counts confirm the bracket, and only the values inside it are selected exactly."""
+    n = flat.size
+    if n >= _LARGE:
+        sample = np.sort(flat[:: n // 65536])
+        pos = len(sample) * (1 - k / n)
+        margin = 4 * np.sqrt(len(sample)) + 64
+        lo = sample[max(int(pos - margin), 0)]
+        hi = sample[min(int(pos + margin), len(sample) - 1)]
+        above_hi = _count_above(flat, hi, _CHUNK)
+        at_least_lo = n - _count_above(-flat, -lo, _CHUNK)  # values >= lo
+        if above_hi < k <= at_least_lo and at_least_lo - above_hi < n // 8:
+            return float(_kth_largest_bracketed(flat, k, lo, hi, above_hi))
+    return float(np.partition(flat, n - k)[n - k])  # small input or a missed bracket
+
+
 def layer_topk(scores: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the k largest entries of the whole matrix."""
+    """Mask of the k largest entries of the whole matrix (ties to the lowest flat index)."""
     s = _scores(scores)
     mask = np.zeros(s.shape, dtype=bool)
-    _fill_topk(s.reshape(-1), int(k), mask.reshape(-1))
+    flat, out = s.reshape(-1), mask.reshape(-1)
+    k = int(k)
+    if k >= flat.size:
+        out[:] = True
+    elif k > 0:
+        t = _layer_threshold(flat, k)
+        _mark_above(flat, t, _CHUNK, out)
+        need = k - int(np.count_nonzero(out))
+        if need > 0:
+            _fill_ties(flat, t, need, out)
     return mask
 
 

@@ -29,6 +29,8 @@ from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.l0_admm import (
     BUDGET_SPLIT,
+    REFIT_END,
+    STABLE_FRACTION,
     EigenBasis,
     check_positive,
     over_budget,
@@ -130,7 +132,7 @@ def solve(
                         "lagrangian_w": record_w, "accepted_w": bool(accept_w),
                         "lagrangian_d": (L_mid, L_new), "accepted_d": bool(accept_d),
                         "time": time.perf_counter() - t0})
-        stable = stable + 1 if changed == 0 else 0
+        stable = stable + 1 if changed <= STABLE_FRACTION * problem.nnz else 0
         if stable >= patience and res <= tol:
             status = "converged"
             break
@@ -143,4 +145,4 @@ def solve(
                 "patience": patience, "tol": tol, "time_budget": time_budget, "float32": float32}
     return finish(problem, sc.unscale(D), mask, refit=refit, solver="slr", settings=settings,
                   t0=t0, iterations=it, status=status, history=history,
-                  deadline=None if time_budget is None else t0 + time_budget)
+                  deadline=None if time_budget is None else t0 + REFIT_END * time_budget)

@@ -1,6 +1,7 @@
 """Property tests of the pattern projections."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -82,3 +83,19 @@ def test_split_count_partitions_total_exactly(total, width, block):
     parts = [split_count(total, i, min(i + block, width), width) for i in range(0, width, block)]
     assert sum(parts) == total
     assert all(p >= 0 for p in parts)
+
+
+@pytest.mark.parametrize("k", [1, 777, 600_000, 1_200_000 - 1])
+def test_layer_topk_on_large_inputs_uses_the_bracket_and_stays_exact(k):
+    # above 2^20 entries the threshold comes from a sampled bracket: check it against a sort,
+    # with heavy ties (values on a coarse grid) so the tie-filling path runs too
+    rng = np.random.default_rng(k)
+    scores = np.round(np.abs(rng.standard_normal((1000, 1200))) * 8) / 8
+    mask = layer_topk(scores, k)
+    assert mask.sum() == k
+    kth = np.sort(scores, axis=None)[::-1][k - 1]
+    assert scores[mask].min() >= kth >= scores[~mask].max()
+    # ties at the threshold go to the lowest flat indices
+    tied = np.flatnonzero(scores.ravel() == kth)
+    kept_tied = mask.ravel()[tied]
+    assert np.all(np.diff(kept_tied.astype(int)) <= 0)
