@@ -111,10 +111,18 @@ def refit(
     keep = np.ones((m, dp), dtype=bool)
     keep[:, : problem.d] = mask
     lam = damp * problem.mean_diag()
-    if form == "pcg" or (form == "auto" and _pcg_is_cheaper(keep)):
-        return _refit_pcg(problem, mask, keep, lam, start, t0, damp,
-                          dict(rtol=pcg_rtol, max_iter=pcg_max_iter, time_limit=pcg_time_limit,
-                               float32_products=pcg_float32))
+    pcg_options = dict(rtol=pcg_rtol, max_iter=pcg_max_iter, time_limit=pcg_time_limit,
+                       float32_products=pcg_float32)
+    if form == "pcg":
+        return _refit_pcg(problem, mask, keep, lam, start, t0, damp, pcg_options)
+    if form == "auto" and _pcg_is_cheaper(keep):
+        # Ill-conditioned inputs (image pixels, dead units) can make CG crawl: give it the
+        # iterations that cost as much as the direct solve, and fall back to that if it has
+        # not converged by then, so "auto" never costs more than twice the better method.
+        pcg_options["max_iter"] = min(pcg_max_iter, _iterations_worth_direct(keep))
+        r = _refit_pcg(problem, mask, keep, lam, start, t0, damp, pcg_options)
+        if r.settings["pcg_last_decrease"] < pcg_rtol or pcg_time_limit is not None:
+            return r
     Hd = problem.H.copy()
     d_idx = np.arange(problem.d)  # the bias entry (n) is always kept: it needs no ridge
     Hd[d_idx, d_idx] += lam
@@ -149,12 +157,22 @@ def refit(
                     t0=t0, iterations=m)
 
 
+def _direct_cost(keep: np.ndarray) -> float:
+    """Flops of the direct solves, weighted: batched small LAPACK solves run ~10x below GEMM
+    speed."""
+    p = keep.shape[1]
+    s = keep.sum(axis=1).astype(np.float64)
+    return 10.0 * float(np.sum(np.minimum(s, p - s) ** 3)) / 3
+
+
 def _pcg_is_cheaper(keep: np.ndarray) -> bool:
     m, p = keep.shape
-    s = keep.sum(axis=1).astype(np.float64)
-    direct = float(np.sum(np.minimum(s, p - s) ** 3)) / 3
-    # batched small LAPACK solves run ~10x below GEMM speed: weigh their flops accordingly
-    return 10.0 * direct > 2.0 * _PCG_ITERS_ESTIMATE * m * p * p
+    return _direct_cost(keep) > 2.0 * _PCG_ITERS_ESTIMATE * m * p * p
+
+
+def _iterations_worth_direct(keep: np.ndarray) -> int:
+    m, p = keep.shape
+    return max(_PCG_ITERS_ESTIMATE, int(_direct_cost(keep) / (2.0 * m * p * p)))
 
 
 def _refit_pcg(problem, mask, keep, lam, start, t0, damp, pcg_options) -> LayerResult:

@@ -60,14 +60,14 @@ def pcg_refit(
     keepf = keep.astype(np.float64)
     W0s = W0a * s
     W = (W0a if start is None else start) * s * keepf
+    Hp = Hs.astype(np.float32) if float32_products else Hs
     E = W - W0s
-    EH = E @ Hs
-    f = float(np.einsum("ij,ij->", EH, E))
+    EH = E.astype(Hp.dtype) @ Hp
+    f = float(np.einsum("ij,ij->", EH, E, dtype=np.float64))
     R = keepf * -EH  # minus half the gradient, on the free entries
     del E, EH
     P = R.copy()
     rr = np.einsum("ij,ij->i", R, R)
-    Hp = Hs.astype(np.float32) if float32_products else Hs
     rel = np.inf
     it = 0
     t_iter = time.perf_counter()
