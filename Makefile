@@ -29,6 +29,8 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python bench/layer_baselines.py
+	$(BIN)/python bench/l0.py
+	$(BIN)/python bench/l0_exact.py
 
 lint: setup
 	$(BIN)/ruff check .
