@@ -45,6 +45,15 @@ def slr_alpha(k: int, M: float, r: float) -> float:
     return 1.0 - 1.0 / (M * k ** (1.0 - 1.0 / k**r))
 
 
+def _next_step(s: float, alpha: float, R_old: np.ndarray, R_new: np.ndarray) -> float:
+    """s_k = alpha_k s_{k-1} ||R_old|| / ||R_new||, kept unchanged when either norm vanishes
+    (as the authors' code does): W = D exactly, e.g. nothing to prune, would blow it up."""
+    a, b = float(np.linalg.norm(R_old)), float(np.linalg.norm(R_new))
+    if a == 0.0 or b <= 1e-12 * a:
+        return s
+    return alpha * s * a / b
+
+
 def _inner(A: np.ndarray, B: np.ndarray) -> float:
     return float(np.einsum("ij,ij->", A, B, dtype=np.float64))
 
@@ -110,7 +119,7 @@ def solve(
         accept_w = L_mid < L_prev
         record_w = (L_prev, L_mid)
         if accept_w:
-            s = alpha * s * np.linalg.norm(R_prev) / max(np.linalg.norm(R_mid), 1e-30)
+            s = _next_step(s, alpha, R_prev, R_mid)
             Lam += s * R_mid
             Lamq += s * (Wq - Dq)
             L_mid = lagrangian(f_w, R_mid, Lam, rho)  # the D-step compares at the new Lam
@@ -120,7 +129,7 @@ def solve(
         accept_d = L_new < L_mid
         Dq_new = eb.to_basis(D_new)
         if accept_d:
-            s = alpha * s * np.linalg.norm(R_mid) / max(np.linalg.norm(R_new), 1e-30)
+            s = _next_step(s, alpha, R_mid, R_new)
             Lam += s * R_new
             Lamq += s * (Wq - Dq_new)
         D, Dq = D_new, Dq_new

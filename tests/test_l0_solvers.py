@@ -170,3 +170,16 @@ def test_bad_options(mid_layer):
         solve_layer(W, X, nnz=W.size + 1, method="l0-admm")
     with pytest.raises(InvalidInputError, match="does not divide"):
         solve_layer(W[:, :95], X[:, :95], pattern="2:4", method="l0-admm")
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("method", L0)
+def test_nothing_to_prune_and_degenerate_inputs(method):
+    # nnz = m*d makes W = D exactly: SLR's step-size ratio must not divide by zero
+    rng = np.random.default_rng(9)
+    W, X = rng.standard_normal((3, 16)), rng.standard_normal((8, 16))  # n < d
+    X[:, 3] = 0.0  # a dead input
+    r = solve_layer(W, X, nnz=W.size, method=method)
+    assert r.nnz == W.size and r.objective == pytest.approx(0.0, abs=1e-10)
+    r = solve_layer(W, X, nnz=1, method=method)
+    assert r.nnz == 1 and np.isfinite(r.objective)
