@@ -7,7 +7,7 @@ import numpy as np
 from layertrim.pattern import Pattern
 from layertrim.problem import LayerProblem, error_ratio
 from layertrim.result import LayerResult
-from layertrim.solvers import available, run
+from layertrim.solvers import available, get_solver, run
 
 
 def solve_layer(
@@ -49,9 +49,10 @@ def solve_layer(
     ------
     InvalidInputError (a ValueError) naming the problem with the inputs.
     """
+    entry = get_solver(method)
     problem = LayerProblem.create(
         W, X, gram=gram, bias=bias, sparsity=sparsity, nnz=nnz, pattern=pattern,
-        activation=activation,
+        activation=activation, require_target=entry.needs_target,
     )
     return run(problem, method, refit=refit, **options)
 

@@ -43,6 +43,7 @@ class LayerProblem:
     pattern: Pattern
     nnz: int
     options: dict = field(default_factory=dict)
+    has_target: bool = True  # False: no sparsity given; nnz = m*d and the solver decides
     _reference: float | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -81,6 +82,7 @@ class LayerProblem:
         nnz: int | None = None,
         pattern: str | Pattern = "layer",
         activation: str = "linear",
+        require_target: bool = True,
     ) -> LayerProblem:
         """Validate inputs and build the problem.
 
@@ -95,6 +97,8 @@ class LayerProblem:
         nnz : number of weights to keep, in [1, m*d] (alternative to ``sparsity``).
         pattern : ``"layer"``, ``"row"`` or ``"N:M"``.
         activation : one of ``ACTIVATIONS``.
+        require_target : with False, a missing sparsity/nnz is allowed (solvers such as Net-Trim
+            choose the sparsity themselves); the problem then keeps nnz = m*d.
         """
         W0 = real_finite_array("W", W, 2).astype(np.float64)
         m, d = W0.shape
@@ -121,6 +125,8 @@ class LayerProblem:
 
         pat = Pattern.parse(pattern)
         pat.check_width(d)
+        if not require_target and sparsity is None and nnz is None and pat.kind != "nm":
+            return cls(W0, b, H, Xarr, activation, pat, m * d, has_target=False)
         k = _target_nnz(pat, m, d, sparsity, nnz)
         return cls(W0, b, H, Xarr, activation, pat, k)
 

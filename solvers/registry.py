@@ -21,18 +21,24 @@ class SolverEntry:
     name: str
     fn: SolverFn
     description: str
+    needs_target: bool = True  # False: the solver picks the sparsity itself (Net-Trim's eps)
 
 
 _REGISTRY: dict[str, SolverEntry] = {}
 
 
-def register(name: str, description: str) -> Callable[[SolverFn], SolverFn]:
-    """Decorator: register ``fn`` under ``name`` with a one-line description."""
+def register(
+    name: str, description: str, *, needs_target: bool = True
+) -> Callable[[SolverFn], SolverFn]:
+    """Decorator: register ``fn`` under ``name`` with a one-line description.
+
+    ``needs_target=False`` marks solvers that run without a sparsity or nnz target.
+    """
 
     def wrap(fn: SolverFn) -> SolverFn:
         if name in _REGISTRY:
             raise RuntimeError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = SolverEntry(name, fn, description)
+        _REGISTRY[name] = SolverEntry(name, fn, description, needs_target)
         return fn
 
     return wrap
@@ -62,6 +68,10 @@ def run(
     get it passed through; for the others ``refit=True`` follows them by the exact refit.
     """
     entry = get_solver(method)
+    if entry.needs_target and not problem.has_target:
+        raise InvalidInputError(
+            f"missing sparsity target: method {method!r} needs sparsity (fraction) or nnz (count)"
+        )
     if refit is not None and _takes_option(entry, "refit"):
         options["refit"] = refit
         refit = None

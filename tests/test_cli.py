@@ -153,3 +153,14 @@ def test_l0_solver_with_options_from_the_cli(layer_file, tmp_path):
                             "--option", "bogus=1"), "no option(s) ['bogus']")
     _assert_clean_error(cli("solve", path, "--method", "l0-general", "--sparsity", "0.5",
                             "--activation", "other"), "derivative")
+
+
+def test_nettrim_reference_needs_no_sparsity_target(layer_file, tmp_path):
+    path, W, X, b = layer_file
+    out = tmp_path / "nt.npz"
+    r = cli("solve", path, "--method", "nettrim-cvx", "--activation", "relu",
+            "--option", "gain=0.1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    with np.load(out) as f:
+        assert 0 < f["mask"].sum() < W.size
+    _assert_clean_error(cli("solve", path, "--method", "sparsegpt"), "missing sparsity target")
