@@ -13,7 +13,7 @@ from layertrim.solvers.registry import available, run
 
 from .conftest import correlated_inputs
 
-FAST = {"warm_start": "sparsegpt"}  # l0-admm, the default warm start, may not be registered
+FAST = {"warm_start": "sparsegpt"}  # a cheaper warm start keeps these tests quick
 
 
 def make_problem(d, k, *, n=60, m=1, seed=0, bias=True, pattern="row", rho=0.8):
