@@ -60,3 +60,13 @@ def check_damp(damp) -> None:
     """A dampening factor (relative to mean(diag H)) must be a finite number >= 0."""
     if not isinstance(damp, (int, float, np.number)) or not (0 <= damp < np.inf):
         raise InvalidInputError(f"damp must be a finite number >= 0, got {damp!r}")
+
+
+def check_positive(name: str, value, *, integer: bool = False, allow_none: bool = False) -> None:
+    """A solver option that must be a finite number (or integer) > 0, or None if allowed."""
+    if value is None and allow_none:
+        return
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (0 < value < np.inf):
+        what = "an integer" if integer else "a number"
+        raise InvalidInputError(f"{name} must be {what} > 0, got {value!r}")

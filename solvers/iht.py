@@ -21,14 +21,8 @@ import scipy.sparse.linalg
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.l0_admm import (
-    BUDGET_SPLIT,
-    REFIT_END,
-    STABLE_FRACTION,
-    check_positive,
-    over_budget,
-)
-from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
+from layertrim.solvers.common import check_positive
+from layertrim.solvers.l0_scaled import ScaledLS, StopRule, finish, support_change
 from layertrim.solvers.refit_pcg import pcg_refit
 from layertrim.solvers.registry import register
 from layertrim.solvers.swaps import swap_search, transfer_between_rows
@@ -92,8 +86,8 @@ def solve(
     swap_candidates : shortlist size per side for pricing swaps exactly.
     swaps_per_row : swaps per row and round.
     time_budget : seconds for the whole solve, refit included: the iterations stop at
-        ``BUDGET_SPLIT`` of it and the refit is PCG cut off at ``REFIT_END`` of it (the
-        rest is for measuring the error).
+        ``l0_scaled.BUDGET_SPLIT`` of it and the refit is PCG cut off at
+        ``l0_scaled.REFIT_END`` of it (the rest is for measuring the error).
     float32 : run the gradient products in float32 (swaps and the refit stay float64).
     refit : end with the exact least-squares refit on the final support.
     """
@@ -115,7 +109,8 @@ def solve(
     f = float(np.einsum("ij,ij->", W - sc.W0, EH, dtype=np.float64))
     W_prev, EH_prev, t_k = W, EH, 1.0
     history: list[dict] = []
-    stable, status, it = 0, "max_iter", 0
+    stop = StopRule(problem.nnz, patience, time_budget, t0)
+    status, it = "max_iter", 0
     for it in range(1, max_iter + 1):
         beta = 0.0
         if momentum:
@@ -136,12 +131,9 @@ def solve(
         W_prev, EH_prev, W, EH, f, mask = W, EH, W_new, EH_new, f_new, new_mask
         history.append({"iter": it, "objective": f, "support_change": changed,
                         "time": time.perf_counter() - t0})
-        stable = stable + 1 if changed <= STABLE_FRACTION * problem.nnz else 0
-        if stable >= patience and decrease < tol:
-            status = "converged"
-            break
-        if time_budget is not None and over_budget(history, t0, BUDGET_SPLIT * time_budget):
-            status = "time_budget"
+        reason = stop.check(changed, decrease < tol, history)
+        if reason:
+            status = reason
             break
 
     swaps = 0
@@ -154,4 +146,4 @@ def solve(
                 "time_budget": time_budget, "float32": float32}
     return finish(problem, sc.unscale(W), mask, refit=refit, solver="iht", settings=settings,
                   t0=t0, iterations=it, status=status, history=history,
-                  deadline=None if time_budget is None else t0 + REFIT_END * time_budget)
+                  deadline=stop.refit_deadline())

@@ -25,34 +25,11 @@ import time
 import numpy as np
 import scipy.linalg
 
-from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
+from layertrim.solvers.common import check_positive
+from layertrim.solvers.l0_scaled import ScaledLS, StopRule, finish, support_change
 from layertrim.solvers.registry import register
-
-BUDGET_SPLIT = 0.6  # share of a time budget for the iterations; the refit gets the rest ...
-# the support counts as settled when fewer than this share of the kept weights flip (on large
-# layers a handful of near-tied weights can trade places for many iterations; the refit on
-# the final support makes such flips irrelevant: measured < 1e-4 relative error change)
-STABLE_FRACTION = 1e-5
-REFIT_END = 0.85  # ... up to this share, leaving time to measure the error of the result
-
-
-def over_budget(history: list[dict], t0: float, budget: float) -> bool:
-    """True when one more iteration (timed like the last one) would end past the budget."""
-    now = time.perf_counter() - t0
-    last = history[-1]["time"] - history[-2]["time"] if len(history) >= 2 else 0.0
-    return now + last > budget
-
-
-def check_positive(name: str, value, *, integer: bool = False, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not (0 < value < np.inf):
-        what = "an integer" if integer else "a number"
-        raise InvalidInputError(f"{name} must be {what} > 0, got {value!r}")
 
 
 def rho_factor(changed: int, nnz: int) -> float:
@@ -108,12 +85,12 @@ def solve(
     ----------
     rho : initial penalty, relative to the unit-diagonal H (its eigenvalues average 1).
     max_iter : iteration cap.
-    patience : stop once the support has been settled (fewer than ``STABLE_FRACTION`` of the
-        kept weights changed) for this many iterations ...
+    patience : stop once the support has been settled (fewer than
+        ``l0_scaled.STABLE_FRACTION`` of the kept weights changed) for this many iterations ...
     tol : ... and ||W - D||_F <= tol * ||D||_F (loose by default: the refit sets the values).
     time_budget : seconds for the whole solve, refit included: the iterations stop at
-        ``BUDGET_SPLIT`` of it and the refit is PCG cut off at ``REFIT_END`` of it (the
-        rest is for measuring the error).
+        ``l0_scaled.BUDGET_SPLIT`` of it and the refit is PCG cut off at
+        ``l0_scaled.REFIT_END`` of it (the rest is for measuring the error).
     float32 : run the iteration products in float32 (the refit is always float64).
     refit : end with the exact least-squares refit on the final support.
 
@@ -137,7 +114,8 @@ def solve(
     Dq = eb.to_basis(D)
     U, Uq = np.zeros_like(D), np.zeros_like(Dq)
     history: list[dict] = []
-    stable, status, it = 0, "max_iter", 0
+    stop = StopRule(problem.nnz, patience, time_budget, t0)
+    status, it = "max_iter", 0
     for it in range(1, max_iter + 1):
         Wq = eb.w_step(Dq - Uq, rho)
         W = eb.from_basis(Wq)
@@ -151,12 +129,9 @@ def solve(
         res = float(np.linalg.norm(R)) / max(float(np.linalg.norm(D)), 1e-30)
         history.append({"iter": it, "rho": rho, "support_change": changed, "residual": res,
                         "objective": eb.objective(Dq), "time": time.perf_counter() - t0})
-        stable = stable + 1 if changed <= STABLE_FRACTION * problem.nnz else 0
-        if stable >= patience and res <= tol:
-            status = "converged"
-            break
-        if time_budget is not None and over_budget(history, t0, BUDGET_SPLIT * time_budget):
-            status = "time_budget"
+        reason = stop.check(changed, res <= tol, history)
+        if reason:
+            status = reason
             break
         rho *= rho_factor(changed, problem.nnz)
 
@@ -164,4 +139,4 @@ def solve(
                 "time_budget": time_budget, "float32": float32}
     return finish(problem, sc.unscale(D), mask, refit=refit, solver="l0-admm", settings=settings,
                   t0=t0, iterations=it, status=status, history=history,
-                  deadline=None if time_budget is None else t0 + REFIT_END * time_budget)
+                  deadline=stop.refit_deadline())

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from layertrim.errors import InvalidInputError
+from layertrim.solvers.common import check_positive
 from layertrim.validate import real_finite_array
 
 CASCADE_GAMMA = math.sqrt(1.1)  # the authors' inflation of the cascade radius
@@ -36,9 +37,7 @@ class NetTrimTargets:
 
 
 def _check_gain(gain) -> float:
-    if isinstance(gain, bool) or not isinstance(gain, (int, float, np.number)) \
-            or not (0 < gain < np.inf):
-        raise InvalidInputError(f"gain must be a number > 0, got {gain!r}")
+    check_positive("gain", gain)
     return float(gain)
 
 

@@ -27,16 +27,9 @@ import numpy as np
 
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.l0_admm import (
-    BUDGET_SPLIT,
-    REFIT_END,
-    STABLE_FRACTION,
-    EigenBasis,
-    check_positive,
-    over_budget,
-    rho_factor,
-)
-from layertrim.solvers.l0_scaled import ScaledLS, finish, support_change
+from layertrim.solvers.common import check_positive
+from layertrim.solvers.l0_admm import EigenBasis, rho_factor
+from layertrim.solvers.l0_scaled import ScaledLS, StopRule, finish, support_change
 from layertrim.solvers.registry import register
 
 
@@ -106,7 +99,8 @@ def solve(
     Lam, Lamq = np.zeros_like(D), np.zeros_like(Dq)
     s = s0
     history: list[dict] = []
-    stable, status, it = 0, "max_iter", 0
+    stop = StopRule(problem.nnz, patience, time_budget, t0)
+    status, it = "max_iter", 0
     for it in range(1, max_iter + 1):
         alpha = slr_alpha(it, M, r)
         R_prev = W - D
@@ -141,12 +135,9 @@ def solve(
                         "lagrangian_w": record_w, "accepted_w": bool(accept_w),
                         "lagrangian_d": (L_mid, L_new), "accepted_d": bool(accept_d),
                         "time": time.perf_counter() - t0})
-        stable = stable + 1 if changed <= STABLE_FRACTION * problem.nnz else 0
-        if stable >= patience and res <= tol:
-            status = "converged"
-            break
-        if time_budget is not None and over_budget(history, t0, BUDGET_SPLIT * time_budget):
-            status = "time_budget"
+        reason = stop.check(changed, res <= tol, history)
+        if reason:
+            status = reason
             break
         rho *= rho_factor(changed, problem.nnz)
 
@@ -154,4 +145,4 @@ def solve(
                 "patience": patience, "tol": tol, "time_budget": time_budget, "float32": float32}
     return finish(problem, sc.unscale(D), mask, refit=refit, solver="slr", settings=settings,
                   t0=t0, iterations=it, status=status, history=history,
-                  deadline=None if time_budget is None else t0 + REFIT_END * time_budget)
+                  deadline=stop.refit_deadline())
