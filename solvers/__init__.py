@@ -9,6 +9,7 @@ from layertrim.solvers import (  # noqa: F401  (importing registers the solvers)
     l0_cutting_plane,
     l0_general,
     magnitude,
+    nettrim_admm,
     nettrim_cvx,
     random_mask,
     slr,

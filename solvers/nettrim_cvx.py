@@ -104,7 +104,7 @@ def check_target_sparsity(target_sparsity) -> float | None:
 
 
 @register("nettrim-cvx", "Net-Trim l1 program in cvxpy (reference for small layers)",
-          needs_target=False)
+          needs_target=False, per_sample=True)
 def solve(
     problem: LayerProblem,
     *,

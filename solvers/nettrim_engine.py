@@ -1,0 +1,217 @@
+"""The Net-Trim ADMM iteration for one layer's data (the solver around it is nettrim_admm.py).
+
+The program min ||W||_1 s.t. Xa W^T in C (``nettrim_rules.py``) is split with B = W^T as
+
+    minimize ||Q||_1 + I_C(U)   s.t.   U = Xa B  (penalty rho_fit),   Q = B  (penalty rho).
+
+With Xs = Xa / c, c = sqrt(rho / rho_fit), both constraints carry the same rho in scaled form,
+
+    B-step  (Xs^T Xs + I) B = Xs^T (U - L1) + (Q - L2)     one Cholesky, shared by all m
+                                                          neurons and all iterations
+    U-step  U = Pi_C(alpha Xs B + (1 - alpha) U + L1)      fused Numba kernel, with L1's update
+    Q-step  Q = soft(alpha B + (1 - alpha) Q + L2, 1/rho)  fused Numba kernel, with L2's update
+
+and a change of rho that keeps the ratio never needs a new factor. The iterations may run in
+float32 and finish in float64 (``to_float64``): the state is carried over, only the factor is
+recomputed. Time spent in the products, the triangular solves and the kernels is accumulated
+in ``timing``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.linalg
+import scipy.linalg.blas
+import scipy.linalg.lapack
+
+from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
+from layertrim.solvers.nettrim_rules import NetTrimTargets
+
+
+class NetTrimADMM:
+    """State and iteration of the scaled ADMM above.
+
+    Parameters
+    ----------
+    Xa : (n, p) inputs (ones column last when the layer has a bias).
+    targets : Y, Omega, V and eps of the program.
+    d : number of penalised rows of B (the weights; a bias row is fitted but not penalised).
+    rho, rho_fit : penalties on Q = B and on U = Xa B.
+    alpha : over-relaxation in [1, 2).
+    dtype : np.float32 or np.float64 for the iterations.
+    """
+
+    def __init__(self, Xa: np.ndarray, targets: NetTrimTargets, d: int, *, rho: float,
+                 rho_fit: float, alpha: float = 1.8, dtype=np.float64):
+        self.c = float(np.sqrt(rho / rho_fit))
+        self.rho, self.alpha, self.d = float(rho), float(alpha), d
+        self.Xa64 = Xa
+        self.t = targets
+        n, p = Xa.shape
+        m = targets.Y.shape[1]
+        self.omega = (np.ones((n, m), bool) if targets.omega is None
+                      else np.ascontiguousarray(targets.omega))
+        self.timing = {"products": 0.0, "solves": 0.0, "kernels": 0.0, "factor": 0.0,
+                       "checks": 0.0}
+        self.dtype = None
+        self.B = np.zeros((p, m))
+        self.Q = np.zeros((p, m))
+        self.U = np.zeros((n, m))
+        self.L1 = np.zeros((n, m))
+        self.L2 = np.zeros((p, m))
+        self._set_dtype(dtype)
+
+    def _set_dtype(self, dtype) -> None:
+        # Every product and solve goes through scipy's BLAS/LAPACK on column-major arrays:
+        # numpy's and scipy's OpenBLAS are separate libraries with separate spinning thread
+        # pools, and alternating between them cost several times the work itself on 2 cores.
+        t0 = time.perf_counter()
+        self.dtype = dtype
+        self.gemm = scipy.linalg.blas.get_blas_funcs("gemm", dtype=np.dtype(dtype))
+        self.potrs = scipy.linalg.lapack.get_lapack_funcs("potrs", dtype=np.dtype(dtype))
+        self.X = np.asfortranarray(self.Xa64 / self.c, dtype=dtype)
+        G = self.gemm(1.0, self.X, self.X, trans_a=1)
+        G[np.diag_indices_from(G)] += 1.0
+        self.chol = scipy.linalg.cholesky(G, lower=True, overwrite_a=True)
+        self.Y = np.asfortranarray(self.t.Y / self.c, dtype=dtype)
+        big = np.finfo(dtype).max
+        self.V = (np.full(self.Y.shape, big, dtype, order="F") if self.t.V is None
+                  else np.asfortranarray(self.t.V / self.c, dtype=dtype))
+        self.omega = np.asfortranarray(self.omega)
+        for name in ("B", "Q", "U", "L1", "L2"):
+            setattr(self, name, np.asfortranarray(getattr(self, name), dtype=dtype))
+        self.U_old, self.Q_old = np.array(self.U, order="F"), np.array(self.Q, order="F")
+        self.AB = np.zeros_like(self.U, order="F")
+        self.T = np.zeros_like(self.U, order="F")  # U - L1
+        self.R = np.zeros_like(self.Q, order="F")  # the B-step's right-hand side; the solve
+        self.R_next = np.zeros_like(self.Q, order="F")  # overwrites it, so two buffers swap
+        self.timing["factor"] += time.perf_counter() - t0
+
+    def to_float64(self) -> None:
+        if self.dtype != np.float64:
+            self._set_dtype(np.float64)
+
+    def to_float32(self) -> None:
+        if self.dtype != np.float32:
+            self._set_dtype(np.float32)
+
+    def warm_start(self, W: np.ndarray) -> None:
+        """Start from W (m x p): B = Q = W^T, U = Xs B and zero duals."""
+        self.B = np.asfortranarray(W.T, dtype=self.dtype)
+        self.Q = np.array(self.B, order="F")
+        self.U = self.gemm(1.0, self.X, self.B)
+        self.L1[:] = 0
+        self.L2[:] = 0
+
+    def iterate(self, k: int, eps) -> None:
+        """k ADMM iterations at radius eps (unscaled; a float or an (m,) array)."""
+        eps_s = np.atleast_1d(np.asarray(eps, dtype=np.float64) / self.c)
+        X, tm, kappa, gemm = self.X, self.timing, 1.0 / self.rho, self.gemm
+        np.subtract(self.U, self.L1, out=self.T)  # afterwards the kernels write T and R
+        np.subtract(self.Q, self.L2, out=self.R)
+        for _ in range(k):
+            t0 = time.perf_counter()
+            self.R = gemm(1.0, X, self.T, 1.0, self.R, trans_a=1, overwrite_c=1)
+            t1 = time.perf_counter()
+            B, info = self.potrs(self.chol, self.R, lower=1, overwrite_b=1)
+            if info != 0:
+                raise RuntimeError(f"potrs failed with info={info}")
+            self.B, self.R = B, self.R_next  # B lives in R's memory; the kernel fills the other
+            t2 = time.perf_counter()
+            self.AB = gemm(1.0, X, self.B, 0.0, self.AB, overwrite_c=1)
+            t3 = time.perf_counter()
+            project_set_and_update(self.AB, self.U, self.L1, self.Y, self.V, self.omega, eps_s,
+                                   self.alpha, self.U_old, self.T)
+            shrink_and_update(self.B, self.Q, self.L2, kappa, self.d, self.alpha, self.Q_old,
+                              self.R)
+            self.R_next = self.B
+            t4 = time.perf_counter()
+            tm["products"] += (t1 - t0) + (t3 - t2)
+            tm["solves"] += t2 - t1
+            tm["kernels"] += t4 - t3
+
+    def residuals(self, abstol: float, reltol: float, dual_reltol: float | None = None) -> dict:
+        """Boyd et al. (2011) section 3.3 residuals of the last iteration, with their
+        tolerances. The dual tolerance is relative to ||rho L2|| (the l1 subgradient part of
+        the dual): Boyd's ||A^T y|| tends to zero here, because B has no cost of its own."""
+        t0 = time.perf_counter()
+        X, AB, B, U, Q = self.X, self.AB, self.B, self.U, self.Q
+        n, m = U.shape
+        p = B.shape[0]
+        r = float(np.sqrt(np.sum((AB - U) ** 2, dtype=np.float64)
+                          + np.sum((B - Q) ** 2, dtype=np.float64)))
+        dz = self.gemm(1.0, X, U - self.U_old, 1.0, np.asfortranarray(Q - self.Q_old),
+                       trans_a=1)
+        s = self.rho * float(np.linalg.norm(dz))
+        ax = np.sqrt(np.sum(AB**2, dtype=np.float64) + np.sum(B**2, dtype=np.float64))
+        z = np.sqrt(np.sum(U**2, dtype=np.float64) + np.sum(Q**2, dtype=np.float64))
+        eps_pri = np.sqrt((n + p) * m) * abstol + reltol * max(ax, z)
+        dual_reltol = reltol if dual_reltol is None else dual_reltol
+        eps_dual = np.sqrt(p * m) * abstol + dual_reltol * self.rho * float(np.linalg.norm(self.L2))
+        self.timing["checks"] += time.perf_counter() - t0
+        return {"primal": r, "dual": s, "eps_primal": float(eps_pri),
+                "eps_dual": float(eps_dual), "rho": self.rho}
+
+    def dual_bound(self, eps, has_bias: bool) -> float:
+        """A lower bound on the optimal l1 from the current dual: y = rho L1 (in N_C(U), so
+        y >= 0 off Omega) is made to sum to zero per neuron on Omega when there is a bias, then
+        scaled into ||Xs^T y||_inf <= 1; the dual function is -sigma_C(y) (the support
+        function of C). Weak duality makes it a certificate: l1(W) - bound >= true gap."""
+        t0 = time.perf_counter()
+        y = self.rho * np.asarray(self.L1, dtype=np.float64)
+        om = self.omega
+        Y = self.t.Y / self.c
+        if has_bias:
+            cnt = om.sum(axis=0)
+            mean = np.where(cnt > 0, y.sum(axis=0) / np.maximum(cnt, 1), 0.0)
+            y = np.where(om, y - mean, y)
+            y[:, cnt == 0] = 0.0
+        g = self.gemm(1.0 / self.c, np.asfortranarray(self.Xa64), np.asfortranarray(y),
+                      trans_a=1)
+        scale = max(1.0, float(np.max(np.abs(g[: self.d]))))
+        eps_s = np.asarray(eps, dtype=np.float64) / self.c
+        y_on = np.where(om, y, 0.0)
+        ball = (float(np.sum(eps_s * np.linalg.norm(y_on, axis=0))) if eps_s.ndim == 1
+                else float(eps_s) * float(np.linalg.norm(y_on)))
+        sigma = float(np.sum(y_on * Y)) + ball
+        if self.t.V is not None:
+            sigma += float(np.sum(np.where(om, 0.0, y * (self.t.V / self.c))))
+        self.timing["checks"] += time.perf_counter() - t0
+        return -sigma / scale
+
+    def rescale_rho(self, factor: float) -> None:
+        """rho and rho_fit times factor (their ratio, hence the factor, unchanged); the scaled
+        duals move inversely."""
+        self.rho *= factor
+        self.L1 /= factor
+        self.L2 /= factor
+
+    def weights(self) -> np.ndarray:
+        """W = Q^T (m x p) in float64: exactly sparse."""
+        return np.ascontiguousarray(self.Q.T, dtype=np.float64)
+
+    def violation(self, W: np.ndarray, eps) -> float:
+        """Distance of Xa W^T to C relative to eps: sqrt(excess of the ball norm^2 + ||positive
+        part off Omega||^2) / eps (per neuron: the worst neuron). The product runs in the
+        iteration's precision; the comparison in float64."""
+        t0 = time.perf_counter()
+        Z = self.gemm(self.c, self.X, np.asfortranarray(W.T, dtype=self.dtype))
+        Z = np.asarray(Z, dtype=np.float64)
+        out = relative_violation(Z, self.t, eps)
+        self.timing["checks"] += time.perf_counter() - t0
+        return out
+
+
+def relative_violation(Z: np.ndarray, t: NetTrimTargets, eps) -> float:
+    """dist(Z, C) / eps for the constraint set C of ``t`` (per neuron when eps is an array)."""
+    eps = np.asarray(eps, dtype=np.float64)
+    fit = Z - t.Y if t.omega is None else np.where(t.omega, Z - t.Y, 0.0)
+    over = (np.zeros(Z.shape[1]) if t.omega is None
+            else np.sum(np.where(t.omega, 0.0, np.maximum(Z - t.V, 0.0)) ** 2, axis=0))
+    if eps.ndim == 1:
+        ball = np.maximum(np.linalg.norm(fit, axis=0) - eps, 0.0)
+        return float(np.max(np.sqrt(ball**2 + over) / np.maximum(eps, 1e-300)))
+    ball = max(float(np.linalg.norm(fit)) - float(eps), 0.0)
+    return float(np.sqrt(ball**2 + over.sum()) / max(float(eps), 1e-300))

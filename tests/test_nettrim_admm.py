@@ -1,0 +1,227 @@
+"""Net-Trim ADMM engine (``nettrim``): agreement with the cvxpy reference, a weak-duality
+bound, the fused kernels against closed forms, convergence reporting and bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import layertrim as lt
+from layertrim.errors import InvalidInputError
+from layertrim.solvers.nettrim_admm import default_penalties
+from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
+from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
+from layertrim.solvers.nettrim_rules import cascade_rule, parallel_rule
+
+from .conftest import correlated_inputs
+
+
+def layer(seed, d=14, m=6, n=150):
+    rng = np.random.default_rng(seed)
+    X = correlated_inputs(n, d, seed=seed + 10)
+    return rng.standard_normal((m, d)), X, 0.3 * rng.standard_normal(m)
+
+
+def tight(**kw):  # well below the 1e-4 agreement asked of the engine, so the test can fail
+    return dict(reltol=1e-5, dual_reltol=1e-4, feas_tol=1e-6, max_iter=50000, **kw)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_matches_cvxpy_objective_and_is_feasible(seed, activation):
+    W, X, b = layer(seed)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation=activation, gain=0.08)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation=activation, gain=0.08,
+                       **tight())
+    c = r.certificate
+    assert c["converged"] and r.status == "solved"
+    assert c["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    assert c["violation_rel"] <= 1e-6
+    assert c["omega_violation_rel"] <= 1e-6
+    assert c["l1"] < 0.9 * np.abs(W).sum()  # it really pruned
+
+
+def test_defaults_meet_the_advertised_tolerances():
+    W, X, b = layer(7, d=20, m=8, n=300)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.05)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.05)
+    assert r.certificate["converged"]
+    assert r.certificate["violation_rel"] <= 1e-5
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-3)
+
+
+def test_cascade_data_and_per_neuron_radii_match_cvxpy():
+    W, X, b = layer(3)
+    rng = np.random.default_rng(3)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    W0a = np.hstack([W, b[:, None]])
+    X_hat = X + 0.1 * rng.standard_normal(X.shape)
+    t = cascade_rule(np.hstack([X_hat, np.ones((len(X), 1))]), W0a, np.maximum(Xa @ W0a.T, 0),
+                     True)
+    opts = dict(bias=b, activation="relu", Y=t.Y, V=t.V, eps=t.eps)
+    ref = lt.solve_layer(W, X_hat, method="nettrim-cvx", **opts)
+    r = lt.solve_layer(W, X_hat, method="nettrim", **opts, **tight())
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.1,
+                         per_neuron=True)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.1,
+                       per_neuron=True, **tight())
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    assert r.certificate["violation_rel"] <= 1e-6
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_precisions(precision):
+    W, X, b = layer(1)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
+                       precision=precision, feas_tol=1e-4)
+    assert r.certificate["converged"]
+    assert r.certificate["violation_rel"] <= 1e-4
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-3)
+
+
+def test_dual_bound_is_below_the_optimum_and_closes_the_gap():
+    W, X, b = layer(2)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    t = parallel_rule(Xa, np.hstack([W, b[:, None]]), True, 0.08)
+    rho, fit = default_penalties(W, t)
+    eng = NetTrimADMM(Xa, t, W.shape[1], rho=rho, rho_fit=fit)
+    opt = ref.certificate["l1"]
+    bounds = []
+    for _ in range(40):
+        eng.iterate(250, t.eps)
+        bounds.append(eng.dual_bound(t.eps, has_bias=True))
+        assert bounds[-1] <= opt * (1 + 1e-6)  # weak duality, at every iterate
+    assert bounds[-1] >= opt * (1 - 1e-3)
+
+
+def test_not_converged_is_reported_with_residuals():
+    W, X, b = layer(0)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.05,
+                       max_iter=20, check_every=10)
+    assert r.status == "max_iter"
+    assert r.certificate["converged"] is False
+    assert len(r.certificate["residuals"]) == 2
+    assert {"primal", "dual", "eps_primal", "eps_dual"} <= set(r.certificate["residuals"][0])
+    assert r.certificate["residuals"][-1]["violation"] > 0
+
+
+def test_target_sparsity_is_hit_within_one_percent():
+    W, X, b = layer(4, d=20, m=10, n=200)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", target_sparsity=0.6)
+    assert abs(r.sparsity - 0.6) <= 0.01
+    assert r.certificate["converged"]
+    assert len(r.certificate["bisection"]) >= 1
+
+
+def test_warm_start_from_the_solution_converges_at_once():
+    W, X, b = layer(5)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08)
+    again = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
+                           warm_start=r.W)
+    assert again.certificate["converged"]
+    assert again.certificate["l1"] == pytest.approx(r.certificate["l1"], rel=1e-3)
+
+
+def test_bad_input():
+    W, X, b = layer(0)
+
+    def run(**kw):
+        return lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", **kw)
+
+    for kw, msg in [({"gain": 0}, "gain"), ({"gain": -0.1}, "gain"),
+                    ({"target_sparsity": 1.0}, "target_sparsity"),
+                    ({"target_sparsity": 0.0}, "target_sparsity"),
+                    ({"alpha": 2.0}, "alpha"), ({"precision": "half"}, "precision"),
+                    ({"rho": -1.0}, "rho"), ({"max_iter": 0}, "max_iter"),
+                    ({"Y": np.ones((len(X) + 1, W.shape[0]))}, "shape mismatch"),
+                    ({"Y": np.full((len(X), W.shape[0]), np.nan)}, "Y"),
+                    ({"Y": -np.ones((len(X), W.shape[0]))}, "no positive entry"),
+                    ({"warm_start": np.ones((2, 2))}, "warm_start")]:
+        with pytest.raises(InvalidInputError, match=msg):
+            run(**kw)
+    Xn = X.copy()
+    Xn[0, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN|finite"):
+        lt.solve_layer(W, Xn, bias=b, method="nettrim", activation="relu")
+    with pytest.raises(InvalidInputError, match="no positive entry"):  # a dead layer
+        lt.solve_layer(W, X, bias=np.full(W.shape[0], -1e6), method="nettrim",
+                       activation="relu")
+
+
+# ---- the kernels against closed forms ------------------------------------------------------
+
+def _f(a):
+    return np.asfortranarray(a)
+
+
+dims = st.tuples(st.integers(1, 12), st.integers(1, 6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(dims, st.integers(0, 2**31 - 1), st.floats(1.0, 1.95), st.floats(0.01, 5.0),
+       st.booleans())
+def test_projection_kernel_matches_the_closed_form(shape, seed, alpha, eps, per_neuron):
+    n, m = shape
+    rng = np.random.default_rng(seed)
+    AB, U, L, Y = (rng.standard_normal((n, m)) for _ in range(4))
+    V = rng.standard_normal((n, m))
+    omega = rng.random((n, m)) < 0.6
+    eps_arr = np.full(m, eps) if per_neuron else np.array([eps])
+    t = alpha * AB + (1 - alpha) * U + L
+    # closed form: the ball on Omega (one radius, or one per column) and a clip off Omega
+    R = np.where(omega, t - Y, 0.0)
+    if per_neuron:
+        scale = np.minimum(1.0, eps / np.maximum(np.linalg.norm(R, axis=0), 1e-300))
+    else:
+        scale = np.full(m, min(1.0, eps / max(np.linalg.norm(R), 1e-300)))
+    expect = np.where(omega, Y + scale * (t - Y), np.minimum(t, V))
+    U0 = U.copy()
+    Uf, Lf, Uold, T = _f(U.copy()), _f(L.copy()), _f(np.zeros((n, m))), _f(np.zeros((n, m)))
+    project_set_and_update(_f(AB), Uf, Lf, _f(Y), _f(V), _f(omega), eps_arr, alpha, Uold, T)
+    np.testing.assert_allclose(Uf, expect, atol=1e-12)
+    np.testing.assert_allclose(Lf, t - expect, atol=1e-12)
+    np.testing.assert_allclose(T, Uf - Lf, atol=1e-12)
+    np.testing.assert_array_equal(Uold, U0)
+    # the projection lands in C
+    fit = np.where(omega, Uf - Y, 0.0)
+    norms = np.linalg.norm(fit, axis=0) if per_neuron else np.linalg.norm(fit)
+    assert np.all(norms <= eps * (1 + 1e-12))
+    assert np.all(Uf[~omega] <= V[~omega])
+
+
+@settings(max_examples=60, deadline=None)
+@given(dims, st.integers(0, 2**31 - 1), st.floats(1.0, 1.95), st.floats(0.0, 2.0))
+def test_shrink_kernel_matches_the_closed_form(shape, seed, alpha, kappa):
+    p, m = shape
+    rng = np.random.default_rng(seed)
+    B, Q, L = (rng.standard_normal((p, m)) for _ in range(3))
+    n_pen = max(p - 1, 1)  # the last row plays the unpenalised bias
+    t = alpha * B + (1 - alpha) * Q + L
+    soft = np.sign(t) * np.maximum(np.abs(t) - kappa, 0.0)
+    expect = np.vstack([soft[:n_pen], t[n_pen:]])
+    Qf, Lf, Qold, R = _f(Q.copy()), _f(L.copy()), _f(np.zeros((p, m))), _f(np.zeros((p, m)))
+    shrink_and_update(_f(B), Qf, Lf, kappa, n_pen, alpha, Qold, R)
+    np.testing.assert_allclose(Qf, expect, atol=1e-12)
+    np.testing.assert_allclose(Lf, t - expect, atol=1e-12)
+    np.testing.assert_allclose(R, Qf - Lf, atol=1e-12)
+    np.testing.assert_array_equal(Qold, Q)
+
+
+def test_relative_violation_is_the_distance_to_the_set():
+    rng = np.random.default_rng(0)
+    Y = np.abs(rng.standard_normal((30, 4)))
+    omega = rng.random((30, 4)) < 0.5
+    from layertrim.solvers.nettrim_rules import NetTrimTargets
+
+    t = NetTrimTargets(Y, omega, np.zeros((30, 4)), 1.0)
+    Z = np.where(omega, Y, -1.0)
+    assert relative_violation(Z, t, 1.0) == 0.0
+    Z2 = Z.copy()
+    i, j = np.argwhere(~omega)[0]
+    Z2[i, j] = 0.3  # 0.3 above V = 0
+    assert relative_violation(Z2, t, 1.0) == pytest.approx(0.3)
+    Z3 = np.where(omega, Y + 2.0 / np.sqrt(omega.sum()), -1.0)  # ||fit|| = 2, eps = 1
+    assert relative_violation(Z3, t, 1.0) == pytest.approx(1.0)
