@@ -155,10 +155,11 @@ def test_l0_solver_with_options_from_the_cli(layer_file, tmp_path):
                             "--activation", "other"), "derivative")
 
 
-def test_nettrim_reference_needs_no_sparsity_target(layer_file, tmp_path):
+@pytest.mark.parametrize("method", ["nettrim-cvx", "nettrim"])
+def test_nettrim_needs_no_sparsity_target(layer_file, tmp_path, method):
     path, W, X, b = layer_file
     out = tmp_path / "nt.npz"
-    r = cli("solve", path, "--method", "nettrim-cvx", "--activation", "relu",
+    r = cli("solve", path, "--method", method, "--activation", "relu",
             "--option", "gain=0.1", "--out", out)
     assert r.returncode == 0, r.stderr
     with np.load(out) as f:
