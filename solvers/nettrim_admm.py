@@ -42,7 +42,7 @@ from layertrim.solvers.registry import register
 RHO_W = 2.0  # rho = RHO_W / mean|W0|
 RHO_FIT = 25.0  # rho_fit = RHO_FIT * mean|W0| / mean(Y^2 on Omega)
 BALANCE_MU, BALANCE_TAU = 10.0, 2.0  # Boyd's residual balancing constants
-SWITCH_FACTOR, SWITCH_STALE = 4.0, 8  # mixed precision: when float32 hands over to float64
+SWITCH_FACTOR, SWITCH_STALE = 3.0, 8
 _PRECISIONS = ("mixed", "float32", "float64")
 
 
@@ -68,7 +68,7 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
     (mixed precision) the iterations move to float64 once the float32 violation is within
     SWITCH_FACTOR * feas_tol or stops improving. Returns (W, converged, iterations, history)."""
     history: list[dict] = []
-    it, best, stale = 0, np.inf, 0
+    it, best, stale = 0, (np.inf, np.inf), 0
     while it < max_iter:
         k = min(check_every, max_iter - it)
         eng.iterate(k, eps)
@@ -76,18 +76,20 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
         res = eng.residuals(abstol, reltol, dual_reltol)
         res.update(iter=it, dtype=np.dtype(eng.dtype).name)
         history.append(res)
-        if res["primal"] <= res["eps_primal"] and res["dual"] <= res["eps_dual"]:
+        boyd = res["primal"] <= res["eps_primal"] and res["dual"] <= res["eps_dual"]
+        mixed32 = eng.dtype != np.float64 and not single
+        if boyd or mixed32:
             W = eng.weights()
             W[:, :d][np.abs(W[:, :d]) <= thresh] = 0.0
             v = res["violation"] = eng.violation(W, eps)
-            if eng.dtype == np.float64 or single:
-                if v <= feas_tol:
-                    return W, True, it, history
-            else:
-                stale = 0 if v < 0.9 * best else stale + 1
-                best = min(best, v)
-                if v <= SWITCH_FACTOR * feas_tol or stale >= SWITCH_STALE:
-                    eng.to_float64()
+        if mixed32:  # hand over once float32 is close, or has stopped making progress
+            progress = v < 0.9 * best[0] or res["dual"] < 0.9 * best[1]
+            best = (min(best[0], v), min(best[1], res["dual"]))
+            stale = 0 if progress else stale + 1
+            if (boyd and v <= SWITCH_FACTOR * feas_tol) or stale >= SWITCH_STALE:
+                eng.to_float64()
+        elif boyd and v <= feas_tol:
+            return W, True, it, history
         if deadline is not None and time.perf_counter() > deadline:
             break
         if adaptive_rho and res["primal"] > BALANCE_MU * res["dual"]:

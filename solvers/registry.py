@@ -95,8 +95,8 @@ def run(
 # (measured: a 100 x 300 layer runs l0-admm in 23 ms on one thread, 92 ms on two).
 _SMALL_PRODUCT_FLOPS = 3e7
 # A per-sample solver (Net-Trim's ADMM) alternates products with serial kernels and checks:
-# a 2000 x 301 by 301 x 100 layer ran 1.3 s on one thread and 1.9 s on two; 784 -> 300 gained.
-_SMALL_SAMPLE_FLOPS = 2e8
+# a 2000 x 301 by 301 x 100 layer ran 1.0 s on one thread and 0.7 s on two.
+_SMALL_SAMPLE_FLOPS = 2e7
 
 
 def _blas_threads(problem: LayerProblem, per_sample: bool = False):
