@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/layer_baselines.py
 	$(BIN)/python bench/l0.py
 	$(BIN)/python bench/l0_exact.py
+	$(BIN)/python bench/nettrim.py
 
 lint: setup
 	$(BIN)/ruff check .

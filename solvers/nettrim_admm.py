@@ -42,7 +42,10 @@ from layertrim.solvers.registry import register
 RHO_W = 2.0  # rho = RHO_W / mean|W0|
 RHO_FIT = 25.0  # rho_fit = RHO_FIT * mean|W0| / mean(Y^2 on Omega)
 BALANCE_MU, BALANCE_TAU = 10.0, 2.0  # Boyd's residual balancing constants
-SWITCH_FACTOR, SWITCH_STALE = 3.0, 8
+# mixed precision: float32 hands over to float64 when the violation is within SWITCH_FACTOR *
+# feas_tol, or has not improved by 10% in SWITCH_STALE checks (float32's floor: about 5e-5 on
+# a 10000 x 301 layer, where its rounding in the products shows)
+SWITCH_FACTOR, SWITCH_STALE = 3.0, 3
 _PRECISIONS = ("mixed", "float32", "float64")
 
 
@@ -68,7 +71,7 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
     (mixed precision) the iterations move to float64 once the float32 violation is within
     SWITCH_FACTOR * feas_tol or stops improving. Returns (W, converged, iterations, history)."""
     history: list[dict] = []
-    it, best, stale = 0, (np.inf, np.inf), 0
+    it, best, stale = 0, np.inf, 0
     while it < max_iter:
         k = min(check_every, max_iter - it)
         eng.iterate(k, eps)
@@ -83,10 +86,9 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
             W[:, :d][np.abs(W[:, :d]) <= thresh] = 0.0
             v = res["violation"] = eng.violation(W, eps)
         if mixed32:  # hand over once float32 is close, or has stopped making progress
-            progress = v < 0.9 * best[0] or res["dual"] < 0.9 * best[1]
-            best = (min(best[0], v), min(best[1], res["dual"]))
-            stale = 0 if progress else stale + 1
-            if (boyd and v <= SWITCH_FACTOR * feas_tol) or stale >= SWITCH_STALE:
+            stale = 0 if v < 0.9 * best else stale + 1
+            best = min(best, v)
+            if v <= SWITCH_FACTOR * feas_tol or stale >= SWITCH_STALE:
                 eng.to_float64()
         elif boyd and v <= feas_tol:
             return W, True, it, history
@@ -122,7 +124,7 @@ def solve(
     adaptive_rho: bool = False,
     abstol: float = 1e-7,
     reltol: float = 1e-3,
-    dual_reltol: float = 1e-2,
+    dual_reltol: float = 3e-2,
     feas_tol: float = 1e-5,
     max_iter: int = 10000,
     check_every: int = 20,
@@ -141,7 +143,8 @@ def solve(
     adaptive_rho : Boyd's residual balancing (mu = 10, tau = 2), scaling both penalties.
     abstol, reltol : Boyd's absolute and relative tolerances on the primal residual.
     dual_reltol : relative tolerance on the dual residual (relative to ||rho L2||, see
-        ``NetTrimADMM.residuals``); the objective settles long before the dual does.
+        ``NetTrimADMM.residuals``). The objective settles long before the dual does: on the
+        MNIST layers a dual residual of 3e-2 came with an l1 gap of 2e-5 to 5e-5.
     feas_tol : the returned W must satisfy dist(Xa W^T, C) <= feas_tol * eps.
     max_iter : iteration cap per solve; without convergence the result says so.
     check_every : residuals are evaluated every this many iterations.

@@ -75,11 +75,9 @@ class NetTrimADMM:
         G = self.gemm(1.0, self.X, self.X, trans_a=1)
         G[np.diag_indices_from(G)] += 1.0
         self.chol = scipy.linalg.cholesky(G, lower=True, overwrite_a=True)
-        self.Y = np.asfortranarray(self.t.Y / self.c, dtype=dtype)
-        big = np.finfo(dtype).max
-        self.V = (np.full(self.Y.shape, big, dtype, order="F") if self.t.V is None
-                  else np.asfortranarray(self.t.V / self.c, dtype=dtype))
         self.omega = np.asfortranarray(self.omega)
+        YV = self.t.Y if self.t.V is None else np.where(self.omega, self.t.Y, self.t.V)
+        self.YV = np.asfortranarray(YV / self.c, dtype=dtype)  # Y on Omega, V off it
         for name in ("B", "Q", "U", "L1", "L2"):
             setattr(self, name, np.asfortranarray(getattr(self, name), dtype=dtype))
         self.U_old, self.Q_old = np.array(self.U, order="F"), np.array(self.Q, order="F")
@@ -111,7 +109,7 @@ class NetTrimADMM:
         X, tm, kappa, gemm = self.X, self.timing, 1.0 / self.rho, self.gemm
         np.subtract(self.U, self.L1, out=self.T)  # afterwards the kernels write T and R
         np.subtract(self.Q, self.L2, out=self.R)
-        for _ in range(k):
+        for step in range(k):
             t0 = time.perf_counter()
             self.R = gemm(1.0, X, self.T, 1.0, self.R, trans_a=1, overwrite_c=1)
             t1 = time.perf_counter()
@@ -122,10 +120,11 @@ class NetTrimADMM:
             t2 = time.perf_counter()
             self.AB = gemm(1.0, X, self.B, 0.0, self.AB, overwrite_c=1)
             t3 = time.perf_counter()
-            project_set_and_update(self.AB, self.U, self.L1, self.Y, self.V, self.omega, eps_s,
-                                   self.alpha, self.U_old, self.T)
+            last = step == k - 1  # the residuals after this call need the previous U and Q
+            project_set_and_update(self.AB, self.U, self.L1, self.YV, self.omega, eps_s,
+                                   self.alpha, self.U_old, self.T, last)
             shrink_and_update(self.B, self.Q, self.L2, kappa, self.d, self.alpha, self.Q_old,
-                              self.R)
+                              self.R, last)
             self.R_next = self.B
             t4 = time.perf_counter()
             tm["products"] += (t1 - t0) + (t3 - t2)

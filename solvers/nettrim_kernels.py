@@ -15,7 +15,8 @@ import numpy as np
 
 @numba.njit(cache=True)
 def omega_col_sq_norms(AB, U, L, Y, omega, alpha):
-    """Per column j: ||(alpha AB + (1 - alpha) U + L - Y)_{Omega, j}||^2 (float64)."""
+    """Per column j: ||(alpha AB + (1 - alpha) U + L - Y)_{Omega, j}||^2 (float64; Y is only
+    read on Omega)."""
     n, m = AB.shape
     out = np.zeros(m)
     for j in range(m):
@@ -29,15 +30,16 @@ def omega_col_sq_norms(AB, U, L, Y, omega, alpha):
 
 
 @numba.njit(cache=True)
-def project_set_and_update(AB, U, L, Y, V, omega, eps, alpha, U_old, T):
+def project_set_and_update(AB, U, L, YV, omega, eps, alpha, U_old, T, save_old):
     """U <- Pi_C(alpha AB + (1 - alpha) U + L); L <- L + (alpha AB + (1 - alpha) U) - U_new.
 
     C = {||(U - Y)_Omega|| <= eps (Frobenius, or per column when eps has length m),
-    U_{not Omega} <= V}. U_old receives the previous U (for the dual residual), T = U - L the
-    next B-step's input.
+    U_{not Omega} <= V}; YV holds Y on Omega and V off it (one array to stream, not two).
+    T = U - L is the next B-step's input; U_old receives the previous U (for the dual
+    residual) only when save_old: the kernels are memory-bound, every array counts.
     """
     n, m = AB.shape
-    sq = omega_col_sq_norms(AB, U, L, Y, omega, alpha)
+    sq = omega_col_sq_norms(AB, U, L, YV, omega, alpha)
     scale = np.ones(m)
     if eps.size == 1:
         nrm = np.sqrt(sq.sum())
@@ -53,20 +55,23 @@ def project_set_and_update(AB, U, L, Y, V, omega, eps, alpha, U_old, T):
         for i in range(n):
             u_old = U[i, j]
             t = alpha * AB[i, j] + (1.0 - alpha) * u_old + L[i, j]  # over-relaxed, shifted
+            y = YV[i, j]
             if omega[i, j]:
-                u = Y[i, j] + s * (t - Y[i, j])
+                u = y + s * (t - y)
             else:
-                u = t if t <= V[i, j] else V[i, j]
-            U_old[i, j] = u_old
+                u = t if t <= y else y
+            if save_old:
+                U_old[i, j] = u_old
             U[i, j] = u
             L[i, j] = t - u
             T[i, j] = u - (t - u)
 
 
 @numba.njit(cache=True)
-def shrink_and_update(B, Q, L, kappa, n_pen, alpha, Q_old, R):
+def shrink_and_update(B, Q, L, kappa, n_pen, alpha, Q_old, R, save_old):
     """Q <- soft(alpha B + (1 - alpha) Q + L, kappa) on the first n_pen rows (the weights; the
-    bias row is not penalised); L <- L + (alpha B + (1 - alpha) Q) - Q_new; R = Q - L."""
+    bias row is not penalised); L <- L + (alpha B + (1 - alpha) Q) - Q_new; R = Q - L; Q_old
+    receives the previous Q when save_old."""
     p, m = B.shape
     for j in range(m):
         for i in range(p):
@@ -76,7 +81,8 @@ def shrink_and_update(B, Q, L, kappa, n_pen, alpha, Q_old, R):
                 q = t - kappa if t > kappa else (t + kappa if t < -kappa else 0.0)
             else:
                 q = t
-            Q_old[i, j] = q_old
+            if save_old:
+                Q_old[i, j] = q_old
             Q[i, j] = q
             L[i, j] = t - q
             R[i, j] = q - (t - q)
