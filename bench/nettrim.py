@@ -142,7 +142,7 @@ def speed(name, W, b, X, relu, *, baseline=(1, 2), reference=True):
     return rec
 
 
-def scaling(base=(2000, 200, 100), steps=4, iters=20):
+def scaling(base=(2000, 200, 100), steps=4, iters=40):
     """Time per iteration (float32, the bulk of a solve) with n, d or m doubled."""
     rng = np.random.default_rng(0)
     out = []
@@ -160,7 +160,7 @@ def scaling(base=(2000, 200, 100), steps=4, iters=20):
             for key in eng.timing:
                 eng.timing[key] = 0.0
             t0 = time.perf_counter()
-            eng.iterate(iters, t.eps)
+            eng.iterate(iters, t.eps)  # one call: no residual checks in between
             sec = (time.perf_counter() - t0) / iters
             out.append({"axis": axis, "n": n, "d": d, "m": m, "ms_per_iteration": 1e3 * sec,
                         **{f"{k}_ms": 1e3 * v / iters for k, v in eng.timing.items()
@@ -184,6 +184,8 @@ def plot_scaling(rows, path):
             ax.loglog(x, [r[key] for r in rs], style, label=key.replace("_", " "))
         ref = rs[0]["ms_per_iteration"]
         ax.loglog(x, [ref * v / x[0] for v in x], "k:", label="linear")
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.minorticks_off()
         ax.set_xlabel(axis)
         ax.set_ylabel("ms per iteration")
         ax.set_title(f"doubling {axis} (others fixed)")
@@ -287,7 +289,46 @@ def main(argv=None) -> int:
     path = atomic_write_text(args.out, json.dumps(out, indent=1))
     print(f"wrote {path}")
     print(f"wrote {plot_scaling(out['scaling'], path.with_name(path.stem + '_scaling.png'))}")
+    print(summary(out))
     return 0
+
+
+def summary(out) -> str:
+    """Markdown tables for the README."""
+    lines = ["| layer | n | reference | ref. time | nettrim time | iterations | l1 gap | "
+             "violation |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in out["agreement"]:
+        lines.append(f"| {r['layer']} | {r['n']} | {r['reference']} | {r['ref_s']:.1f} s | "
+                     f"{r['time_s']:.3f} s | {r['iterations']} | {r['gap_rel']:+.1e} | "
+                     f"{r['violation_rel']:.1e} |")
+    lines += ["", "| layer | nettrim | original, 1 thread | speed-up | original, 2 threads | "
+              "speed-up | nettrim gap / violation | original gap / violation | ms/iteration: "
+              "products / solves / kernels / checks |",
+              "|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in out["speed"]:
+        o = r["ours"]
+        b = o["breakdown_ms_per_iteration"]
+        cells = []
+        for k in ("original_1thread", "original_2thread"):
+            if k in r:
+                cells += [f"{r[k]['time_s']:.1f} s ({r[k]['iterations']} it)",
+                          f"{r['speedup_vs_' + k]:.1f}x"]
+            else:
+                cells += ["—", "—"]
+        orig = r.get("original_1thread")
+        og = f"{orig['gap_rel']:+.1e} / {orig['violation_rel']:.1e}" if orig else "—"
+        lines.append(f"| {r['layer']} | {o['time_s']:.2f} s ({o['iterations']} it) | "
+                     + " | ".join(cells) + f" | {o['gap_rel']:+.1e} / {o['violation_rel']:.1e}"
+                     f" | {og} | {o['ms_per_iteration']:.1f}: {b['products']:.1f} / "
+                     f"{b['solves']:.1f} / {b['kernels']:.1f} / {b['checks']:.1f} |")
+    lines += ["", "| scheme | gain | nonzero fraction | test accuracy | per layer kept "
+              "(fc1 / fc2 / fc3) | time |", "|---|---:|---:|---:|---|---:|"]
+    for r in out["accuracy"]:
+        per = " / ".join(f"{la['nonzero_fraction']:.3f}" for la in r.get("layers", []))
+        g = "—" if r["gain"] is None else r["gain"]
+        lines.append(f"| {r['scheme']} | {g} | {r['nonzero_fraction']:.3f} | "
+                     f"{r['test_accuracy']:.4f} | {per or '—'} | {r.get('time_s', 0):.1f} s |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
