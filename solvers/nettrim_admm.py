@@ -35,7 +35,7 @@ from layertrim.solvers.nettrim_cvx import (
     check_target_sparsity,
     targets_for,
 )
-from layertrim.solvers.nettrim_engine import NetTrimADMM
+from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
 from layertrim.solvers.nettrim_rules import NetTrimTargets, _check_gain
 from layertrim.solvers.registry import register
 
@@ -132,6 +132,7 @@ def solve(
     precision: str = "mixed",
     time_limit: float | None = None,
     max_bisect: int = 30,
+    refit: bool = False,
 ) -> LayerResult:
     """Prune a layer with the Net-Trim program by ADMM.
 
@@ -151,6 +152,8 @@ def solve(
     warm_start : an (m, d) or augmented (m, d+1) starting W.
     precision : "mixed" (float32 iterations, float64 finish), "float32" or "float64".
     time_limit : seconds for the whole solve (bisection included).
+    refit : then re-solve on the found support: minimise ||(Xa W^T - Y)_Omega||^2 keeping the
+        constraints (the same ADMM with a fit prox and a support projection).
 
     Returns
     -------
@@ -223,8 +226,19 @@ def solve(
         gain = g
     t.eps = e
     mask = W[:, :d] != 0
-    viol = hist[-1].get("violation") if hist else None
-    cert = {"converged": bool(conv), "l1": float(np.abs(W[:, :d]).sum()), "gain": gain,
+    l1 = float(np.abs(W[:, :d]).sum())
+    refit_info = None
+    if refit:
+        eng.start_refit(mask)
+        W, rconv, rits, rhist = run_admm(eng, e, **opts)
+        hist = hist + rhist
+        W[:, :d][~mask] = 0.0
+        total += rits
+        conv = conv and rconv
+        refit_info = {"converged": rconv, "iterations": rits,
+                      "violation_rel": rhist[-1].get("violation") if rhist else None}
+    viol = relative_violation(Xa @ W.T, t, e)  # of the returned W, refit or not
+    cert = {"converged": bool(conv), "l1": l1, "refit": refit_info, "gain": gain,
             "iterations": total, "violation_rel": viol, "rho": eng.rho,
             "rho_fit": eng.rho / eng.c**2, "time_breakdown": dict(eng.timing),
             "residuals": hist, "bisection": bisect, **certificate(Xa, W, t)}
@@ -232,7 +246,7 @@ def solve(
                 "omega_tol": omega_tol, "zero_tol": zero_tol, "rho": rho, "rho_fit": rho_fit,
                 "alpha": alpha, "adaptive_rho": adaptive_rho, "abstol": abstol,
                 "reltol": reltol, "dual_reltol": dual_reltol, "feas_tol": feas_tol,
-                "max_iter": max_iter, "precision": precision}
+                "max_iter": max_iter, "precision": precision, "refit": refit}
     return finalize(problem, W, mask, solver="nettrim", settings=settings, t0=t0,
                     iterations=total, status="solved" if conv else "max_iter",
                     history=hist, certificate=cert)

@@ -53,6 +53,7 @@ class NetTrimADMM:
         m = targets.Y.shape[1]
         self.omega = (np.ones((n, m), bool) if targets.omega is None
                       else np.ascontiguousarray(targets.omega))
+        self.support = None  # set by start_refit: the Q-step then keeps a fixed support
         self.timing = {"products": 0.0, "solves": 0.0, "kernels": 0.0, "factor": 0.0,
                        "checks": 0.0}
         self.dtype = None
@@ -107,6 +108,8 @@ class NetTrimADMM:
         """k ADMM iterations at radius eps (unscaled; a float or an (m,) array)."""
         eps_s = np.atleast_1d(np.asarray(eps, dtype=np.float64) / self.c)
         X, tm, kappa, gemm = self.X, self.timing, 1.0 / self.rho, self.gemm
+        # the refit's fit weight in scaled units (the objective is c^2/2 ||U_s - Y_s||^2)
+        w_fit = -1.0 if self.support is None else self.c**2 / self.rho
         np.subtract(self.U, self.L1, out=self.T)  # afterwards the kernels write T and R
         np.subtract(self.Q, self.L2, out=self.R)
         for step in range(k):
@@ -122,14 +125,23 @@ class NetTrimADMM:
             t3 = time.perf_counter()
             last = step == k - 1  # the residuals after this call need the previous U and Q
             project_set_and_update(self.AB, self.U, self.L1, self.YV, self.omega, eps_s,
-                                   self.alpha, self.U_old, self.T, last)
+                                   self.alpha, self.U_old, self.T, last, w_fit)
             shrink_and_update(self.B, self.Q, self.L2, kappa, self.d, self.alpha, self.Q_old,
-                              self.R, last)
+                              self.R, last, self.support)
             self.R_next = self.B
             t4 = time.perf_counter()
             tm["products"] += (t1 - t0) + (t3 - t2)
             tm["solves"] += t2 - t1
             tm["kernels"] += t4 - t3
+
+    def start_refit(self, mask: np.ndarray) -> None:
+        """Switch to the refit program on the support ``mask`` (m x d): minimise
+        ||(Xa W^T - Y)_Omega||^2 subject to Xa W^T <= V off Omega and W = 0 off the mask.
+        Starts from the current iterate with zero duals."""
+        p, m = self.B.shape
+        self.support = np.asfortranarray(mask.T[: self.d])
+        self.L1[:] = 0
+        self.L2[:] = 0
 
     def residuals(self, abstol: float, reltol: float, dual_reltol: float | None = None) -> dict:
         """Boyd et al. (2011) section 3.3 residuals of the last iteration, with their

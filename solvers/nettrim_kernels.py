@@ -30,22 +30,29 @@ def omega_col_sq_norms(AB, U, L, Y, omega, alpha):
 
 
 @numba.njit(cache=True)
-def project_set_and_update(AB, U, L, YV, omega, eps, alpha, U_old, T, save_old):
+def project_set_and_update(AB, U, L, YV, omega, eps, alpha, U_old, T, save_old, w_fit=-1.0):
     """U <- Pi_C(alpha AB + (1 - alpha) U + L); L <- L + (alpha AB + (1 - alpha) U) - U_new.
 
     C = {||(U - Y)_Omega|| <= eps (Frobenius, or per column when eps has length m),
     U_{not Omega} <= V}; YV holds Y on Omega and V off it (one array to stream, not two).
     T = U - L is the next B-step's input; U_old receives the previous U (for the dual
     residual) only when save_old: the kernels are memory-bound, every array counts.
+
+    With w_fit >= 0 (the refit) the ball is replaced by the prox of w_fit/2 ||(U - Y)_Omega||^2:
+    U = (w_fit y + t) / (w_fit + 1) on Omega.
     """
     n, m = AB.shape
-    sq = omega_col_sq_norms(AB, U, L, YV, omega, alpha)
+    fit = w_fit >= 0.0
     scale = np.ones(m)
-    if eps.size == 1:
+    if fit:
+        scale[:] = 1.0 / (w_fit + 1.0)
+    elif eps.size == 1:
+        sq = omega_col_sq_norms(AB, U, L, YV, omega, alpha)
         nrm = np.sqrt(sq.sum())
         if nrm > eps[0]:
             scale[:] = eps[0] / nrm
     else:
+        sq = omega_col_sq_norms(AB, U, L, YV, omega, alpha)
         for j in range(m):
             nr = np.sqrt(sq[j])
             if nr > eps[j]:
@@ -57,7 +64,7 @@ def project_set_and_update(AB, U, L, YV, omega, eps, alpha, U_old, T, save_old):
             t = alpha * AB[i, j] + (1.0 - alpha) * u_old + L[i, j]  # over-relaxed, shifted
             y = YV[i, j]
             if omega[i, j]:
-                u = y + s * (t - y)
+                u = y + s * (t - y)  # the ball's radial scaling; the fit prox is the same form
             else:
                 u = t if t <= y else y
             if save_old:
@@ -68,21 +75,25 @@ def project_set_and_update(AB, U, L, YV, omega, eps, alpha, U_old, T, save_old):
 
 
 @numba.njit(cache=True)
-def shrink_and_update(B, Q, L, kappa, n_pen, alpha, Q_old, R, save_old):
+def shrink_and_update(B, Q, L, kappa, n_pen, alpha, Q_old, R, save_old, support=None):
     """Q <- soft(alpha B + (1 - alpha) Q + L, kappa) on the first n_pen rows (the weights; the
     bias row is not penalised); L <- L + (alpha B + (1 - alpha) Q) - Q_new; R = Q - L; Q_old
-    receives the previous Q when save_old."""
+    receives the previous Q when save_old. With a boolean ``support`` (the refit) the first
+    n_pen rows are projected onto it instead: t on the support, 0 elsewhere."""
     p, m = B.shape
     for j in range(m):
         for i in range(p):
             q_old = Q[i, j]
             t = alpha * B[i, j] + (1.0 - alpha) * q_old + L[i, j]
-            if i < n_pen:
-                q = t - kappa if t > kappa else (t + kappa if t < -kappa else 0.0)
-            else:
+            if i >= n_pen:
                 q = t
+            elif support is not None:
+                q = t if support[i, j] else 0.0
+            else:
+                q = t - kappa if t > kappa else (t + kappa if t < -kappa else 0.0)
             if save_old:
                 Q_old[i, j] = q_old
             Q[i, j] = q
             L[i, j] = t - q
             R[i, j] = q - (t - q)
+

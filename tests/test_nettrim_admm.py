@@ -107,6 +107,29 @@ def test_dual_bound_is_below_the_optimum_and_closes_the_gap():
     assert bounds[-1] >= opt * (1 - 1e-3)
 
 
+def test_refit_matches_the_reference_refit():
+    W, X, b = layer(8)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08,
+                         refit=True)
+    plain = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
+                           **tight())
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08, refit=True,
+                       **tight())
+    assert r.certificate["converged"] and r.certificate["refit"]["converged"]
+    np.testing.assert_array_equal(r.mask, plain.mask)  # the support is kept
+    np.testing.assert_array_equal(r.mask, ref.mask)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    t = parallel_rule(Xa, np.hstack([W, b[:, None]]), True, 0.08)
+
+    def fit(res):
+        Z = Xa @ np.hstack([res.W, res.bias[:, None]]).T
+        return np.linalg.norm(np.where(t.omega, Z - t.Y, 0.0))
+
+    assert fit(r) == pytest.approx(fit(ref), rel=1e-4)
+    assert fit(r) < 0.99 * fit(plain)  # the l1 solution sits on the ball; the refit is inside
+    assert r.certificate["violation_rel"] <= 1e-6
+
+
 def test_not_converged_is_reported_with_residuals():
     W, X, b = layer(0)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.05,
@@ -201,6 +224,12 @@ def test_projection_kernel_matches_the_closed_form(shape, seed, alpha, eps, per_
     norms = np.linalg.norm(fit, axis=0) if per_neuron else np.linalg.norm(fit)
     assert np.all(norms <= eps * (1 + 1e-12))
     assert np.all(Uf[~omega] <= V[~omega])
+    # the refit's prox of eps/2 ||(U - Y)_Omega||^2 (eps reused as the weight)
+    Uf, Lf = _f(U0.copy()), _f(L.copy())
+    project_set_and_update(_f(AB), Uf, Lf, _f(YV), _f(omega), eps_arr, alpha, Uold, T, False,
+                           eps)
+    np.testing.assert_allclose(Uf, np.where(omega, (eps * Y + t) / (eps + 1), np.minimum(t, V)),
+                               atol=1e-12)
 
 
 @settings(max_examples=60, deadline=None)
@@ -219,6 +248,12 @@ def test_shrink_kernel_matches_the_closed_form(shape, seed, alpha, kappa):
     np.testing.assert_allclose(Lf, t - expect, atol=1e-12)
     np.testing.assert_allclose(R, Qf - Lf, atol=1e-12)
     np.testing.assert_array_equal(Qold, Q)
+    # the refit's projection onto a support (the bias row always kept)
+    support = _f(rng.random((n_pen, m)) < 0.5)
+    Qf, Lf = _f(Q.copy()), _f(L.copy())
+    shrink_and_update(_f(B), Qf, Lf, kappa, n_pen, alpha, Qold, R, False, support)
+    expect = np.vstack([np.where(support, t[:n_pen], 0.0), t[n_pen:]])
+    np.testing.assert_allclose(Qf, expect, atol=1e-12)
 
 
 def test_relative_violation_is_the_distance_to_the_set():
