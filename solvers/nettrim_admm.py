@@ -154,7 +154,8 @@ def solve(
     check_every : residuals are evaluated every this many iterations.
     warm_start : an (m, d) or augmented (m, d+1) starting W.
     precision : "mixed" (float32 iterations, float64 finish), "float32" or "float64".
-    time_limit : seconds for the whole solve (bisection included).
+    time_limit : seconds for the whole solve (bisection included); when it runs out the
+        result has status "time_limit" and converged False.
     refit : then re-solve on the found support: minimise ||(Xa W^T - Y)_Omega||^2 keeping the
         constraints (the same ADMM with a fit prox and a support projection).
 
@@ -166,7 +167,7 @@ def solve(
     """
     t0 = time.perf_counter()
     gain = _check_gain(gain)
-    target = check_target_sparsity(target_sparsity)
+    target = check_target_sparsity(target_sparsity, eps)
     check_positive("rho", rho, allow_none=True)
     check_positive("rho_fit", rho_fit, allow_none=True)
     for name, v in (("abstol", abstol), ("reltol", reltol), ("dual_reltol", dual_reltol),
@@ -245,11 +246,15 @@ def solve(
             "iterations": total, "violation_rel": viol, "rho": eng.rho,
             "rho_fit": eng.rho / eng.c**2, "time_breakdown": dict(eng.timing),
             "residuals": hist, "bisection": bisect, **certificate(Xa, W, t)}
+    status = "solved"
+    if not conv:
+        out_of_time = time_limit is not None and time.perf_counter() - t0 >= time_limit
+        status = "time_limit" if out_of_time else "max_iter"
     settings = {"gain": gain, "target_sparsity": target, "per_neuron": per_neuron,
                 "omega_tol": omega_tol, "zero_tol": zero_tol, "rho": rho, "rho_fit": rho_fit,
                 "alpha": alpha, "adaptive_rho": adaptive_rho, "abstol": abstol,
                 "reltol": reltol, "dual_reltol": dual_reltol, "feas_tol": feas_tol,
                 "max_iter": max_iter, "precision": precision, "refit": refit}
     return finalize(problem, W, mask, solver="nettrim", settings=settings, t0=t0,
-                    iterations=total, status="solved" if conv else "max_iter",
+                    iterations=total, status=status,
                     history=hist, certificate=cert)

@@ -93,9 +93,11 @@ def certificate(Xa, W: np.ndarray, t: NetTrimTargets) -> dict:
             "eps": eps.tolist() if eps.ndim else float(eps)}
 
 
-def check_target_sparsity(target_sparsity) -> float | None:
+def check_target_sparsity(target_sparsity, eps=None) -> float | None:
     if target_sparsity is None:
         return None
+    if eps is not None:
+        raise InvalidInputError("give eps or target_sparsity, not both: the bisection moves eps")
     ok = isinstance(target_sparsity, (int, float, np.number)) and not isinstance(
         target_sparsity, bool)
     if not ok or not (0 < target_sparsity < 1):
@@ -143,7 +145,7 @@ def solve(
     if not isinstance(solver, str) or solver.upper() not in _SOLVERS:
         raise InvalidInputError(f"solver must be one of {_SOLVERS}, got {solver!r}")
     gain = _check_gain(gain)
-    target = check_target_sparsity(target_sparsity)
+    target = check_target_sparsity(target_sparsity, eps)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
     t = targets_for(problem, Xa, gain, Y=Y, V=V, eps=eps, omega_tol=omega_tol,

@@ -141,6 +141,14 @@ def test_not_converged_is_reported_with_residuals():
     assert r.certificate["residuals"][-1]["violation"] > 0
 
 
+def test_time_limit_is_reported():
+    W, X, b = layer(0, d=40, m=20, n=2000)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.05,
+                       time_limit=1e-3, feas_tol=1e-9, check_every=1)
+    assert r.status == "time_limit"
+    assert r.certificate["converged"] is False
+
+
 def test_target_sparsity_is_hit_within_one_percent():
     W, X, b = layer(4, d=20, m=10, n=200)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", target_sparsity=0.6)
@@ -172,7 +180,8 @@ def test_bad_input():
                     ({"Y": np.ones((len(X) + 1, W.shape[0]))}, "shape mismatch"),
                     ({"Y": np.full((len(X), W.shape[0]), np.nan)}, "Y"),
                     ({"Y": -np.ones((len(X), W.shape[0]))}, "no positive entry"),
-                    ({"warm_start": np.ones((2, 2))}, "warm_start")]:
+                    ({"warm_start": np.ones((2, 2))}, "warm_start"),
+                    ({"eps": 1.0, "target_sparsity": 0.5}, "not both")]:
         with pytest.raises(InvalidInputError, match=msg):
             run(**kw)
     Xn = X.copy()
