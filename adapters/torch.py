@@ -1,0 +1,217 @@
+"""PyTorch bridge: find the prunable layers of a module, stream their calibration inputs into
+Gram accumulators, and write pruned weights back.
+
+A Linear layer is its weight matrix (out x in) over inputs flattened to rows. A Conv1d/Conv2d
+is a dense layer over its unfolded patches: group g has the (out/groups) x (in/groups * k)
+matrix of its filters, acting on the patches of its own input channels, so a grouped
+convolution yields one layer problem per group. Padding (any mode, 'same' included), stride
+and dilation are applied exactly as the module's forward does.
+
+Only this package imports torch; the solvers see numpy arrays.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layertrim.errors import InvalidInputError
+from layertrim.gram import Gram
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass
+class TorchLayer:
+    """One prunable module. ``d`` is the number of inputs per output (per group)."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def kind(self) -> str:
+        return type(self.module).__name__.lower()
+
+    @property
+    def groups(self) -> int:
+        return int(getattr(self.module, "groups", 1))
+
+    @property
+    def m(self) -> int:
+        """Outputs per group."""
+        return self.module.weight.shape[0] // self.groups
+
+    @property
+    def d(self) -> int:
+        return int(np.prod(self.module.weight.shape[1:]))
+
+    def weight(self, group: int = 0) -> np.ndarray:
+        """The (m, d) float64 weight matrix of one group."""
+        w = self.module.weight.detach()
+        return w[group * self.m:(group + 1) * self.m].reshape(self.m, self.d).double().cpu().numpy()
+
+    def bias(self, group: int = 0) -> np.ndarray | None:
+        b = self.module.bias
+        if b is None:
+            return None
+        return b.detach()[group * self.m:(group + 1) * self.m].double().cpu().numpy()
+
+    def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The layer's input as one (rows, d) matrix per group."""
+        mod = self.module
+        if isinstance(mod, nn.Linear):
+            return [x.reshape(-1, mod.in_features)]
+        if x.dim() == mod.weight.dim() - 1:  # an unbatched input
+            x = x.unsqueeze(0)
+        if isinstance(mod.padding, str) or any(mod.padding) or mod.padding_mode != "zeros":
+            mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
+            x = F.pad(x, mod._reversed_padding_repeated_twice, mode=mode)
+        ks, st, dl = mod.kernel_size, mod.stride, mod.dilation
+        if isinstance(mod, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
+            x, ks, st, dl = x.unsqueeze(2), (1, ks[0]), (1, st[0]), (1, dl[0])
+        patches = F.unfold(x, ks, dilation=dl, stride=st)  # (N, C*k, L), channel-major
+        per_group = patches.shape[1] // self.groups
+        out = []
+        for g in range(self.groups):
+            block = patches[:, g * per_group:(g + 1) * per_group, :]
+            out.append(block.transpose(1, 2).reshape(-1, per_group))
+        return out
+
+
+def _patterns(spec) -> list[re.Pattern]:
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else list(spec)
+    try:
+        return [re.compile(s) for s in items]
+    except (re.error, TypeError) as e:
+        raise InvalidInputError(f"bad layer name pattern {spec!r}: {e}") from None
+
+
+def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer]:
+    """The Linear/Conv1d/Conv2d modules of ``model`` in registration order.
+
+    Parameters
+    ----------
+    include, exclude : a name, a regex, or a list of them, matched against the whole module
+        name (``re.fullmatch``); include keeps only matching layers, exclude drops them.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inc, exc = _patterns(include), _patterns(exclude)
+    found, names = [], []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, PRUNABLE):
+            continue
+        names.append(name)
+        if inc and not any(p.fullmatch(name) for p in inc):
+            continue
+        if any(p.fullmatch(name) for p in exc):
+            continue
+        found.append(TorchLayer(name, mod))
+    if not found:
+        raise InvalidInputError(f"no prunable layer matches include={include!r} "
+                                f"exclude={exclude!r}; prunable layers: {names}")
+    return found
+
+
+def batches(calib) -> Iterable[torch.Tensor]:
+    """Model inputs from a tensor (one batch), or an iterable of tensors or of (x, ...) tuples
+    (a DataLoader over a labelled dataset)."""
+    if isinstance(calib, torch.Tensor):
+        yield calib
+        return
+    if isinstance(calib, np.ndarray):
+        yield torch.from_numpy(calib)
+        return
+    try:
+        it = iter(calib)
+    except TypeError:
+        raise InvalidInputError(f"calibration data must be a tensor or an iterable of batches, "
+                                f"got {type(calib).__name__}") from None
+    for item in it:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInputError(f"a calibration batch must be a tensor, got "
+                                    f"{type(x).__name__}")
+        yield x
+
+
+def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
+                  max_rows: int | None = None, seed: int = 0) -> dict[str, list[Gram]]:
+    """Run ``calib`` through ``model`` (eval mode, no grad) and accumulate, for every layer and
+    group, the float64 Gram of its inputs. Memory beyond the model is the Grams themselves plus
+    one batch: the inputs are never stored.
+
+    max_rows : keep at most this many rows (patches) per batch and layer, drawn uniformly
+        without replacement (seeded); None keeps all.
+    """
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
+                                 or max_rows < 1):
+        raise InvalidInputError(f"max_rows must be a positive integer, got {max_rows!r}")
+    grams = {la.name: [Gram(la.d) for _ in range(la.groups)] for la in layers}
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(layer):
+        def fn(_mod, inputs, _out):
+            for g, rows in enumerate(layer.rows(inputs[0].detach())):
+                if max_rows is not None and rows.shape[0] > max_rows:
+                    rows = rows[torch.randperm(rows.shape[0], generator=gen)[:max_rows]]
+                grams[layer.name][g].update(rows.double().cpu().numpy())
+        return fn
+
+    handles = [la.module.register_forward_hook(hook(la)) for la in layers]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x in batches(calib):
+                model(x)
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise InvalidInputError("the calibration data is empty")
+    return grams
+
+
+def write_back(layer: TorchLayer, group: int, W: np.ndarray, bias: np.ndarray | None) -> None:
+    """Put one group's (m, d) weights (and bias) back into the module, in place, keeping its
+    dtype and device."""
+    w = layer.module.weight
+    if W.shape != (layer.m, layer.d):
+        raise InvalidInputError(f"{layer.name}: weights of shape {W.shape}, expected "
+                                f"{(layer.m, layer.d)}")
+    sl = slice(group * layer.m, (group + 1) * layer.m)
+    with torch.no_grad():
+        w[sl].copy_(torch.from_numpy(np.asarray(W)).reshape(w[sl].shape))
+        if bias is not None and layer.module.bias is not None:
+            layer.module.bias[sl].copy_(torch.from_numpy(np.asarray(bias)))
+
+
+def apply_masks(layers: Sequence[TorchLayer], masks: dict[str, torch.Tensor]) -> None:
+    """The ``torch.nn.utils.prune`` convention: each module gets ``weight_orig`` and
+    ``weight_mask`` with the forward pre-hook, so fine-tuning keeps the zeros and
+    ``prune.remove`` makes them permanent. ``masks`` maps layer names to boolean tensors of
+    the weight's shape."""
+    from torch.nn.utils import prune
+
+    for la in layers:
+        if la.name not in masks:
+            continue
+        mask = torch.as_tensor(masks[la.name])
+        if tuple(mask.shape) != tuple(la.module.weight.shape):
+            raise InvalidInputError(f"{la.name}: mask of shape {tuple(mask.shape)}, weight has "
+                                    f"{tuple(la.module.weight.shape)}")
+        prune.custom_from_mask(la.module, "weight", mask.to(la.module.weight.device))
