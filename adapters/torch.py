@@ -215,3 +215,61 @@ def apply_masks(layers: Sequence[TorchLayer], masks: dict[str, torch.Tensor]) ->
             raise InvalidInputError(f"{la.name}: mask of shape {tuple(mask.shape)}, weight has "
                                     f"{tuple(la.module.weight.shape)}")
         prune.custom_from_mask(la.module, "weight", mask.to(la.module.weight.device))
+
+
+class TorchBridge:
+    """The ``layerwise.schedule.ModelBridge`` of a torch module and its calibration data."""
+
+    def __init__(self, model: nn.Module, calib, layers: Sequence[TorchLayer], *,
+                 max_rows: int | None = None, seed: int = 0) -> None:
+        self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
+        self.by_name = {la.name: la for la in layers}
+
+    def layer_names(self) -> list[str]:
+        return list(self.by_name)
+
+    def groups(self, name: str) -> int:
+        return self.by_name[name].groups
+
+    def weights(self, name: str, group: int):
+        la = self.by_name[name]
+        return la.weight(group), la.bias(group)
+
+    def grams(self, names: list[str]) -> dict[str, list[Gram]]:
+        return collect_grams(self.model, [self.by_name[n] for n in names], self.calib,
+                             max_rows=self.max_rows, seed=self.seed)
+
+    def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None:
+        write_back(self.by_name[name], group, W, b)
+
+
+def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
+                schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
+                executor=None, max_rows: int | None = None, seed: int = 0,
+                mask_convention: bool = False, **solver_options):
+    """Prune ``model`` in place, layer by layer, and return a
+    :class:`layertrim.layerwise.report.PruneReport`.
+
+    Parameters
+    ----------
+    model : the torch module (its dtype and device are kept).
+    calib : calibration inputs: a tensor, or an iterable of tensors or of (x, ...) batches.
+    sparsity : a fraction in [0, 1) for every layer, or a dict by layer name.
+    method : a Gram-based registered solver (see ``layertrim.methods()``).
+    schedule : "cascade" (each layer sees the already-pruned network) or "parallel".
+    pattern : "layer", "row" or "N:M".
+    layers, exclude : names or regexes of the layers to prune / to leave alone.
+    executor : "local" (processes; the default), "serial", or an executor object.
+    max_rows : subsample at most this many input rows (patches) per batch and layer.
+    mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
+    solver_options : passed to the solver.
+    """
+    from layertrim.layerwise.schedule import run_schedule
+
+    found = find_layers(model, include=layers, exclude=exclude)
+    bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed)
+    report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
+                          pattern=pattern, executor=executor, **solver_options)
+    if mask_convention:
+        apply_masks(found, {la.name: la.module.weight.detach() != 0 for la in found})
+    return report

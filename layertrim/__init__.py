@@ -10,6 +10,15 @@ from layertrim.solvers import refit  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def prune_model(model, calib, **kwargs):
+    """Prune a PyTorch model in place; see :func:`layertrim.adapters.torch.prune_model`
+    (imported on first use, so ``import layertrim`` does not load torch)."""
+    from layertrim.adapters.torch import prune_model as _prune_model
+
+    return _prune_model(model, calib, **kwargs)
+
+
 __all__ = [
     "Gram",
     "InvalidInputError",
@@ -17,6 +26,7 @@ __all__ = [
     "LayerResult",
     "Pattern",
     "methods",
+    "prune_model",
     "refit",
     "relative_error",
     "solve_layer",

@@ -1,4 +1,2 @@
-"""Schedulers (parallel, cascade), executors (local processes, Ray) and checkpoint/resume.
-
-Filled in by the whole-model and distributed issues; the single-layer API does not need it.
-"""
+"""Schedulers (parallel, cascade) and executors (serial, local processes) for whole models;
+Ray and checkpoint/resume come with the distributed issue."""

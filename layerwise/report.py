@@ -1,0 +1,65 @@
+"""What a whole-model run did, per layer and in total."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    group: int
+    m: int
+    d: int
+    nnz: int
+    sparsity: float
+    rel_error: float
+    time_s: float
+    status: str
+    solver: str
+
+
+@dataclass
+class PruneReport:
+    """Per-layer records plus totals (weights, nonzeros, sparsity, solve time)."""
+
+    schedule: str
+    method: str
+    layers: list[LayerRecord] = field(default_factory=list)
+
+    @property
+    def total_weights(self) -> int:
+        return sum(r.m * r.d for r in self.layers)
+
+    @property
+    def total_nnz(self) -> int:
+        return sum(r.nnz for r in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.total_nnz / max(self.total_weights, 1)
+
+    @property
+    def time_s(self) -> float:
+        return sum(r.time_s for r in self.layers)
+
+    def to_dict(self) -> dict:
+        return {"schedule": self.schedule, "method": self.method,
+                "layers": [asdict(r) for r in self.layers],
+                "totals": {"weights": self.total_weights, "nonzero": self.total_nnz,
+                           "sparsity": self.sparsity, "solve_time_s": self.time_s}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<24} {'shape':>12} {'sparsity':>9} {'rel.err':>9} {'time':>8} status"]
+        for r in self.layers:
+            name = r.name if r.group == 0 and not any(
+                o.name == r.name and o.group for o in self.layers) else f"{r.name}[g{r.group}]"
+            lines.append(f"{name:<24} {f'{r.m}x{r.d}':>12} {r.sparsity:>9.4f} "
+                         f"{r.rel_error:>9.2e} {r.time_s:>7.2f}s {r.status}")
+        lines.append(f"{'total':<24} {self.total_weights:>12} {self.sparsity:>9.4f} "
+                     f"{'':>9} {self.time_s:>7.2f}s")
+        return "\n".join(lines)

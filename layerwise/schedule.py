@@ -1,0 +1,100 @@
+"""Parallel and cascade schedules over a model, framework-agnostic.
+
+A bridge (``adapters/torch.py`` has one) names the layers, returns each layer's weights,
+accumulates calibration Grams on the model as it currently is, and writes weights back.
+
+- parallel: one calibration pass on the original model; every layer problem is independent,
+  so all of them go through the executor at once.
+- cascade: layers in forward order; layer l's Gram comes from the model already pruned up to
+  l - 1, so later layers absorb the earlier layers' error.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from layertrim.errors import InvalidInputError
+from layertrim.gram import Gram
+from layertrim.layerwise.executors import LayerJob, get_executor, solve_job
+from layertrim.layerwise.report import LayerRecord, PruneReport
+from layertrim.problem import LayerProblem
+
+SCHEDULES = ("parallel", "cascade")
+
+
+class ModelBridge(Protocol):
+    def layer_names(self) -> list[str]: ...
+
+    def groups(self, name: str) -> int: ...
+
+    def weights(self, name: str, group: int) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def grams(self, names: list[str]) -> dict[str, list[Gram]]: ...
+
+    def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None: ...
+
+
+def sparsity_policy(sparsity, names: list[str]) -> dict[str, float]:
+    """A float (uniform) or a dict by layer name covering every layer."""
+    if isinstance(sparsity, dict):
+        missing = [n for n in names if n not in sparsity]
+        extra = [n for n in sparsity if n not in names]
+        if missing or extra:
+            raise InvalidInputError(f"the sparsity dict must name exactly the pruned layers: "
+                                    f"missing {missing}, unknown {extra}")
+        return {n: sparsity[n] for n in names}
+    return {n: sparsity for n in names}
+
+
+def _check_method(method: str) -> None:
+    from layertrim.solvers import get_solver
+
+    entry = get_solver(method)
+    if entry.per_sample:
+        raise InvalidInputError(
+            f"method {method!r} needs the per-sample inputs X, but whole-model pruning streams "
+            f"Gram matrices; use a Gram-based method (sparsegpt, wanda, magnitude, l0-admm, "
+            f"slr, iht) or prune that layer with layertrim.solve_layer")
+
+
+def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
+                 schedule: str = "cascade", pattern: str = "layer", executor=None,
+                 **solver_options) -> PruneReport:
+    """Prune every layer of ``bridge`` in place and report what was done."""
+    if schedule not in SCHEDULES:
+        raise InvalidInputError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
+    _check_method(method)
+    names = bridge.layer_names()
+    policy = sparsity_policy(sparsity, names)
+    ex = get_executor(executor)
+    report = PruneReport(schedule=schedule, method=method)
+
+    def jobs_for(grams: dict[str, list[Gram]], layer_names: list[str]) -> list[LayerJob]:
+        jobs = []
+        for name in layer_names:
+            for g in range(bridge.groups(name)):
+                W, b = bridge.weights(name, g)
+                try:
+                    problem = LayerProblem.create(W, gram=grams[name][g], bias=b,
+                                                  sparsity=policy[name], pattern=pattern)
+                except InvalidInputError as e:
+                    raise InvalidInputError(f"layer {name}: {e}") from None
+                jobs.append(LayerJob(name, g, problem, method, dict(solver_options)))
+        return jobs
+
+    def finish(jobs: list[LayerJob]) -> None:
+        for job, r in zip(jobs, ex.map(solve_job, jobs), strict=True):
+            bridge.write_back(job.name, job.group, r.W, r.bias)
+            report.layers.append(LayerRecord(
+                name=job.name, group=job.group, m=job.problem.m, d=job.problem.d, nnz=r.nnz,
+                sparsity=r.sparsity, rel_error=r.rel_error, time_s=r.wall_time,
+                status=r.status, solver=r.solver))
+
+    if schedule == "parallel":
+        finish(jobs_for(bridge.grams(names), names))
+    else:
+        for name in names:
+            finish(jobs_for(bridge.grams([name]), [name]))
+    return report
