@@ -169,13 +169,26 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         return fn
 
     handles = [la.module.register_forward_hook(hook(la)) for la in layers]
+    current = {"layer": None}  # the prunable layer last entered, to name it in an error
+    for la in find_layers(model):
+        handles.append(la.module.register_forward_pre_hook(
+            lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
     was_training = model.training
     model.eval()
     seen = 0
     try:
         with torch.no_grad():
             for x in batches(calib):
-                model(x)
+                current["layer"] = None
+                try:
+                    model(x)
+                except InvalidInputError as e:  # raised by a Gram inside a hook
+                    raise InvalidInputError(f"layer {current['layer']}: {e}") from None
+                except (RuntimeError, ValueError, TypeError) as e:
+                    where = f" at layer {current['layer']}" if current["layer"] else ""
+                    raise InvalidInputError(
+                        f"a calibration batch of shape {tuple(x.shape)} does not fit the "
+                        f"model{where}: {e}") from None
                 seen += 1
     finally:
         for h in handles:
@@ -242,6 +255,18 @@ class TorchBridge:
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None:
         write_back(self.by_name[name], group, W, b)
 
+    def snapshot(self) -> dict:
+        return {n: (la.module.weight.detach().clone(),
+                    None if la.module.bias is None else la.module.bias.detach().clone())
+                for n, la in self.by_name.items()}
+
+    def restore(self, state: dict) -> None:
+        with torch.no_grad():
+            for n, (w, b) in state.items():
+                self.by_name[n].module.weight.copy_(w)
+                if b is not None:
+                    self.by_name[n].module.bias.copy_(b)
+
 
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
@@ -267,6 +292,10 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     from layertrim.layerwise.schedule import run_schedule
 
     found = find_layers(model, include=layers, exclude=exclude)
+    for la in found:
+        for pname, p in (("weight", la.module.weight), ("bias", la.module.bias)):
+            if p is not None and not bool(torch.isfinite(p).all()):
+                raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, **solver_options)

@@ -35,6 +35,10 @@ class ModelBridge(Protocol):
 
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None: ...
 
+    def snapshot(self) -> object: ...
+
+    def restore(self, state: object) -> None: ...
+
 
 def sparsity_policy(sparsity, names: list[str]) -> dict[str, float]:
     """A float (uniform) or a dict by layer name covering every layer."""
@@ -62,7 +66,8 @@ def _check_method(method: str) -> None:
 def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
                  schedule: str = "cascade", pattern: str = "layer", executor=None,
                  **solver_options) -> PruneReport:
-    """Prune every layer of ``bridge`` in place and report what was done."""
+    """Prune every layer of ``bridge`` in place and report what was done. A failure in any
+    layer names it and leaves the model untouched (weights are restored)."""
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
     _check_method(method)
@@ -85,16 +90,31 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         return jobs
 
     def finish(jobs: list[LayerJob]) -> None:
-        for job, r in zip(jobs, ex.map(solve_job, jobs), strict=True):
+        results = []
+        it = iter(ex.map(solve_job, jobs))
+        for job in jobs:  # every result is in hand before anything is written back
+            try:
+                results.append(next(it))
+            except InvalidInputError as e:
+                raise InvalidInputError(f"layer {job.name}: {e}") from None
+            except Exception as e:
+                raise RuntimeError(f"layer {job.name}: the {method} solve failed: "
+                                   f"{type(e).__name__}: {e}") from e
+        for job, r in zip(jobs, results, strict=True):
             bridge.write_back(job.name, job.group, r.W, r.bias)
             report.layers.append(LayerRecord(
                 name=job.name, group=job.group, m=job.problem.m, d=job.problem.d, nnz=r.nnz,
                 sparsity=r.sparsity, rel_error=r.rel_error, time_s=r.wall_time,
                 status=r.status, solver=r.solver))
 
-    if schedule == "parallel":
-        finish(jobs_for(bridge.grams(names), names))
-    else:
-        for name in names:
-            finish(jobs_for(bridge.grams([name]), [name]))
+    state = bridge.snapshot()
+    try:
+        if schedule == "parallel":
+            finish(jobs_for(bridge.grams(names), names))
+        else:
+            for name in names:
+                finish(jobs_for(bridge.grams([name]), [name]))
+    except BaseException:
+        bridge.restore(state)  # a failed run leaves the model as it came (Ctrl-C included)
+        raise
     return report

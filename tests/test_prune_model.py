@@ -104,3 +104,29 @@ def test_bad_input():
             lt.prune_model(model, data, **opts)
     with pytest.raises(InvalidInputError, match="empty"):
         lt.prune_model(model, [], sparsity=0.5, executor="serial")
+    with pytest.raises(InvalidInputError, match=r"shape \(4, 3, 8, 8\).*at layer 0"):
+        lt.prune_model(model, [torch.randn(4, 3, 8, 8)], sparsity=0.5, executor="serial")
+    with pytest.raises(InvalidInputError, match="no prunable layer"):
+        lt.prune_model(nn.Sequential(nn.ReLU()), data, sparsity=0.5)
+
+
+def test_nan_weights_are_refused_by_layer_name():
+    model, data = cnn(), calib()
+    with torch.no_grad():
+        model[5].weight[0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="layer 5: its weight contains NaN"):
+        lt.prune_model(model, data, sparsity=0.5, executor="serial")
+
+
+@pytest.mark.parametrize("schedule", ["parallel", "cascade"])
+def test_a_failing_layer_is_named_and_the_model_left_untouched(schedule):
+    model, data = cnn(), calib()
+    before = [p.detach().clone() for p in model.parameters()]
+    # 1:3 fits d = 18, 36, 72 but not the last layer (d = 10): cascade has written three
+    # layers back by then, and must restore them
+    with pytest.raises(InvalidInputError, match="layer 7"):
+        lt.prune_model(model, data, sparsity=None, method="sparsegpt", pattern="1:3",
+                       schedule=schedule,
+                       executor="serial")
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
