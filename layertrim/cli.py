@@ -1,10 +1,12 @@
-"""The ``layertrim`` command line: ``solve`` one layer, list ``methods``."""
+"""The ``layertrim`` command line: ``solve`` one layer, ``prune`` a whole PyTorch model,
+``inspect`` its prunable layers, list ``methods``."""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,83 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output .npz (W, mask, b); written atomically")
 
     sub.add_parser("methods", help="list the solvers")
+
+    pr = sub.add_parser("prune", help="prune a whole PyTorch model (state_dict, safetensors, "
+                                      "TorchScript weights or a trusted pickle)")
+    pr.add_argument("model", help="model file (.pt/.pth state_dict, .safetensors, TorchScript, "
+                                  "or a pickled module with --trust-pickle)")
+    pr.add_argument("--arch", help="module:callable that builds the architecture")
+    pr.add_argument("--trust-pickle", action="store_true",
+                    help="allow loading a pickled module (unpickling runs code)")
+    pr.add_argument("--calib", required=True, help="calibration inputs: .pt tensor or .npz 'x'")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--sparsity", type=float, help="fraction of weights to remove per layer")
+    pr.add_argument("--method", default="l0-admm", help="Gram-based solver name")
+    pr.add_argument("--schedule", default="cascade", choices=["cascade", "parallel"])
+    pr.add_argument("--pattern", default="layer", help="layer | row | N:M")
+    pr.add_argument("--layers", action="append", help="name or regex of layers to prune")
+    pr.add_argument("--exclude", action="append", help="name or regex of layers to skip")
+    pr.add_argument("--executor", default="local", choices=["local", "serial"])
+    pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="solver setting, repeatable")
+    pr.add_argument("--out", required=True, help="output model file (written atomically)")
+    pr.add_argument("--format", default="same", choices=["same", "state_dict", "safetensors",
+                                                           "pickle"],
+                    help="output format (default: the input's)")
+    pr.add_argument("--report", help="write the per-layer report as JSON")
+    pr.add_argument("--plot", help="write a PNG of per-layer sparsity and error")
+
+    ins = sub.add_parser("inspect", help="list a model's prunable layers and their sizes")
+    ins.add_argument("model")
+    ins.add_argument("--arch", help="module:callable that builds the architecture")
+    ins.add_argument("--trust-pickle", action="store_true")
     return p
+
+
+def _prune(args) -> int:
+    import torch
+
+    from layertrim.adapters.torch import prune_model
+    from layertrim.adapters.torch_io import load_calibration, load_model, save_model
+    from layertrim.atomic import atomic_write_text
+
+    model, fmt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+    calib = load_calibration(args.calib, args.batch_size)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None:
+        calib = [x.to(dtype) if torch.is_floating_point(x) else x for x in calib]
+    out_fmt = fmt if args.format == "same" else args.format
+    protect = (args.model, args.calib)
+    for p in protect:  # refuse before the work, not after
+        if Path(p).resolve() == Path(args.out).resolve():
+            raise InvalidInputError(f"refusing to overwrite the input {p}: choose another --out")
+    report = prune_model(model, calib, sparsity=args.sparsity, method=args.method,
+                         schedule=args.schedule, pattern=args.pattern, layers=args.layers,
+                         exclude=args.exclude, executor=args.executor,
+                         **_parse_options(args.option))
+    print(report)
+    print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")
+    if args.report:
+        print(f"wrote {atomic_write_text(args.report, report.to_json())}")
+    if args.plot:
+        print(f"wrote {report.plot(args.plot)}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from layertrim.adapters.torch import find_layers
+    from layertrim.adapters.torch_io import load_model
+
+    model, fmt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+    layers = find_layers(model)
+    print(f"{args.model} ({fmt}): {len(layers)} prunable layers")
+    print(f"{'layer':<28} {'kind':<8} {'groups':>6} {'m x d (per group)':>18} {'weights':>10}")
+    for la in layers:
+        print(f"{la.name:<28} {la.kind:<8} {la.groups:>6} {f'{la.m} x {la.d}':>18} "
+              f"{la.module.weight.numel():>10}")
+    print(f"{'total':<28} {'':<8} {'':>6} {'':>18} "
+          f"{sum(la.module.weight.numel() for la in layers):>10}")
+    return 0
 
 
 def _solve(args) -> int:
@@ -101,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, desc in items.items():
                 print(f"{name.ljust(width)}  {desc}")
             return 0
+        if args.command == "prune":
+            return _prune(args)
+        if args.command == "inspect":
+            return _inspect(args)
         return _solve(args)
     except InvalidInputError as e:
         print(f"layertrim: error: {e}", file=sys.stderr)

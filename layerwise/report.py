@@ -53,6 +53,37 @@ class PruneReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
+    def plot(self, path) -> object:
+        """A PNG: per-layer sparsity and relative error (log scale), written atomically."""
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from layertrim.atomic import atomic_write_bytes
+
+        labels = [r.name if r.group == 0 else f"{r.name}[g{r.group}]" for r in self.layers]
+        x = range(len(labels))
+        fig, (a, b) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(labels) + 2), 6),
+                                   sharex=True)
+        a.bar(x, [r.sparsity for r in self.layers], color="tab:blue")
+        a.axhline(self.sparsity, color="k", ls=":", label=f"total {self.sparsity:.3f}")
+        a.set_ylabel("sparsity")
+        a.set_ylim(0, 1)
+        a.legend(fontsize=8)
+        b.bar(x, [max(r.rel_error, 1e-12) for r in self.layers], color="tab:red")
+        b.set_yscale("log")
+        b.set_ylabel("relative error")
+        b.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
+        fig.suptitle(f"{self.method}, {self.schedule}")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        return atomic_write_bytes(path, buf.getvalue())
+
     def __str__(self) -> str:
         lines = [f"{'layer':<24} {'shape':>12} {'sparsity':>9} {'rel.err':>9} {'time':>8} status"]
         for r in self.layers:

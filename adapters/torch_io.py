@@ -1,0 +1,155 @@
+"""Load and save whole PyTorch models: a state_dict or safetensors file with the callable that
+builds the architecture, TorchScript (its weights, into the eager architecture), or a pickled
+module (only with an explicit trust flag: unpickling runs code). Writes are atomic and never
+replace the input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from layertrim.atomic import _write_atomically
+from layertrim.errors import InvalidInputError
+
+FORMATS = ("state_dict", "safetensors", "torchscript", "pickle")
+
+
+def build_arch(spec: str) -> nn.Module:
+    """``module:callable`` -> the module returned by calling it without arguments."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise InvalidInputError(f"--arch must look like module:callable, got {spec!r}")
+    mod_name, fn_name = spec.split(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except ImportError as e:
+        raise InvalidInputError(f"--arch {spec}: cannot import {mod_name} ({e})") from None
+    except AttributeError:
+        raise InvalidInputError(f"--arch {spec}: {mod_name} has no {fn_name!r}") from None
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"--arch {spec} returned {type(model).__name__}, not a module")
+    return model
+
+
+def detect_format(path: Path) -> str:
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
+                return "torchscript"
+    return "state_dict"  # or a pickled module: told apart when loading
+
+
+def load_model(path, *, arch: str | None = None,
+               trust_pickle: bool = False) -> tuple[nn.Module, str]:
+    """Returns (model, format). A state_dict, safetensors or TorchScript file needs ``arch``;
+    a pickled module needs ``trust_pickle``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"cannot read {path}: no such file")
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:
+            raise InvalidInputError(f"cannot read {path} as safetensors: {e}") from None
+    elif fmt == "torchscript":
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        if arch is None:
+            raise InvalidInputError(
+                f"{path} is TorchScript: scripted modules run no forward hooks, so give --arch "
+                f"to rebuild the eager architecture; its weights are then loaded into it")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            if not trust_pickle:
+                raise InvalidInputError(
+                    f"{path} is not a plain state_dict (weights-only loading failed: "
+                    f"{str(e).splitlines()[0]}); if it is a pickled module you trust, pass "
+                    f"--trust-pickle (unpickling runs code)") from None
+            model = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(model, nn.Module):
+                raise InvalidInputError(
+                    f"{path} holds a {type(model).__name__}, not a module") from None
+            return model, "pickle"
+        if isinstance(state, nn.Module):
+            return state, "pickle"
+        if isinstance(state, dict) and "state_dict" in state and isinstance(
+                state["state_dict"], dict):
+            state = state["state_dict"]  # a training checkpoint
+        if not isinstance(state, dict):
+            raise InvalidInputError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    if arch is None:
+        raise InvalidInputError(f"{path} holds weights only: give --arch module:callable to "
+                                f"build the architecture")
+    model = build_arch(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InvalidInputError(f"{path} does not fit --arch {arch}: {e}") from None
+    return model, fmt
+
+
+def save_model(model: nn.Module, path, fmt: str, *, protect=()) -> Path:
+    """Write ``model`` atomically as "state_dict", "safetensors" or "pickle" (a TorchScript
+    input is saved as a state_dict); refuses to replace any path in ``protect``."""
+    path = Path(path)
+    for p in protect:
+        if Path(p).resolve() == path.resolve() or (
+                Path(p).exists() and path.exists() and os.path.samefile(p, path)):
+            raise InvalidInputError(f"refusing to overwrite the input {p}: choose another --out")
+    if fmt == "torchscript":
+        fmt = "state_dict"
+    if fmt not in ("state_dict", "safetensors", "pickle"):
+        raise InvalidInputError(f"unknown model format {fmt!r}; use state_dict, safetensors "
+                                f"or pickle")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        data = save(state)
+    else:
+        buf = io.BytesIO()
+        torch.save(model if fmt == "pickle" else state, buf)
+        data = buf.getvalue()
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"cannot write {path}: folder {path.parent} does not exist")
+    return _write_atomically(path, "wb", lambda f: f.write(data))
+
+
+def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
+    """Calibration inputs from a .pt (a tensor, or a dict with key "x") or an .npz (key "x",
+    else its only array), split into batches."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"cannot read {path}: no such file")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            if "x" not in keys and len(keys) != 1:
+                raise InvalidInputError(f"{path}: expected an array named 'x', found {keys}")
+            x = torch.from_numpy(f["x" if "x" in keys else keys[0]])
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InvalidInputError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        x = obj.get("x") if isinstance(obj, dict) else obj
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInputError(f"{path}: expected a tensor (or a dict with 'x')")
+    if x.dim() < 1 or len(x) == 0:
+        raise InvalidInputError(f"{path}: the calibration set is empty")
+    return list(torch.split(x, batch_size))
