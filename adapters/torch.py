@@ -270,7 +270,8 @@ class TorchBridge:
 
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
-                executor=None, max_rows: int | None = None, seed: int = 0,
+                executor=None, allocation: str = "uniform", max_rows: int | None = None,
+                seed: int = 0,
                 mask_convention: bool = False, **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
@@ -279,7 +280,9 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     ----------
     model : the torch module (its dtype and device are kept).
     calib : calibration inputs: a tensor, or an iterable of tensors or of (x, ...) batches.
-    sparsity : a fraction in [0, 1) for every layer, or a dict by layer name.
+    sparsity : a fraction in [0, 1), or a dict by layer name.
+    allocation : how a fractional ``sparsity`` is spread: "uniform" (every layer), "global"
+        (the fraction of all weights, split by error-curve dynamic programming) or "owl".
     method : a Gram-based registered solver (see ``layertrim.methods()``).
     schedule : "cascade" (each layer sees the already-pruned network) or "parallel".
     pattern : "layer", "row" or "N:M".
@@ -298,7 +301,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
-                          pattern=pattern, executor=executor, **solver_options)
+                          pattern=pattern, executor=executor, allocation=allocation,
+                          **solver_options)
     if mask_convention:
         apply_masks(found, {la.name: la.module.weight.detach() != 0 for la in found})
     return report

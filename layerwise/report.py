@@ -26,6 +26,7 @@ class PruneReport:
 
     schedule: str
     method: str
+    allocation: dict = field(default_factory=dict)  # the per-layer sparsities asked for
     layers: list[LayerRecord] = field(default_factory=list)
 
     @property
@@ -46,6 +47,7 @@ class PruneReport:
 
     def to_dict(self) -> dict:
         return {"schedule": self.schedule, "method": self.method,
+                "allocation": self.allocation,
                 "layers": [asdict(r) for r in self.layers],
                 "totals": {"weights": self.total_weights, "nonzero": self.total_nnz,
                            "sparsity": self.sparsity, "solve_time_s": self.time_s}}

@@ -63,18 +63,56 @@ def _check_method(method: str) -> None:
             f"slr, iht) or prune that layer with layertrim.solve_layer")
 
 
+ALLOCATIONS = ("uniform", "global", "owl")
+
+
+def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: str,
+             grams: dict[str, list[Gram]]) -> dict[str, float]:
+    """Per-layer sparsities for a global target (see ``allocate.py``)."""
+    from layertrim.layerwise.allocate import (
+        GRID,
+        error_curves,
+        global_allocation,
+        owl_allocation,
+    )
+
+    sizes = [sum(bridge.weights(n, g)[0].size for g in range(bridge.groups(n))) for n in names]
+    if allocation == "owl":
+        scores = [np.concatenate([np.abs(bridge.weights(n, g)[0])
+                                  * np.sqrt(np.maximum(np.diag(grams[n][g].H), 0.0))
+                                  / max(grams[n][g].n, 1) ** 0.5
+                                  for g in range(bridge.groups(n))], axis=0) for n in names]
+        s = owl_allocation(scores, target)
+    else:
+        curves = np.array([np.mean(error_curves(
+            [(*bridge.weights(n, g), grams[n][g]) for g in range(bridge.groups(n))]), axis=0)
+            for n in names])
+        s = global_allocation(curves, sizes, target, grid=GRID)
+    return {n: float(v) for n, v in zip(names, s, strict=True)}
+
+
 def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
                  schedule: str = "cascade", pattern: str = "layer", executor=None,
-                 **solver_options) -> PruneReport:
+                 allocation: str = "uniform", **solver_options) -> PruneReport:
     """Prune every layer of ``bridge`` in place and report what was done. A failure in any
-    layer names it and leaves the model untouched (weights are restored)."""
+    layer names it and leaves the model untouched (weights are restored).
+
+    ``allocation`` turns a float ``sparsity`` into per-layer sparsities: "uniform" (the same
+    everywhere), "global" (error-curve dynamic programming; the fraction counts all weights)
+    or "owl" (outlier-weighted)."""
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
+    if allocation not in ALLOCATIONS:
+        raise InvalidInputError(f"unknown allocation {allocation!r}; use one of {ALLOCATIONS}")
     _check_method(method)
     names = bridge.layer_names()
+    dense_grams = None
+    if allocation != "uniform" and not isinstance(sparsity, dict):
+        dense_grams = bridge.grams(names)
+        sparsity = allocate(bridge, names, sparsity, allocation, dense_grams)
     policy = sparsity_policy(sparsity, names)
     ex = get_executor(executor)
-    report = PruneReport(schedule=schedule, method=method)
+    report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
 
     def jobs_for(grams: dict[str, list[Gram]], layer_names: list[str]) -> list[LayerJob]:
         jobs = []
@@ -110,7 +148,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
     state = bridge.snapshot()
     try:
         if schedule == "parallel":
-            finish(jobs_for(bridge.grams(names), names))
+            finish(jobs_for(dense_grams or bridge.grams(names), names))
         else:
             for name in names:
                 finish(jobs_for(bridge.grams([name]), [name]))

@@ -1,0 +1,104 @@
+"""Per-layer sparsities from one global budget.
+
+Uniform sparsity is a poor default: a 3x3 conv on one input channel has 9 weights per filter,
+and uniform 90% leaves one. Two rules:
+
+- ``global_allocation`` (in the spirit of OBC's SPDY, Frantar & Alistarh 2022): measure each
+  layer's relative reconstruction error at a grid of sparsities with a cheap solver on its
+  calibration Gram, then choose one grid level per layer to minimise the summed error
+  subject to the global count of pruned weights, exactly on the grid, by dynamic programming
+  over the pruned-weight budget (discretised into ``bins``).
+- ``owl_allocation`` (Yin et al., ICML 2024, "Outlier Weighed Layerwise sparsity"): a layer's
+  outlier ratio D_l is the fraction of its Wanda scores |W_ij| ||x_j|| above ``m`` times the
+  layer mean; sparsities are target - lam * (D_l - mean D) / (max D - min D), so layers with
+  more outliers are pruned less, then shifted so the weighted mean hits the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from layertrim.errors import InvalidInputError
+from layertrim.gram import Gram
+
+GRID = tuple(np.round(np.concatenate([np.arange(0.0, 0.9, 0.05), [0.9, 0.925, 0.95, 0.96,
+                                                                   0.97, 0.98, 0.99]]), 4))
+
+
+def _check_target(target) -> float:
+    ok = isinstance(target, (int, float, np.floating)) and not isinstance(target, bool)
+    if not ok or not 0 <= target < 1:
+        raise InvalidInputError(f"global sparsity must be in [0, 1), got {target!r}")
+    return float(target)
+
+
+def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *,
+                 grid: Sequence[float] = GRID, method: str = "sparsegpt") -> np.ndarray:
+    """(L, len(grid)) relative errors of each (W, b, Gram) layer at each grid sparsity."""
+    from layertrim.api import solve_layer
+
+    out = np.zeros((len(layers), len(grid)))
+    for i, (W, b, g) in enumerate(layers):
+        for k, s in enumerate(grid):
+            if s > 0:
+                out[i, k] = solve_layer(W, gram=g, bias=b, sparsity=float(s),
+                                        method=method).rel_error
+    return out
+
+
+def global_allocation(curves: np.ndarray, sizes: Sequence[int], target: float, *,
+                      grid: Sequence[float] = GRID, bins: int = 2000) -> np.ndarray:
+    """Per-layer sparsities (grid values) minimising sum of curves under the global budget:
+    at least ``target`` of all weights pruned."""
+    target = _check_target(target)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+    L, K = curves.shape
+    if len(sizes) != L or len(grid) != K:
+        raise InvalidInputError("curves, sizes and grid do not match")
+    unit = sizes.sum() / bins
+    need = int(np.ceil(target * sizes.sum() / unit - 1e-9))
+    # cost[b] = least error with at least b budget units pruned so far (b capped at need)
+    cost = np.full(need + 1, np.inf)
+    cost[0] = 0.0
+    choice = np.zeros((L, need + 1), dtype=np.int64)
+    for i in range(L):
+        new = np.full(need + 1, np.inf)
+        units = np.floor(grid * sizes[i] / unit + 1e-9).astype(np.int64)
+        for k in range(K):
+            u = int(units[k])
+            cand = cost + curves[i, k]
+            if u < need:  # b -> b + u below the cap: one-to-one
+                b = np.arange(need - u)
+                better = cand[b] < new[b + u]
+                new[b[better] + u] = cand[b[better]]
+                choice[i, b[better] + u] = k * (need + 1) + b[better]
+            lo = max(0, need - u)  # every b from lo up lands on the cap ("at least need")
+            bb = lo + int(np.argmin(cand[lo:]))
+            if cand[bb] < new[need]:
+                new[need] = cand[bb]
+                choice[i, need] = k * (need + 1) + bb
+        cost = new
+    if not np.isfinite(cost[need]):
+        raise InvalidInputError(f"global sparsity {target} is out of reach on this grid")
+    picks = np.zeros(L, dtype=np.int64)
+    b = need
+    for i in range(L - 1, -1, -1):
+        k, prev = divmod(int(choice[i, b]), need + 1)
+        picks[i] = k
+        b = prev
+    return grid[picks]
+
+
+def owl_allocation(scores: Sequence[np.ndarray], target: float, *, m: float = 5.0,
+                   lam: float = 0.08) -> np.ndarray:
+    """OWL sparsities from each layer's Wanda score matrix, weighted mean = target."""
+    target = _check_target(target)
+    sizes = np.array([s.size for s in scores], dtype=np.float64)
+    D = np.array([float(np.mean(s > m * np.mean(s))) for s in scores])
+    spread = D.max() - D.min()
+    s = np.full(len(scores), target) if spread == 0 else target - lam * (D - D.mean()) / spread
+    s += target - float(np.sum(s * sizes) / sizes.sum())  # hit the target exactly
+    return np.clip(s, 0.0, 0.99)
