@@ -146,33 +146,56 @@ def batches(calib) -> Iterable[torch.Tensor]:
 
 
 def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
-                  max_rows: int | None = None, seed: int = 0) -> dict[str, list[Gram]]:
+                  max_rows: int | None = None, seed: int = 0,
+                  reference: nn.Module | None = None) -> dict[str, list[Gram]]:
     """Run ``calib`` through ``model`` (eval mode, no grad) and accumulate, for every layer and
     group, the float64 Gram of its inputs. Memory beyond the model is the Grams themselves plus
     one batch: the inputs are never stored.
 
     max_rows : keep at most this many rows (patches) per batch and layer, drawn uniformly
         without replacement (seeded); None keeps all.
+    reference : the original (dense) model, same module names. Each batch also runs through
+        it, and the Grams track the cross term X_hat^T X between this model's layer inputs
+        X_hat and the reference's X (the cascade statistics).
     """
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
                                  or max_rows < 1):
         raise InvalidInputError(f"max_rows must be a positive integer, got {max_rows!r}")
-    grams = {la.name: [Gram(la.d) for _ in range(la.groups)] for la in layers}
+    d0 = (lambda la: la.d) if reference is not None else (lambda la: None)
+    grams = {la.name: [Gram(la.d, d0(la)) for _ in range(la.groups)] for la in layers}
     gen = torch.Generator().manual_seed(seed)
+    ref_rows: dict[str, list[torch.Tensor]] = {}  # one batch of the reference's inputs
+
+    def ref_hook(layer):
+        def fn(_mod, inputs, _out):
+            ref_rows[layer.name] = layer.rows(inputs[0].detach())
+        return fn
 
     def hook(layer):
         def fn(_mod, inputs, _out):
             for g, rows in enumerate(layer.rows(inputs[0].detach())):
+                r0 = ref_rows[layer.name][g] if reference is not None else None
                 if max_rows is not None and rows.shape[0] > max_rows:
-                    rows = rows[torch.randperm(rows.shape[0], generator=gen)[:max_rows]]
-                grams[layer.name][g].update(rows.double().cpu().numpy())
+                    keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
+                    rows = rows[keep]
+                    r0 = None if r0 is None else r0[keep]
+                grams[layer.name][g].update(
+                    rows.double().cpu().numpy(),
+                    None if r0 is None else r0.double().cpu().numpy())
         return fn
 
     handles = [la.module.register_forward_hook(hook(la)) for la in layers]
+    if reference is not None:
+        ref_modules = dict(reference.named_modules())
+        for la in layers:
+            ref_la = TorchLayer(la.name, ref_modules[la.name])
+            handles.append(ref_la.module.register_forward_hook(ref_hook(ref_la)))
+        reference.eval()
     current = {"layer": None}  # the prunable layer last entered, to name it in an error
-    for la in find_layers(model):
-        handles.append(la.module.register_forward_pre_hook(
-            lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
+    for net in (model, reference) if reference is not None else (model,):
+        for la in find_layers(net):
+            handles.append(la.module.register_forward_pre_hook(
+                lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
     was_training = model.training
     model.eval()
     seen = 0
@@ -181,6 +204,8 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
             for x in batches(calib):
                 current["layer"] = None
                 try:
+                    if reference is not None:
+                        reference(x)
                     model(x)
                 except InvalidInputError as e:  # raised by a Gram inside a hook
                     raise InvalidInputError(f"layer {current['layer']}: {e}") from None
@@ -234,9 +259,15 @@ class TorchBridge:
     """The ``layerwise.schedule.ModelBridge`` of a torch module and its calibration data."""
 
     def __init__(self, model: nn.Module, calib, layers: Sequence[TorchLayer], *,
-                 max_rows: int | None = None, seed: int = 0) -> None:
+                 max_rows: int | None = None, seed: int = 0,
+                 keep_reference: bool = False) -> None:
+        import copy
+
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
         self.by_name = {la.name: la for la in layers}
+        # the cascade's cross term needs the dense network's inputs: a copy, taken before
+        # anything is pruned (one more model in memory)
+        self.reference = copy.deepcopy(model) if keep_reference else None
 
     def layer_names(self) -> list[str]:
         return list(self.by_name)
@@ -248,9 +279,10 @@ class TorchBridge:
         la = self.by_name[name]
         return la.weight(group), la.bias(group)
 
-    def grams(self, names: list[str]) -> dict[str, list[Gram]]:
+    def grams(self, names: list[str], cross: bool = False) -> dict[str, list[Gram]]:
         return collect_grams(self.model, [self.by_name[n] for n in names], self.calib,
-                             max_rows=self.max_rows, seed=self.seed)
+                             max_rows=self.max_rows, seed=self.seed,
+                             reference=self.reference if cross else None)
 
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None:
         write_back(self.by_name[name], group, W, b)
@@ -299,7 +331,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         for pname, p in (("weight", la.module.weight), ("bias", la.module.bias)):
             if p is not None and not bool(torch.isfinite(p).all()):
                 raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
-    bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed)
+    bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
+                         keep_reference=schedule == "cascade")
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, allocation=allocation,
                           **solver_options)

@@ -6,7 +6,9 @@ accumulates calibration Grams on the model as it currently is, and writes weight
 - parallel: one calibration pass on the original model; every layer problem is independent,
   so all of them go through the executor at once.
 - cascade: layers in forward order; layer l's Gram comes from the model already pruned up to
-  l - 1, so later layers absorb the earlier layers' error.
+  l - 1, with the cross term to the dense network's inputs, and the layer is pruned towards
+  the dense layer's *outputs* (``cascade_target``), so later layers absorb the earlier
+  layers' error. The reported relative error is against that corrected target.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class ModelBridge(Protocol):
 
     def weights(self, name: str, group: int) -> tuple[np.ndarray, np.ndarray | None]: ...
 
-    def grams(self, names: list[str]) -> dict[str, list[Gram]]: ...
+    def grams(self, names: list[str], cross: bool = False) -> dict[str, list[Gram]]: ...
 
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None: ...
 
@@ -64,6 +66,30 @@ def _check_method(method: str) -> None:
 
 
 ALLOCATIONS = ("uniform", "global", "owl")
+CASCADE_DAMP = 1e-8  # relative to mean(diag H): the target's least squares, not the pruning
+
+
+def cascade_target(W: np.ndarray, b: np.ndarray | None,
+                   g: Gram) -> tuple[np.ndarray, np.ndarray | None]:
+    """The dense weights that best map the pruned network's inputs X_hat to the original
+    layer's outputs X W^T + b: the least-squares solution of X_hat_a W'^T = X_a W_a^T, from
+    H = X_hat^T X_hat and the cross term X_hat^T X alone. Pruning W' on H then minimises
+    ||X_hat_a W_pruned^T - X_a W_a^T||^2, the cascade objective, with any Gram solver."""
+    import scipy.linalg
+
+    if g.cross is None or g.sum0 is None:
+        return W, b
+    d = W.shape[1]
+    if b is None:
+        H, C, Wa = g.H.copy(), g.cross, W
+    else:
+        H = g.augmented()
+        C = np.empty((d + 1, d + 1))
+        C[:d, :d], C[:d, d], C[d, :d], C[d, d] = g.cross, g.sum, g.sum0, g.n
+        Wa = np.hstack([W, b[:, None]])
+    H[np.diag_indices_from(H)] += CASCADE_DAMP * max(float(np.mean(np.diag(H))), 1e-300)
+    Wt = scipy.linalg.solve(H, C @ Wa.T, assume_a="pos").T
+    return (Wt, None) if b is None else (Wt[:, :d], Wt[:, d])
 
 
 def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: str,
@@ -118,7 +144,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         jobs = []
         for name in layer_names:
             for g in range(bridge.groups(name)):
-                W, b = bridge.weights(name, g)
+                W, b = cascade_target(*bridge.weights(name, g), grams[name][g])
                 try:
                     problem = LayerProblem.create(W, gram=grams[name][g], bias=b,
                                                   sparsity=policy[name], pattern=pattern)
@@ -151,7 +177,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
             finish(jobs_for(dense_grams or bridge.grams(names), names))
         else:
             for name in names:
-                finish(jobs_for(bridge.grams([name]), [name]))
+                finish(jobs_for(bridge.grams([name], cross=True), [name]))
     except BaseException:
         bridge.restore(state)  # a failed run leaves the model as it came (Ctrl-C included)
         raise
