@@ -327,6 +327,10 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     from layertrim.layerwise.schedule import run_schedule
 
     found = find_layers(model, include=layers, exclude=exclude)
+    one_shot = not isinstance(calib, (torch.Tensor, np.ndarray)) and iter(calib) is calib
+    if one_shot and schedule == "cascade":
+        raise InvalidInputError("the cascade schedule runs the calibration data once per layer: "
+                                "pass a list, a tensor or a DataLoader, not a one-shot iterator")
     for la in found:
         for pname, p in (("weight", la.module.weight), ("bias", la.module.bias)):
             if p is not None and not bool(torch.isfinite(p).all()):

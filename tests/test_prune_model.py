@@ -124,6 +124,11 @@ def test_bad_input():
         lt.prune_model(model, [torch.randn(4, 3, 8, 8)], sparsity=0.5, executor="serial")
     with pytest.raises(InvalidInputError, match="no prunable layer"):
         lt.prune_model(nn.Sequential(nn.ReLU()), data, sparsity=0.5)
+    with pytest.raises(InvalidInputError, match="one-shot iterator"):
+        lt.prune_model(model, iter(data), sparsity=0.5, schedule="cascade")
+    report = lt.prune_model(model, iter(data), sparsity=0.5, schedule="parallel",
+                            method="magnitude", executor="serial")  # one pass is enough
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)
 
 
 def test_nan_weights_are_refused_by_layer_name():

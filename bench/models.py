@@ -1,0 +1,204 @@
+"""Whole-model pruning of real MNIST networks, one shot, no retraining, against PyTorch's
+built-in global magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with L1) run in
+the same script.
+
+Models: the 784-300-100-10 MLP of the demo (3 epochs) and a LeNet-5-like CNN (1 epoch).
+Levels: 50/70/80/90/95% of all prunable weights, counted globally. layertrim runs with the
+"global" allocation (error-curve dynamic programming) and the "uniform" one, in cascade and
+parallel. Also: where the time of a prune goes (calibration, solving, write-back), the cost of
+calibration against a plain forward pass, and peak RSS for two calibration sizes.
+
+    python bench/models.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import layertrim as lt
+from layertrim.adapters.torch import collect_grams, find_layers
+from layertrim.atomic import atomic_write_text
+from layertrim.datasets import load_mnist
+
+HERE = Path(__file__).parent
+LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95)
+CALIB = 2048
+
+
+def lenet():
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10))
+
+
+def train(model, X, y, epochs, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(X), generator=gen).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def accuracy(model, X, y) -> float:
+    with torch.no_grad():
+        return float((torch.cat([model(b) for b in X.split(2000)]).argmax(1) == y)
+                     .float().mean())
+
+
+def torch_global_magnitude(model, level):
+    m = copy.deepcopy(model)
+    params = [(la.module, "weight") for la in find_layers(m)]
+    from torch.nn.utils import prune
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=level)
+    for mod, name in params:
+        prune.remove(mod, name)
+    return m
+
+
+def total_sparsity(model) -> float:
+    ws = [la.module.weight for la in find_layers(model)]
+    return float(sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws))
+
+
+def compare(name, model, calib, Xte, yte, levels, configs):
+    rows = [{"model": name, "config": "dense", "level": 0.0,
+             "accuracy": accuracy(model, Xte, yte), "sparsity": 0.0}]
+    for level in levels:
+        t = time.perf_counter()
+        base = torch_global_magnitude(model, level)
+        rows.append({"model": name, "config": "torch global L1", "level": level,
+                     "accuracy": accuracy(base, Xte, yte), "sparsity": total_sparsity(base),
+                     "time_s": time.perf_counter() - t})
+        print(rows[-1], flush=True)
+        for label, opts in configs:
+            m = copy.deepcopy(model)
+            t = time.perf_counter()
+            rep = lt.prune_model(m, calib, sparsity=level, executor="serial", **opts)
+            rows.append({"model": name, "config": label, "level": level,
+                         "accuracy": accuracy(m, Xte, yte), "sparsity": total_sparsity(m),
+                         "time_s": time.perf_counter() - t, "allocation": rep.allocation})
+            print({k: v for k, v in rows[-1].items() if k != "allocation"}, flush=True)
+    return rows
+
+
+def calibration_cost(model, calib):
+    """Calibration (all layers' Grams, parallel schedule) against a plain forward pass."""
+    with torch.no_grad():
+        for x in calib:
+            model(x)  # warm-up
+        t = time.perf_counter()
+        for x in calib:
+            model(x)
+        plain = time.perf_counter() - t
+    t = time.perf_counter()
+    collect_grams(model, find_layers(model), calib)
+    return {"forward_s": plain, "calibration_s": time.perf_counter() - t,
+            "ratio": (time.perf_counter() - t) / plain}
+
+
+def peak_rss_mb(n: int) -> float:
+    """Peak RSS of a child process that prunes the CNN with n calibration images."""
+    code = (
+        f"import resource, torch, sys; sys.path.insert(0, {str(HERE)!r});"
+        "import models as b; import layertrim as lt;"
+        "torch.manual_seed(0); m = b.lenet().eval();"
+        f"calib = (torch.rand(256, 1, 28, 28) for _ in range({n // 256}));"
+        "lt.prune_model(m, calib, sparsity=0.5, method='sparsegpt', schedule='parallel',"
+        " executor='serial');"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2))
+    for ax, name in zip(np.atleast_1d(axes), models, strict=True):
+        rs = [r for r in rows if r["model"] == name]
+        dense = next(r["accuracy"] for r in rs if r["config"] == "dense")
+        for cfg in dict.fromkeys(r["config"] for r in rs if r["config"] != "dense"):
+            pts = sorted((r["level"], r["accuracy"]) for r in rs if r["config"] == cfg)
+            ax.plot(*zip(*pts, strict=True), "o-", label=cfg)
+        ax.axhline(dense, color="k", ls=":", label=f"dense {dense:.4f}")
+        ax.set_xlabel("global sparsity")
+        ax.set_ylabel("test accuracy (no retraining)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results" / "models.json"))
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    data = load_mnist()
+    Xtr, ytr = (torch.from_numpy(a) for a in data["train"])
+    Xte, yte = (torch.from_numpy(a) for a in data["test"])
+    from layertrim.demo import train_mlp
+
+    mlp = train_mlp(data["train"][0], data["train"][1])
+    cnn = train(lenet(), Xtr.reshape(-1, 1, 28, 28), ytr, epochs=1)
+    levels = (0.5, 0.9) if args.quick else LEVELS
+    configs = [("layertrim l0-admm cascade, global", {"method": "l0-admm",
+                                                      "schedule": "cascade",
+                                                      "allocation": "global"}),
+               ("layertrim l0-admm parallel, global", {"method": "l0-admm",
+                                                       "schedule": "parallel",
+                                                       "allocation": "global"}),
+               ("layertrim l0-admm cascade, uniform", {"method": "l0-admm",
+                                                       "schedule": "cascade",
+                                                       "allocation": "uniform"})]
+    rows = []
+    for name, model, X in (("mlp 784-300-100-10", mlp, Xtr[:CALIB]),
+                           ("lenet-5 cnn", cnn, Xtr[:CALIB].reshape(-1, 1, 28, 28))):
+        calib = list(X.split(256))
+        Xt = Xte if name.startswith("mlp") else Xte.reshape(-1, 1, 28, 28)
+        rows += compare(name, model, calib, Xt, yte, levels, configs)
+    cal = calibration_cost(cnn, list(Xtr[:CALIB].reshape(-1, 1, 28, 28).split(256)))
+    rss = {n: peak_rss_mb(n) for n in ((2560, 10240) if not args.quick else (1024, 4096))}
+    out = {"benchmark": "models", "levels": list(levels), "rows": rows,
+           "calibration": cal, "peak_rss_mb": rss,
+           "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
+                       "platform": platform.platform(), "cpus": os.cpu_count()},
+           "bench_seconds": time.perf_counter() - t0,
+           "self_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    path = atomic_write_text(args.out, json.dumps(out, indent=1))
+    print(f"wrote {path}")
+    print(f"wrote {plot(rows, path.with_name(path.stem + '.png'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
