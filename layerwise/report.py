@@ -27,6 +27,7 @@ class PruneReport:
     schedule: str
     method: str
     allocation: dict = field(default_factory=dict)  # the per-layer sparsities asked for
+    timing: dict = field(default_factory=dict)  # calibration, allocation, solve, write-back, wall
     layers: list[LayerRecord] = field(default_factory=list)
 
     @property
@@ -47,7 +48,7 @@ class PruneReport:
 
     def to_dict(self) -> dict:
         return {"schedule": self.schedule, "method": self.method,
-                "allocation": self.allocation,
+                "allocation": self.allocation, "timing": self.timing,
                 "layers": [asdict(r) for r in self.layers],
                 "totals": {"weights": self.total_weights, "nonzero": self.total_nnz,
                            "sparsity": self.sparsity, "solve_time_s": self.time_s}}
@@ -95,4 +96,6 @@ class PruneReport:
                          f"{r.rel_error:>9.2e} {r.time_s:>7.2f}s {r.status}")
         lines.append(f"{'total':<24} {self.total_weights:>12} {self.sparsity:>9.4f} "
                      f"{'':>9} {self.time_s:>7.2f}s")
+        if self.timing:
+            lines.append("wall " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in self.timing.items()))
         return "\n".join(lines)

@@ -13,6 +13,7 @@ accumulates calibration Grams on the model as it currently is, and writes weight
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import numpy as np
@@ -132,10 +133,21 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         raise InvalidInputError(f"unknown allocation {allocation!r}; use one of {ALLOCATIONS}")
     _check_method(method)
     names = bridge.layer_names()
+    clock = {"calibration_s": 0.0, "allocation_s": 0.0, "solve_s": 0.0, "writeback_s": 0.0}
+    t_start = time.perf_counter()
+
+    def grams_of(layer_names, cross=False):
+        t = time.perf_counter()
+        out = bridge.grams(layer_names, cross) if cross else bridge.grams(layer_names)
+        clock["calibration_s"] += time.perf_counter() - t
+        return out
+
     dense_grams = None
     if allocation != "uniform" and not isinstance(sparsity, dict):
-        dense_grams = bridge.grams(names)
+        dense_grams = grams_of(names)
+        t = time.perf_counter()
         sparsity = allocate(bridge, names, sparsity, allocation, dense_grams)
+        clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
     ex = get_executor(executor)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
@@ -154,6 +166,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         return jobs
 
     def finish(jobs: list[LayerJob]) -> None:
+        t = time.perf_counter()
         results = []
         it = iter(ex.map(solve_job, jobs))
         for job in jobs:  # every result is in hand before anything is written back
@@ -164,21 +177,25 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
             except Exception as e:
                 raise RuntimeError(f"layer {job.name}: the {method} solve failed: "
                                    f"{type(e).__name__}: {e}") from e
+        clock["solve_s"] += time.perf_counter() - t
+        t = time.perf_counter()
         for job, r in zip(jobs, results, strict=True):
             bridge.write_back(job.name, job.group, r.W, r.bias)
             report.layers.append(LayerRecord(
                 name=job.name, group=job.group, m=job.problem.m, d=job.problem.d, nnz=r.nnz,
                 sparsity=r.sparsity, rel_error=r.rel_error, time_s=r.wall_time,
                 status=r.status, solver=r.solver))
+        clock["writeback_s"] += time.perf_counter() - t
 
     state = bridge.snapshot()
     try:
         if schedule == "parallel":
-            finish(jobs_for(dense_grams or bridge.grams(names), names))
+            finish(jobs_for(dense_grams or grams_of(names), names))
         else:
             for name in names:
-                finish(jobs_for(bridge.grams([name], cross=True), [name]))
+                finish(jobs_for(grams_of([name], cross=True), [name]))
     except BaseException:
         bridge.restore(state)  # a failed run leaves the model as it came (Ctrl-C included)
         raise
+    report.timing = {**clock, "wall_s": time.perf_counter() - t_start}
     return report

@@ -38,6 +38,8 @@ def test_every_layer_gets_its_exact_sparsity_and_the_report_adds_up(schedule):
     assert report.sparsity == pytest.approx(0.5)
     assert all(r.status == "solved" for r in report.layers)
     assert "total" in str(report) and '"schedule"' in report.to_json()
+    tm = report.timing
+    assert tm["wall_s"] >= tm["calibration_s"] + tm["solve_s"] + tm["writeback_s"] > 0
 
 
 def test_parallel_equals_solving_each_layer_on_the_dense_networks_gram():
