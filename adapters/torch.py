@@ -179,9 +179,13 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
                     keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
                     rows = rows[keep]
                     r0 = None if r0 is None else r0[keep]
-                grams[layer.name][g].update(
-                    rows.double().cpu().numpy(),
-                    None if r0 is None else r0.double().cpu().numpy())
+                # the batch's statistics in float64 by torch, next to the activations
+                x = rows.double()
+                x0 = None if r0 is None else r0.double()
+                grams[layer.name][g].add_stats(
+                    (x.T @ x).cpu().numpy(), x.sum(0).cpu().numpy(), x.shape[0],
+                    None if x0 is None else (x.T @ x0).cpu().numpy(),
+                    None if x0 is None else x0.sum(0).cpu().numpy())
         return fn
 
     handles = [la.module.register_forward_hook(hook(la)) for la in layers]

@@ -88,6 +88,30 @@ class Gram:
         self.n += X.shape[0]
         return self
 
+    def add_stats(self, H, total, n: int, cross=None, total0=None) -> Gram:
+        """Add one batch given by its own statistics (X^T X, column sums, row count; and
+        X^T X0 and X0's column sums with a cross term), computed elsewhere in float64, e.g.
+        by torch next to the activations. Only the d x d results are checked."""
+        H = np.asarray(H, dtype=np.float64)
+        total = np.asarray(total, dtype=np.float64)
+        if H.shape != self.H.shape or total.shape != self.sum.shape:
+            raise InvalidInputError(f"batch statistics of shapes {H.shape}, {total.shape} do "
+                                    f"not fit a Gram of d={self.d}")
+        if (cross is None) != (self.cross is None):
+            raise InvalidInputError("the cross term must be given exactly when this Gram has d0")
+        new_H = self.H + H
+        new_cross = None if cross is None else self.cross + np.asarray(cross, dtype=np.float64)
+        if not np.all(np.isfinite(new_H)) or not np.all(np.isfinite(total)) or (
+                new_cross is not None and not np.all(np.isfinite(new_cross))):
+            raise InvalidInputError("X batch contains NaN or Inf (or X^T X overflows)")
+        self.H = new_H
+        self.sum += total
+        if new_cross is not None and self.sum0 is not None:
+            self.cross = new_cross
+            self.sum0 += np.asarray(total0, dtype=np.float64)
+        self.n += int(n)
+        return self
+
     @classmethod
     def from_data(cls, X, batch_size: int = 4096) -> Gram:
         """Accumulate a whole array in batches (bounds the float64 temporary to one batch)."""

@@ -77,3 +77,23 @@ def test_ragged_batch_and_single_sample():
     with pytest.raises(InvalidInputError, match="rectangular"):
         Gram(2).update([[1.0, 2.0], [3.0]])
     assert Gram(2).update([1.0, 2.0]).n == 1
+
+
+def test_add_stats_equals_update_and_checks_its_input():
+    rng = np.random.default_rng(0)
+    X, X0 = rng.standard_normal((50, 4)), rng.standard_normal((50, 4))
+    a = Gram(4, 4).update(X[:20], X0[:20]).update(X[20:], X0[20:])
+    b = Gram(4, 4)
+    for sl in (slice(0, 20), slice(20, 50)):
+        b.add_stats(X[sl].T @ X[sl], X[sl].sum(0), 30 if sl.start else 20,
+                    X[sl].T @ X0[sl], X0[sl].sum(0))
+    np.testing.assert_allclose(a.H, b.H)
+    np.testing.assert_allclose(a.cross, b.cross)
+    np.testing.assert_allclose(a.sum0, b.sum0)
+    assert a.n == b.n == 50
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        Gram(3).add_stats(np.eye(4), np.zeros(4), 1)
+    with pytest.raises(InvalidInputError, match="cross term"):
+        Gram(3).add_stats(np.eye(3), np.zeros(3), 1, cross=np.eye(3))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        Gram(3).add_stats(np.full((3, 3), np.nan), np.zeros(3), 1)
