@@ -306,7 +306,7 @@ class TorchBridge:
 
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
-                executor=None, allocation: str = "uniform", max_rows: int | None = None,
+                executor=None, allocation: str = "global", max_rows: int | None = None,
                 seed: int = 0,
                 mask_convention: bool = False, **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
@@ -317,8 +317,9 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     model : the torch module (its dtype and device are kept).
     calib : calibration inputs: a tensor, or an iterable of tensors or of (x, ...) batches.
     sparsity : a fraction in [0, 1), or a dict by layer name.
-    allocation : how a fractional ``sparsity`` is spread: "uniform" (every layer), "global"
-        (the fraction of all weights, split by error-curve dynamic programming) or "owl".
+    allocation : how a fractional ``sparsity`` is spread: "global" (the default: the fraction
+        of all prunable weights, split by error-curve dynamic programming), "uniform" (that
+        fraction in every layer) or "owl". A dict ``sparsity`` is used as given.
     method : a Gram-based registered solver (see ``layertrim.methods()``).
     schedule : "cascade" (each layer sees the already-pruned network) or "parallel".
     pattern : "layer", "row" or "N:M".

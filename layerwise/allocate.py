@@ -42,7 +42,9 @@ def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *
     out = np.zeros((len(layers), len(grid)))
     for i, (W, b, g) in enumerate(layers):
         for k, s in enumerate(grid):
-            if s > 0:
+            if s > 0 and round((1 - s) * W.size) < 1:
+                out[i, k] = np.inf  # the level would leave no weight: never chosen
+            elif s > 0:
                 out[i, k] = solve_layer(W, gram=g, bias=b, sparsity=float(s),
                                         method=method).rel_error
     return out

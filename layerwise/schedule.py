@@ -120,18 +120,20 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
 
 def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
                  schedule: str = "cascade", pattern: str = "layer", executor=None,
-                 allocation: str = "uniform", **solver_options) -> PruneReport:
+                 allocation: str = "global", **solver_options) -> PruneReport:
     """Prune every layer of ``bridge`` in place and report what was done. A failure in any
     layer names it and leaves the model untouched (weights are restored).
 
-    ``allocation`` turns a float ``sparsity`` into per-layer sparsities: "uniform" (the same
-    everywhere), "global" (error-curve dynamic programming; the fraction counts all weights)
-    or "owl" (outlier-weighted)."""
+    ``allocation`` turns a float ``sparsity`` into per-layer sparsities: "global" (the default;
+    error-curve dynamic programming, the fraction counts all weights), "uniform" (the same
+    everywhere) or "owl" (outlier-weighted). A dict, or None with an N:M pattern, is used as
+    given."""
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
     if allocation not in ALLOCATIONS:
         raise InvalidInputError(f"unknown allocation {allocation!r}; use one of {ALLOCATIONS}")
     _check_method(method)
+    ex = get_executor(executor)
     names = bridge.layer_names()
     clock = {"calibration_s": 0.0, "allocation_s": 0.0, "solve_s": 0.0, "writeback_s": 0.0}
     t_start = time.perf_counter()
@@ -143,13 +145,12 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         return out
 
     dense_grams = None
-    if allocation != "uniform" and not isinstance(sparsity, dict):
+    if allocation != "uniform" and sparsity is not None and not isinstance(sparsity, dict):
         dense_grams = grams_of(names)
         t = time.perf_counter()
         sparsity = allocate(bridge, names, sparsity, allocation, dense_grams)
         clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
-    ex = get_executor(executor)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
 
     def jobs_for(grams: dict[str, list[Gram]], layer_names: list[str]) -> list[LayerJob]:

@@ -28,7 +28,7 @@ def calib(seed=0, batches=3):
 def test_every_layer_gets_its_exact_sparsity_and_the_report_adds_up(schedule):
     model = cnn()
     report = lt.prune_model(model, calib(), sparsity=0.5, method="sparsegpt", schedule=schedule,
-                            executor="serial")
+                            executor="serial", allocation="uniform")
     layers = find_layers(model)
     assert [r.name for r in report.layers] == ["0", "2", "2", "5", "7"]  # conv "2": 2 groups
     for la in layers:
@@ -47,7 +47,7 @@ def test_parallel_equals_solving_each_layer_on_the_dense_networks_gram():
     dense = cnn()
     grams = collect_grams(dense, find_layers(dense), data)
     lt.prune_model(model, data, sparsity=0.6, method="wanda", schedule="parallel",
-                   executor="serial")
+                   executor="serial", allocation="uniform")
     for la, ld in zip(find_layers(model), find_layers(dense), strict=True):
         for g in range(la.groups):
             r = lt.solve_layer(ld.weight(g), gram=grams[la.name][g], bias=ld.bias(g),
@@ -59,9 +59,9 @@ def test_cascade_sees_the_pruned_inputs():
     data = calib()
     par, cas = cnn(), cnn()
     lt.prune_model(par, data, sparsity=0.7, method="sparsegpt", schedule="parallel",
-                   executor="serial")
+                   executor="serial", allocation="uniform")
     lt.prune_model(cas, data, sparsity=0.7, method="sparsegpt", schedule="cascade",
-                   executor="serial")
+                   executor="serial", allocation="uniform")
     first = [la.weight() for la in find_layers(par)][0], [la.weight() for la in find_layers(cas)][0]
     # the first layer sees the same inputs: its cascade target is W0 itself (up to the 1e-8
     # damping of the least squares), so the pruned weights agree to float32 rounding
@@ -94,9 +94,9 @@ def test_local_processes_give_bit_identical_results():
     data = calib()
     a, b = cnn(), cnn()
     lt.prune_model(a, data, sparsity=0.5, method="sparsegpt", schedule="parallel",
-                   executor="serial")
+                   executor="serial", allocation="uniform")
     lt.prune_model(b, data, sparsity=0.5, method="sparsegpt", schedule="parallel",
-                   executor=LocalExecutor(workers=2))
+                   executor=LocalExecutor(workers=2), allocation="uniform")
     for x, y in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(x, y)
 
@@ -175,7 +175,7 @@ def test_a_model_with_a_skip_connection(schedule):
     model, data = Residual(), calib()
     dense = Residual()
     report = lt.prune_model(model, data, sparsity=0.6, method="sparsegpt", schedule=schedule,
-                            executor="serial")
+                            executor="serial", allocation="uniform")
     assert [r.name for r in report.layers] == ["stem", "a", "b", "head"]
     for la in find_layers(model):
         w = la.module.weight
