@@ -64,9 +64,14 @@ class TorchLayer:
 
     def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The layer's input as one (rows, d) matrix per group."""
+        return [p.transpose(1, 2).reshape(-1, p.shape[1]) for p in self.patches(x)]
+
+    def patches(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The layer's input as one (N, d, L) tensor per group (batch, inputs, positions),
+        without the copy that turning it into rows costs."""
         mod = self.module
         if isinstance(mod, nn.Linear):
-            return [x.reshape(-1, mod.in_features)]
+            return [x.reshape(-1, mod.in_features).T.unsqueeze(0)]
         if x.dim() == mod.weight.dim() - 1:  # an unbatched input
             x = x.unsqueeze(0)
         if isinstance(mod.padding, str) or any(mod.padding) or mod.padding_mode != "zeros":
@@ -77,11 +82,7 @@ class TorchLayer:
             x, ks, st, dl = x.unsqueeze(2), (1, ks[0]), (1, st[0]), (1, dl[0])
         patches = F.unfold(x, ks, dilation=dl, stride=st)  # (N, C*k, L), channel-major
         per_group = patches.shape[1] // self.groups
-        out = []
-        for g in range(self.groups):
-            block = patches[:, g * per_group:(g + 1) * per_group, :]
-            out.append(block.transpose(1, 2).reshape(-1, per_group))
-        return out
+        return [patches[:, g * per_group:(g + 1) * per_group, :] for g in range(self.groups)]
 
 
 def _patterns(spec) -> list[re.Pattern]:
@@ -164,22 +165,33 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     d0 = (lambda la: la.d) if reference is not None else (lambda la: None)
     grams = {la.name: [Gram(la.d, d0(la)) for _ in range(la.groups)] for la in layers}
     gen = torch.Generator().manual_seed(seed)
-    ref_rows: dict[str, list[torch.Tensor]] = {}  # one batch of the reference's inputs
+    ref_in: dict[str, list[torch.Tensor]] = {}  # one batch of the reference's inputs
 
     def ref_hook(layer):
         def fn(_mod, inputs, _out):
-            ref_rows[layer.name] = layer.rows(inputs[0].detach())
+            x = inputs[0].detach()
+            ref_in[layer.name] = layer.rows(x) if max_rows else layer.patches(x)
         return fn
 
     def hook(layer):
         def fn(_mod, inputs, _out):
-            for g, rows in enumerate(layer.rows(inputs[0].detach())):
-                r0 = ref_rows[layer.name][g] if reference is not None else None
-                if max_rows is not None and rows.shape[0] > max_rows:
+            x_in = inputs[0].detach()
+            if max_rows is None:  # (N, d, L) blocks: H = sum_n P_n P_n^T, no row copy
+                for g, P in enumerate(layer.patches(x_in)):
+                    P = P.double()
+                    P0 = ref_in[layer.name][g].double() if reference is not None else None
+                    grams[layer.name][g].add_stats(
+                        (P @ P.transpose(1, 2)).sum(0).cpu().numpy(),
+                        P.sum((0, 2)).cpu().numpy(), P.shape[0] * P.shape[2],
+                        None if P0 is None else (P @ P0.transpose(1, 2)).sum(0).cpu().numpy(),
+                        None if P0 is None else P0.sum((0, 2)).cpu().numpy())
+                return
+            for g, rows in enumerate(layer.rows(x_in)):
+                r0 = ref_in[layer.name][g] if reference is not None else None
+                if rows.shape[0] > max_rows:
                     keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
                     rows = rows[keep]
                     r0 = None if r0 is None else r0[keep]
-                # the batch's statistics in float64 by torch, next to the activations
                 x = rows.double()
                 x0 = None if r0 is None else r0.double()
                 grams[layer.name][g].add_stats(
