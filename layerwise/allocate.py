@@ -104,3 +104,31 @@ def owl_allocation(scores: Sequence[np.ndarray], target: float, *, m: float = 5.
     s = np.full(len(scores), target) if spread == 0 else target - lam * (D - D.mean()) / spread
     s += target - float(np.sum(s * sizes) / sizes.sum())  # hit the target exactly
     return np.clip(s, 0.0, 0.99)
+
+
+def trim_overshoot(s: np.ndarray, curves: np.ndarray, sizes: Sequence[int], target: float, *,
+                   grid: Sequence[float] = GRID) -> np.ndarray:
+    """Lower grid-level sparsities so that exactly ``target`` of all weights is pruned (to
+    within one weight): the grid makes the dynamic program prune a little more than asked.
+    Layers give back where the error curve is steepest per weight, never below their next
+    lower grid level (linear interpolation of the curve in between)."""
+    s = np.array(s, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+    over = float(np.sum(s * sizes) - target * sizes.sum())
+    floor = np.array([grid[max(int(np.searchsorted(grid, v - 1e-9)) - 1, 0)] for v in s])
+    while over > 0.5:
+        k = np.array([int(np.argmin(np.abs(grid - v))) for v in s])
+        slope = np.full(len(s), -np.inf)
+        room = (s - floor) * sizes
+        for i in np.nonzero(room > 0.5)[0]:
+            lo = max(k[i] - 1, 0)
+            step = (grid[k[i]] - grid[lo]) * sizes[i]
+            slope[i] = (curves[i, k[i]] - curves[i, lo]) / step if step > 0 else -np.inf
+        if not np.isfinite(slope).any():
+            break
+        i = int(np.argmax(slope))
+        give = min(over, room[i])
+        s[i] -= give / sizes[i]
+        over -= give
+    return s

@@ -101,6 +101,7 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
         error_curves,
         global_allocation,
         owl_allocation,
+        trim_overshoot,
     )
 
     sizes = [sum(bridge.weights(n, g)[0].size for g in range(bridge.groups(n))) for n in names]
@@ -114,7 +115,8 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
         curves = np.array([np.mean(error_curves(
             [(*bridge.weights(n, g), grams[n][g]) for g in range(bridge.groups(n))]), axis=0)
             for n in names])
-        s = global_allocation(curves, sizes, target, grid=GRID)
+        s = trim_overshoot(global_allocation(curves, sizes, target, grid=GRID), curves, sizes,
+                           target, grid=GRID)
     return {n: float(v) for n, v in zip(names, s, strict=True)}
 
 
