@@ -53,4 +53,4 @@ def test_demo_runs_end_to_end():
                        timeout=600)
     assert r.returncode == 0, r.stderr
     assert "sparsegpt+refit" in r.stdout and "90%" in r.stdout
-    assert "Whole MLP" in r.stdout and "torch global L1" in r.stdout
+    assert "Whole MLP" in r.stdout and "Whole CNN" in r.stdout and "torch global L1" in r.stdout
