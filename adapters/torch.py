@@ -146,6 +146,37 @@ def batches(calib) -> Iterable[torch.Tensor]:
         yield x
 
 
+def accumulate(layer: TorchLayer, grams: list[Gram], x_in: torch.Tensor,
+               x_ref: torch.Tensor | None, max_rows: int | None,
+               gen: torch.Generator) -> None:
+    """Add one batch of a layer's inputs (and the dense reference's, for the cross term) to
+    its per-group Grams. The statistics are computed in float64 by torch."""
+    if max_rows is None:  # (N, d, L) blocks: H = sum_n P_n P_n^T, no row copy
+        refs = layer.patches(x_ref) if x_ref is not None else None
+        for g, P in enumerate(layer.patches(x_in)):
+            P = P.double()
+            P0 = None if refs is None else refs[g].double()
+            grams[g].add_stats(
+                (P @ P.transpose(1, 2)).sum(0).cpu().numpy(),
+                P.sum((0, 2)).cpu().numpy(), P.shape[0] * P.shape[2],
+                None if P0 is None else (P @ P0.transpose(1, 2)).sum(0).cpu().numpy(),
+                None if P0 is None else P0.sum((0, 2)).cpu().numpy())
+        return
+    refs = layer.rows(x_ref) if x_ref is not None else None
+    for g, rows in enumerate(layer.rows(x_in)):
+        r0 = None if refs is None else refs[g]
+        if rows.shape[0] > max_rows:
+            keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
+            rows = rows[keep]
+            r0 = None if r0 is None else r0[keep]
+        x = rows.double()
+        x0 = None if r0 is None else r0.double()
+        grams[g].add_stats(
+            (x.T @ x).cpu().numpy(), x.sum(0).cpu().numpy(), x.shape[0],
+            None if x0 is None else (x.T @ x0).cpu().numpy(),
+            None if x0 is None else x0.sum(0).cpu().numpy())
+
+
 def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
                   max_rows: int | None = None, seed: int = 0,
                   reference: nn.Module | None = None) -> dict[str, list[Gram]]:
@@ -165,39 +196,17 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     d0 = (lambda la: la.d) if reference is not None else (lambda la: None)
     grams = {la.name: [Gram(la.d, d0(la)) for _ in range(la.groups)] for la in layers}
     gen = torch.Generator().manual_seed(seed)
-    ref_in: dict[str, list[torch.Tensor]] = {}  # one batch of the reference's inputs
+    ref_in: dict[str, torch.Tensor] = {}  # one batch of the reference's layer inputs
 
     def ref_hook(layer):
         def fn(_mod, inputs, _out):
-            x = inputs[0].detach()
-            ref_in[layer.name] = layer.rows(x) if max_rows else layer.patches(x)
+            ref_in[layer.name] = inputs[0].detach()
         return fn
 
     def hook(layer):
         def fn(_mod, inputs, _out):
-            x_in = inputs[0].detach()
-            if max_rows is None:  # (N, d, L) blocks: H = sum_n P_n P_n^T, no row copy
-                for g, P in enumerate(layer.patches(x_in)):
-                    P = P.double()
-                    P0 = ref_in[layer.name][g].double() if reference is not None else None
-                    grams[layer.name][g].add_stats(
-                        (P @ P.transpose(1, 2)).sum(0).cpu().numpy(),
-                        P.sum((0, 2)).cpu().numpy(), P.shape[0] * P.shape[2],
-                        None if P0 is None else (P @ P0.transpose(1, 2)).sum(0).cpu().numpy(),
-                        None if P0 is None else P0.sum((0, 2)).cpu().numpy())
-                return
-            for g, rows in enumerate(layer.rows(x_in)):
-                r0 = ref_in[layer.name][g] if reference is not None else None
-                if rows.shape[0] > max_rows:
-                    keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
-                    rows = rows[keep]
-                    r0 = None if r0 is None else r0[keep]
-                x = rows.double()
-                x0 = None if r0 is None else r0.double()
-                grams[layer.name][g].add_stats(
-                    (x.T @ x).cpu().numpy(), x.sum(0).cpu().numpy(), x.shape[0],
-                    None if x0 is None else (x.T @ x0).cpu().numpy(),
-                    None if x0 is None else x0.sum(0).cpu().numpy())
+            x_ref = ref_in[layer.name] if reference is not None else None
+            accumulate(layer, grams[layer.name], inputs[0].detach(), x_ref, max_rows, gen)
         return fn
 
     handles = [la.module.register_forward_hook(hook(la)) for la in layers]
@@ -276,7 +285,7 @@ class TorchBridge:
 
     def __init__(self, model: nn.Module, calib, layers: Sequence[TorchLayer], *,
                  max_rows: int | None = None, seed: int = 0,
-                 keep_reference: bool = False) -> None:
+                 keep_reference: bool = False, frontier: bool = True) -> None:
         import copy
 
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
@@ -284,6 +293,12 @@ class TorchBridge:
         # the cascade's cross term needs the dense network's inputs: a copy, taken before
         # anything is pruned (one more model in memory)
         self.reference = copy.deepcopy(model) if keep_reference else None
+        # a sequential chain whose pruned layers are its own children: the cascade keeps the
+        # activations at the frontier (both networks) instead of re-running the prefix
+        children = dict(model.named_children()) if isinstance(model, nn.Sequential) else {}
+        self.position = {n: list(children).index(n) for n in self.by_name if n in children}
+        self.frontier_ok = frontier and len(self.position) == len(self.by_name)
+        self._front: tuple[int, list, list] | None = None
 
     def layer_names(self) -> list[str]:
         return list(self.by_name)
@@ -296,9 +311,43 @@ class TorchBridge:
         return la.weight(group), la.bias(group)
 
     def grams(self, names: list[str], cross: bool = False) -> dict[str, list[Gram]]:
+        if cross and self.frontier_ok and len(names) == 1 and self.reference is not None:
+            return {names[0]: self._frontier_grams(names[0])}
         return collect_grams(self.model, [self.by_name[n] for n in names], self.calib,
                              max_rows=self.max_rows, seed=self.seed,
                              reference=self.reference if cross else None)
+
+    def _frontier_grams(self, name: str) -> list[Gram]:
+        """Advance both networks' cached activations from the frontier to ``name``'s input
+        (running only the children in between), then accumulate its Grams from them."""
+        layer, i = self.by_name[name], self.position[name]
+        if self._front is None:
+            xs = list(batches(self.calib))
+            if not xs:
+                raise InvalidInputError("the calibration data is empty")
+            self._front = (0, xs, list(xs))
+        j, xp, xr = self._front
+        if i < j:  # not in forward order: fall back to a full pass
+            return collect_grams(self.model, [layer], self.calib, max_rows=self.max_rows,
+                                 seed=self.seed, reference=self.reference)
+        self.model.eval()
+        self.reference.eval()
+        with torch.no_grad():
+            try:
+                xp = [self.model[j:i](x) for x in xp]
+                xr = [self.reference[j:i](x) for x in xr]
+            except (RuntimeError, ValueError, TypeError) as e:
+                raise InvalidInputError(f"a calibration batch does not fit the model before "
+                                        f"layer {name}: {e}") from None
+        self._front = (i, xp, xr)
+        grams = [Gram(layer.d, layer.d) for _ in range(layer.groups)]
+        gen = torch.Generator().manual_seed(self.seed)
+        for x, x0 in zip(xp, xr, strict=True):
+            try:
+                accumulate(layer, grams, x, x0, self.max_rows, gen)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"layer {name}: {e}") from None
+        return grams
 
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None:
         write_back(self.by_name[name], group, W, b)
@@ -319,7 +368,7 @@ class TorchBridge:
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
                 executor=None, allocation: str = "global", max_rows: int | None = None,
-                seed: int = 0,
+                seed: int = 0, frontier: bool = True,
                 mask_convention: bool = False, **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
@@ -339,6 +388,9 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     executor : "local" (processes; the default), "serial", or an executor object.
     max_rows : subsample at most this many input rows (patches) per batch and layer.
     mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
+    frontier : in cascade on an ``nn.Sequential`` whose pruned layers are its children, keep
+        both networks' activations at the current layer (memory: two copies of one layer's
+        inputs over the calibration set) instead of re-running the prefix for every layer.
     solver_options : passed to the solver.
     """
     from layertrim.layerwise.schedule import run_schedule
@@ -353,7 +405,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
             if p is not None and not bool(torch.isfinite(p).all()):
                 raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
-                         keep_reference=schedule == "cascade")
+                         keep_reference=schedule == "cascade", frontier=frontier)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, allocation=allocation,
                           **solver_options)

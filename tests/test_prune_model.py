@@ -76,6 +76,21 @@ def test_cascade_sees_the_pruned_inputs():
     assert e_cas < e_par
 
 
+def test_the_frontier_cache_gives_the_same_cascade_with_one_pass_per_child():
+    data = calib()
+    a, b = cnn(), cnn()
+    calls = {"full": 0, "cached": 0}
+    a[0].register_forward_hook(lambda *_: calls.__setitem__("full", calls["full"] + 1))
+    b[0].register_forward_hook(lambda *_: calls.__setitem__("cached", calls["cached"] + 1))
+    opts = dict(sparsity=0.7, method="sparsegpt", schedule="cascade", executor="serial",
+                allocation="uniform")
+    lt.prune_model(a, data, frontier=False, **opts)
+    lt.prune_model(b, data, frontier=True, **opts)
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert calls["cached"] < calls["full"]  # the first conv ran once per batch, not per layer
+
+
 def test_cascade_target_is_the_least_squares_map_to_the_dense_outputs():
     from layertrim.layerwise.schedule import cascade_target
 
