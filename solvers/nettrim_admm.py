@@ -39,7 +39,7 @@ from layertrim.solvers.nettrim_cvx import (
     targets_for,
 )
 from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
-from layertrim.solvers.nettrim_rules import NetTrimTargets, _check_gain
+from layertrim.solvers.nettrim_rules import NetTrimTargets, _check_gain, bisect_gain
 from layertrim.solvers.registry import register
 
 RHO_W = 2.0  # rho = RHO_W / mean|W0|
@@ -208,26 +208,23 @@ def solve(
         e = base_eps * g if eps is None else np.asarray(t.eps)
         if precision == "mixed" and eng.dtype == np.float64:
             eng._set_dtype(np.float32)  # a new radius: the bulk of the work in float32 again
-        return (*run_admm(eng, e, **opts), e)
+        W, conv, its, hist = run_admm(eng, e, **opts)
+        if target is not None:
+            steps.append({"iterations": its, "converged": conv})
+        return W, conv, its, hist, e
+
+    steps: list[dict] = []  # per bisection step, merged into bisect_gain's records below
 
     bisect: list[dict] = []
-    total = 0
     if target is None:
         W, conv, its, hist, e = solve_at(gain)
         total = its
-    else:  # warm-started bisection on log(gain): the kept fraction falls as the gain grows
-        lo, hi, g = 1e-4, 1.0, gain
-        for _ in range(max_bisect):
-            W, conv, its, hist, e = solve_at(g)
-            total += its
-            sp = 1 - np.count_nonzero(W[:, :d]) / (m * d)
-            bisect.append({"gain": g, "sparsity": float(sp), "iterations": its,
-                           "converged": conv})
-            if abs(sp - target) <= 0.01:
-                break
-            lo, hi = (g, hi) if sp < target else (lo, g)
-            g = float(np.sqrt(lo * hi))
-        gain = g
+    else:  # warm-started: the engine carries its state from one gain to the next
+        (W, conv, its, hist, e), gain, bisect = bisect_gain(solve_at, gain, target,
+                                                            max_bisect, d)
+        for rec, step in zip(bisect, steps, strict=True):
+            rec.update(step)
+        total = sum(s["iterations"] for s in bisect)
     t.eps = e
     mask = W[:, :d] != 0
     l1 = float(np.abs(W[:, :d]).sum())

@@ -17,7 +17,12 @@ from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.common import finalize
-from layertrim.solvers.nettrim_rules import NetTrimTargets, _check_gain, parallel_rule
+from layertrim.solvers.nettrim_rules import (
+    NetTrimTargets,
+    _check_gain,
+    bisect_gain,
+    parallel_rule,
+)
 from layertrim.solvers.registry import register
 from layertrim.validate import real_finite_array
 
@@ -163,20 +168,11 @@ def solve(
         W[:, :d][np.abs(W[:, :d]) <= thresh] = 0.0
         return W
 
-    history = []
+    history: list[dict] = []
     if target is None:
         W = solve_at(gain)
-    else:  # kept fraction falls as the gain grows: bisect on log(gain)
-        lo, hi, g = 1e-4, 1.0, gain
-        for _ in range(max_bisect):
-            W = solve_at(g)
-            kept = np.count_nonzero(W[:, :d]) / (m * d)
-            history.append({"gain": g, "sparsity": 1 - kept})
-            if abs((1 - kept) - target) <= 0.01:
-                break
-            lo, hi = (g, hi) if 1 - kept < target else (lo, g)
-            g = float(np.sqrt(lo * hi))
-        gain = g
+    else:
+        W, gain, history = bisect_gain(solve_at, gain, target, max_bisect, d)
     t.eps = base_eps * gain if eps is None else t.eps
     l1 = float(np.abs(W[:, :d]).sum())
     status = prob.status

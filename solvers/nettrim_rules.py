@@ -36,6 +36,26 @@ class NetTrimTargets:
     eps: float | np.ndarray
 
 
+def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int):
+    """Bisection on log(gain) until the pruned fraction of the first d columns of W is within
+    1% of ``target`` (the kept fraction falls as the gain grows). ``solve_at(g)`` returns W or
+    a tuple starting with W; its results warm-start each other where the solver allows.
+
+    Returns (the last solve_at output, the last gain, [{"gain", "sparsity"} per step])."""
+    lo, hi, g = 1e-4, 1.0, gain
+    steps = []
+    for _ in range(max_bisect):
+        out = solve_at(g)
+        W = out[0] if isinstance(out, tuple) else out
+        sp = 1.0 - np.count_nonzero(W[:, :d]) / W[:, :d].size
+        steps.append({"gain": g, "sparsity": float(sp)})
+        if abs(sp - target) <= 0.01:
+            break
+        lo, hi = (g, hi) if sp < target else (lo, g)
+        g = float(np.sqrt(lo * hi))
+    return out, g, steps
+
+
 def _check_gain(gain) -> float:
     check_positive("gain", gain)
     return float(gain)
