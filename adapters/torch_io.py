@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from layertrim.atomic import _write_atomically
+from layertrim.atomic import _write_atomically, check_not_input
 from layertrim.errors import InvalidInputError
 
 FORMATS = ("state_dict", "safetensors", "torchscript", "pickle")
@@ -104,11 +103,7 @@ def load_model(path, *, arch: str | None = None,
 def save_model(model: nn.Module, path, fmt: str, *, protect=()) -> Path:
     """Write ``model`` atomically as "state_dict", "safetensors" or "pickle" (a TorchScript
     input is saved as a state_dict); refuses to replace any path in ``protect``."""
-    path = Path(path)
-    for p in protect:
-        if Path(p).resolve() == path.resolve() or (
-                Path(p).exists() and path.exists() and os.path.samefile(p, path)):
-            raise InvalidInputError(f"refusing to overwrite the input {p}: choose another --out")
+    path = check_not_input(path, protect)
     if fmt == "torchscript":
         fmt = "state_dict"
     if fmt not in ("state_dict", "safetensors", "pickle"):

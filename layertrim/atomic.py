@@ -36,8 +36,8 @@ def _write_atomically(path: Path, mode: str, write: Callable) -> Path:
     return path
 
 
-def atomic_savez(path: str | os.PathLike, *, protect: tuple = (), **arrays) -> Path:
-    """Write ``arrays`` as .npz at exactly ``path``; refuse to replace any path in ``protect``."""
+def check_not_input(path: str | os.PathLike, protect=()) -> Path:
+    """Refuse an output ``path`` that is (or links to) one of the inputs in ``protect``."""
     path = Path(path)
     for p in protect:
         same = Path(p).resolve() == path.resolve() or (
@@ -45,6 +45,12 @@ def atomic_savez(path: str | os.PathLike, *, protect: tuple = (), **arrays) -> P
         )
         if same:
             raise InvalidInputError(f"refusing to overwrite the input file {p} with the output")
+    return path
+
+
+def atomic_savez(path: str | os.PathLike, *, protect: tuple = (), **arrays) -> Path:
+    """Write ``arrays`` as .npz at exactly ``path``; refuse to replace any path in ``protect``."""
+    path = check_not_input(path, protect)
     return _write_atomically(path, "wb", lambda f: np.savez(f, **arrays))
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from layertrim.adapters.npz import load_layer
 from layertrim.api import methods, solve_layer
-from layertrim.atomic import atomic_savez
+from layertrim.atomic import atomic_savez, check_not_input
 from layertrim.errors import InvalidInputError
 from layertrim.report import format_result
 
@@ -91,9 +90,7 @@ def _prune(args) -> int:
         calib = [x.to(dtype) if torch.is_floating_point(x) else x for x in calib]
     out_fmt = fmt if args.format == "same" else args.format
     protect = (args.model, args.calib)
-    for p in protect:  # refuse before the work, not after
-        if Path(p).resolve() == Path(args.out).resolve():
-            raise InvalidInputError(f"refusing to overwrite the input {p}: choose another --out")
+    check_not_input(args.out, protect)  # refuse before the work, and again when writing
     report = prune_model(model, calib, sparsity=args.sparsity, method=args.method,
                          schedule=args.schedule, pattern=args.pattern, layers=args.layers,
                          exclude=args.exclude, executor=args.executor,
