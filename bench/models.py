@@ -26,36 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 import layertrim as lt
 from layertrim.adapters.torch import collect_grams, find_layers
 from layertrim.atomic import atomic_write_text
 from layertrim.datasets import load_mnist
+from layertrim.demo import fit, lenet, train_mlp
 
 HERE = Path(__file__).parent
 LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95)
 CALIB = 2048
-
-
-def lenet():
-    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                         nn.Linear(84, 10))
-
-
-def train(model, X, y, epochs, seed=0):
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(X), generator=gen).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def accuracy(model, X, y) -> float:
@@ -118,9 +98,9 @@ def calibration_cost(model, calib):
 def peak_rss_mb(n: int) -> float:
     """Peak RSS of a child process that prunes the CNN with n calibration images."""
     code = (
-        f"import resource, torch, sys; sys.path.insert(0, {str(HERE)!r});"
-        "import models as b; import layertrim as lt;"
-        "torch.manual_seed(0); m = b.lenet().eval();"
+        "import resource, torch;"
+        "import layertrim as lt; from layertrim.demo import lenet;"
+        "torch.manual_seed(0); m = lenet().eval();"
         f"calib = (torch.rand(256, 1, 28, 28) for _ in range({n // 256}));"
         "lt.prune_model(m, calib, sparsity=0.5, method='sparsegpt', schedule='parallel',"
         " executor='serial');"
@@ -166,10 +146,8 @@ def main(argv=None) -> int:
     data = load_mnist()
     Xtr, ytr = (torch.from_numpy(a) for a in data["train"])
     Xte, yte = (torch.from_numpy(a) for a in data["test"])
-    from layertrim.demo import train_mlp
-
     mlp = train_mlp(data["train"][0], data["train"][1])
-    cnn = train(lenet(), Xtr.reshape(-1, 1, 28, 28), ytr, epochs=1)
+    cnn = fit(lenet(), Xtr.reshape(-1, 1, 28, 28), ytr, epochs=1)
     levels = (0.5, 0.9) if args.quick else LEVELS
     configs = [("layertrim l0-admm cascade, global", {"method": "l0-admm",
                                                       "schedule": "cascade",

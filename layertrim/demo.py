@@ -31,16 +31,32 @@ def train_mlp(X: np.ndarray, y: np.ndarray, *, epochs: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
                           nn.Linear(100, 10))
+    return fit(model, torch.from_numpy(X), torch.from_numpy(y), epochs=epochs, seed=seed)
+
+
+def fit(model, X, y, *, epochs: int, seed: int = 0):
+    """Train with Adam (lr 1e-3), batches of 128 drawn by a seeded shuffle; X, y tensors."""
+    import torch
+
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
-        for idx in torch.randperm(len(Xt), generator=gen).split(128):
+        for idx in torch.randperm(len(X), generator=gen).split(128):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
+            torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def lenet():
+    """LeNet-5-like: two 5x5 convs with max-pooling, three linear layers (28 x 28 inputs)."""
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10))
 
 
 def accuracy(model, X: np.ndarray, y: np.ndarray, W1=None, b1=None) -> float:
@@ -106,23 +122,12 @@ def main() -> None:
 
 
 def train_cnn(X: np.ndarray, y: np.ndarray, *, seed: int = 0):
-    """LeNet-5-like: two 5x5 convs with max-pooling, three linear layers; one epoch of Adam."""
+    """``lenet()`` after one epoch of ``fit``."""
     import torch
-    from torch import nn
 
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                          nn.Linear(84, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    Xt, yt = torch.from_numpy(X).reshape(-1, 1, 28, 28), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    for idx in torch.randperm(len(Xt), generator=gen).split(128):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
-        opt.step()
-    return model.eval()
+    Xt = torch.from_numpy(X).reshape(-1, 1, 28, 28)
+    return fit(lenet(), Xt, torch.from_numpy(y), epochs=1, seed=seed)
 
 
 def whole_model(name: str, model, Xtr, Xte, yte, dense_acc: float) -> None:
