@@ -142,7 +142,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
 
     def grams_of(layer_names, cross=False):
         t = time.perf_counter()
-        out = bridge.grams(layer_names, cross) if cross else bridge.grams(layer_names)
+        out = bridge.grams(layer_names, cross)
         clock["calibration_s"] += time.perf_counter() - t
         return out
 

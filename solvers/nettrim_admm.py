@@ -206,8 +206,8 @@ def solve(
 
     def solve_at(g):
         e = base_eps * g if eps is None else np.asarray(t.eps)
-        if precision == "mixed" and eng.dtype == np.float64:
-            eng._set_dtype(np.float32)  # a new radius: the bulk of the work in float32 again
+        if precision == "mixed":
+            eng.to_float32()  # a new radius: the bulk of the work in float32 again
         W, conv, its, hist = run_admm(eng, e, **opts)
         if target is not None:
             steps.append({"iterations": its, "converged": conv})
