@@ -146,8 +146,8 @@ def whole_model(name: str, model, Xtr, Xte, yte, dense_acc: float) -> None:
         base = copy.deepcopy(model)
         params = [(la.module, "weight") for la in find_layers(base)]
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=s)
-        for mod, name in params:
-            prune.remove(mod, name)
+        for mod, attr in params:
+            prune.remove(mod, attr)
         rows.append(("torch global L1", f"{s:.0%}", "-", f"{_acc(base, Xte, yte):.4f}"))
         for method in ("magnitude", "sparsegpt", "l0-admm"):
             m = copy.deepcopy(model)
