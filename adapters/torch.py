@@ -13,7 +13,7 @@ Only this package imports torch; the solvers see numpy arrays.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,15 +52,16 @@ class TorchLayer:
         return int(np.prod(self.module.weight.shape[1:]))
 
     def weight(self, group: int = 0) -> np.ndarray:
-        """The (m, d) float64 weight matrix of one group."""
+        """The (m, d) float64 weight matrix of one group (a copy, also for a float64 model)."""
         w = self.module.weight.detach()
-        return w[group * self.m:(group + 1) * self.m].reshape(self.m, self.d).double().cpu().numpy()
+        return w[group * self.m:(group + 1) * self.m].reshape(self.m, self.d).double().cpu(
+            ).numpy().copy()
 
     def bias(self, group: int = 0) -> np.ndarray | None:
         b = self.module.bias
         if b is None:
             return None
-        return b.detach()[group * self.m:(group + 1) * self.m].double().cpu().numpy()
+        return b.detach()[group * self.m:(group + 1) * self.m].double().cpu().numpy().copy()
 
     def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The layer's input as one (rows, d) matrix per group."""
@@ -196,6 +197,20 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     d0 = (lambda la: la.d) if reference is not None else (lambda la: None)
     grams = {la.name: [Gram(la.d, d0(la)) for _ in range(la.groups)] for la in layers}
     gen = torch.Generator().manual_seed(seed)
+    calibrate(model, layers, calib,
+              lambda la, x, x_ref: accumulate(la, grams[la.name], x, x_ref, max_rows, gen),
+              reference=reference)
+    return grams
+
+
+def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
+              on_batch: Callable[[TorchLayer, torch.Tensor, torch.Tensor | None], None], *,
+              reference: nn.Module | None = None,
+              on_output: Callable[[TorchLayer, torch.Tensor], None] | None = None) -> int:
+    """Run every calibration batch through ``model`` (eval mode, no grad) and hand each
+    layer's input for the batch to ``on_batch(layer, x, x_ref)``; ``x_ref`` is the same
+    layer's input in ``reference`` (run first on the same batch), or None. ``on_output``, if
+    given, also sees each layer's output. Errors name the layer. Returns the batch count."""
     ref_in: dict[str, torch.Tensor] = {}  # one batch of the reference's layer inputs
 
     def ref_hook(layer):
@@ -204,9 +219,11 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         return fn
 
     def hook(layer):
-        def fn(_mod, inputs, _out):
+        def fn(_mod, inputs, out):
             x_ref = ref_in[layer.name] if reference is not None else None
-            accumulate(layer, grams[layer.name], inputs[0].detach(), x_ref, max_rows, gen)
+            on_batch(layer, inputs[0].detach(), x_ref)
+            if on_output is not None:
+                on_output(layer, out)
         return fn
 
     handles = [la.module.register_forward_hook(hook(la)) for la in layers]
@@ -246,7 +263,7 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         model.train(was_training)
     if seen == 0:
         raise InvalidInputError("the calibration data is empty")
-    return grams
+    return seen
 
 
 def write_back(layer: TorchLayer, group: int, W: np.ndarray, bias: np.ndarray | None) -> None:
@@ -285,10 +302,12 @@ class TorchBridge:
 
     def __init__(self, model: nn.Module, calib, layers: Sequence[TorchLayer], *,
                  max_rows: int | None = None, seed: int = 0,
-                 keep_reference: bool = False, frontier: bool = True) -> None:
+                 keep_reference: bool = False, frontier: bool = True,
+                 max_samples: int = 2048) -> None:
         import copy
 
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
+        self.max_samples = max_samples
         self.by_name = {la.name: la for la in layers}
         # the cascade's cross term needs the dense network's inputs: a copy, taken before
         # anything is pruned (one more model in memory)
@@ -349,6 +368,24 @@ class TorchBridge:
                 raise InvalidInputError(f"layer {name}: {e}") from None
         return grams
 
+    def samples(self, names: list[str], cross: bool = False):
+        """Each layer's sampled input rows per group, paired with the dense network's."""
+        from layertrim.adapters.torch_samples import collect_samples
+
+        return collect_samples(self.model, [self.by_name[n] for n in names], self.calib,
+                               max_samples=self.max_samples, seed=self.seed,
+                               reference=self.reference if cross else None)
+
+    def relu_layers(self, names: list[str]) -> set[str]:
+        from layertrim.adapters.torch_samples import relu_layers
+
+        first = next(iter(batches(self.calib)), None)
+        if first is None:
+            raise InvalidInputError("the calibration data is empty")
+        net = self.reference if self.reference is not None else self.model
+        return relu_layers(net, [TorchLayer(n, dict(net.named_modules())[n]) for n in names],
+                           first)
+
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None:
         write_back(self.by_name[name], group, W, b)
 
@@ -368,7 +405,7 @@ class TorchBridge:
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
                 executor=None, allocation: str = "global", max_rows: int | None = None,
-                seed: int = 0, frontier: bool = True,
+                seed: int = 0, frontier: bool = True, max_samples: int = 2048,
                 mask_convention: bool = False, **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
@@ -381,7 +418,9 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     allocation : how a fractional ``sparsity`` is spread: "global" (the default: the fraction
         of all prunable weights, split by error-curve dynamic programming), "uniform" (that
         fraction in every layer) or "owl". A dict ``sparsity`` is used as given.
-    method : a Gram-based registered solver (see ``layertrim.methods()``).
+    method : a registered solver (see ``layertrim.methods()``). The per-sample ones (``nettrim``,
+        ``nettrim-cvx``) see ``max_samples`` sampled input rows per layer (see
+        ``layerwise/per_sample.py``); with them ``sparsity=None`` runs the authors' gain rule.
     schedule : "cascade" (each layer sees the already-pruned network) or "parallel".
     pattern : "layer", "row" or "N:M".
     layers, exclude : names or regexes of the layers to prune / to leave alone.
@@ -394,18 +433,23 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     solver_options : passed to the solver.
     """
     from layertrim.layerwise.schedule import run_schedule
+    from layertrim.solvers import get_solver
 
     found = find_layers(model, include=layers, exclude=exclude)
     one_shot = not isinstance(calib, (torch.Tensor, np.ndarray)) and iter(calib) is calib
     if one_shot and schedule == "cascade":
         raise InvalidInputError("the cascade schedule runs the calibration data once per layer: "
                                 "pass a list, a tensor or a DataLoader, not a one-shot iterator")
+    if one_shot and get_solver(method).per_sample:
+        raise InvalidInputError(f"method {method!r} runs the calibration data more than once: "
+                                f"pass a list, a tensor or a DataLoader, not a one-shot iterator")
     for la in found:
         for pname, p in (("weight", la.module.weight), ("bias", la.module.bias)):
             if p is not None and not bool(torch.isfinite(p).all()):
                 raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
-                         keep_reference=schedule == "cascade", frontier=frontier)
+                         keep_reference=schedule == "cascade", frontier=frontier,
+                         max_samples=max_samples)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, allocation=allocation,
                           **solver_options)

@@ -40,6 +40,11 @@ class ModelBridge(Protocol):
 
     def snapshot(self) -> object: ...
 
+    # optional, for per-sample solvers (Net-Trim): each layer's input rows per group, paired
+    # with the dense network's when cross is True, and the layers that feed a ReLU
+    # def samples(self, names, cross=False) -> dict[str, list[tuple[X, X0 | None]]]: ...
+    # def relu_layers(self, names) -> set[str]: ...
+
     def restore(self, state: object) -> None: ...
 
 
@@ -55,15 +60,19 @@ def sparsity_policy(sparsity, names: list[str]) -> dict[str, float]:
     return {n: sparsity for n in names}
 
 
-def _check_method(method: str) -> None:
+def _per_sample(method: str, bridge) -> bool:
+    """Whether ``method`` needs the layers' input samples (Net-Trim), which ``bridge`` must
+    then be able to provide."""
     from layertrim.solvers import get_solver
 
-    entry = get_solver(method)
-    if entry.per_sample:
+    if not get_solver(method).per_sample:
+        return False
+    if not hasattr(bridge, "samples"):
         raise InvalidInputError(
-            f"method {method!r} needs the per-sample inputs X, but whole-model pruning streams "
-            f"Gram matrices; use a Gram-based method (sparsegpt, wanda, magnitude, l0-admm, "
-            f"slr, iht) or prune that layer with layertrim.solve_layer")
+            f"method {method!r} needs the per-sample inputs X, which this model bridge cannot "
+            f"provide; use a Gram-based method (sparsegpt, wanda, magnitude, l0-admm, slr, "
+            f"iht) or prune that layer with layertrim.solve_layer")
+    return True
 
 
 ALLOCATIONS = ("uniform", "global", "owl")
@@ -134,7 +143,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         raise InvalidInputError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
     if allocation not in ALLOCATIONS:
         raise InvalidInputError(f"unknown allocation {allocation!r}; use one of {ALLOCATIONS}")
-    _check_method(method)
+    per_sample = _per_sample(method, bridge)
     ex = get_executor(executor)
     names = bridge.layer_names()
     clock = {"calibration_s": 0.0, "allocation_s": 0.0, "solve_s": 0.0, "writeback_s": 0.0}
@@ -168,6 +177,21 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
                 jobs.append(LayerJob(name, g, problem, method, dict(solver_options)))
         return jobs
 
+    def sample_jobs(layer_names: list[str], cascade: bool) -> list[LayerJob]:
+        from layertrim.layerwise.per_sample import per_sample_jobs
+
+        t = time.perf_counter()
+        jobs, dense = per_sample_jobs(bridge, layer_names, policy, method, cascade,
+                                      solver_options)
+        clock["calibration_s"] += time.perf_counter() - t
+        for name, g in dense:  # allotted no sparsity: left as it is
+            W = bridge.weights(name, g)[0]
+            report.layers.append(LayerRecord(
+                name=name, group=g, m=W.shape[0], d=W.shape[1], nnz=int(np.count_nonzero(W)),
+                sparsity=1.0 - np.count_nonzero(W) / W.size, rel_error=0.0, time_s=0.0,
+                status="dense", solver=method))
+        return jobs
+
     def finish(jobs: list[LayerJob]) -> None:
         t = time.perf_counter()
         results = []
@@ -192,7 +216,13 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
 
     state = bridge.snapshot()
     try:
-        if schedule == "parallel":
+        if per_sample:
+            if schedule == "parallel":
+                finish(sample_jobs(names, cascade=False))
+            else:
+                for name in names:
+                    finish(sample_jobs([name], cascade=True))
+        elif schedule == "parallel":
             finish(jobs_for(dense_grams or grams_of(names), names))
         else:
             for name in names:

@@ -39,7 +39,13 @@ from layertrim.solvers.nettrim_cvx import (
     targets_for,
 )
 from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
-from layertrim.solvers.nettrim_rules import NetTrimTargets, _check_gain, bisect_gain
+from layertrim.solvers.nettrim_rules import (
+    NetTrimTargets,
+    _check_gain,
+    bisect_gain,
+    check_eps_min,
+    radius_at,
+)
 from layertrim.solvers.registry import register
 
 RHO_W = 2.0  # rho = RHO_W / mean|W0|
@@ -119,6 +125,7 @@ def solve(
     Y=None,
     V=None,
     eps: float | None = None,
+    eps_min: float = 0.0,
     omega_tol: float = 0.0,
     zero_tol: float = 1e-6,
     rho: float | None = None,
@@ -141,7 +148,8 @@ def solve(
 
     Parameters
     ----------
-    gain, target_sparsity, per_neuron, Y, V, eps, omega_tol, zero_tol : as for ``nettrim-cvx``.
+    gain, target_sparsity, per_neuron, Y, V, eps, eps_min, omega_tol, zero_tol : as for
+        ``nettrim-cvx``.
     rho, rho_fit : penalties on W and on Xa W^T; None picks them from the data (see above).
     alpha : over-relaxation in [1, 2) (1 is plain ADMM).
     adaptive_rho : Boyd's residual balancing (mu = 10, tau = 2), scaling both penalties.
@@ -168,6 +176,7 @@ def solve(
     t0 = time.perf_counter()
     gain = _check_gain(gain)
     target = check_target_sparsity(target_sparsity, eps)
+    eps_min = check_eps_min(eps_min)
     check_positive("rho", rho, allow_none=True)
     check_positive("rho_fit", rho_fit, allow_none=True)
     for name, v in (("abstol", abstol), ("reltol", reltol), ("dual_reltol", dual_reltol),
@@ -205,7 +214,7 @@ def solve(
                 deadline=None if time_limit is None else t0 + time_limit)
 
     def solve_at(g):
-        e = base_eps * g if eps is None else np.asarray(t.eps)
+        e = radius_at(base_eps, g, eps_min) if eps is None else np.asarray(t.eps)
         if precision == "mixed":
             eng.to_float32()  # a new radius: the bulk of the work in float32 again
         W, conv, its, hist = run_admm(eng, e, **opts)
@@ -248,7 +257,8 @@ def solve(
         out_of_time = time_limit is not None and time.perf_counter() - t0 >= time_limit
         status = "time_limit" if out_of_time else "max_iter"
     settings = {"gain": gain, "target_sparsity": target, "per_neuron": per_neuron,
-                "omega_tol": omega_tol, "zero_tol": zero_tol, "rho": rho, "rho_fit": rho_fit,
+                "eps_min": eps_min, "omega_tol": omega_tol, "zero_tol": zero_tol,
+                "rho": rho, "rho_fit": rho_fit,
                 "alpha": alpha, "adaptive_rho": adaptive_rho, "abstol": abstol,
                 "reltol": reltol, "dual_reltol": dual_reltol, "feas_tol": feas_tol,
                 "max_iter": max_iter, "precision": precision, "refit": refit}

@@ -21,7 +21,9 @@ from layertrim.solvers.nettrim_rules import (
     NetTrimTargets,
     _check_gain,
     bisect_gain,
+    check_eps_min,
     parallel_rule,
+    radius_at,
 )
 from layertrim.solvers.registry import register
 from layertrim.validate import real_finite_array
@@ -121,6 +123,7 @@ def solve(
     Y=None,
     V=None,
     eps: float | None = None,
+    eps_min: float = 0.0,
     omega_tol: float = 0.0,
     zero_tol: float = 1e-6,
     solver: str = "CLARABEL",
@@ -135,6 +138,8 @@ def solve(
     target_sparsity : bisect on the gain until the kept fraction is within 1% of 1 - target.
     per_neuron : one radius per neuron, eps_j = gain * ||Y_Omega,j||.
     Y, V, eps : cascade data (see ``nettrim_rules.cascade_rule``); default: the parallel rule.
+    eps_min : a floor under gain * ||Y_Omega||: with the cascade rule's eps as the floor, a
+        ``target_sparsity`` can drive the gain without making the program infeasible.
     omega_tol : Omega = {Y > omega_tol}.
     zero_tol : final hard threshold, relative to max|W0|.
     solver : "CLARABEL" (default), "SCS" or "OSQP" (OSQP only solves QP-able forms).
@@ -151,6 +156,7 @@ def solve(
         raise InvalidInputError(f"solver must be one of {_SOLVERS}, got {solver!r}")
     gain = _check_gain(gain)
     target = check_target_sparsity(target_sparsity, eps)
+    eps_min = check_eps_min(eps_min)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
     t = targets_for(problem, Xa, gain, Y=Y, V=V, eps=eps, omega_tol=omega_tol,
@@ -160,7 +166,7 @@ def solve(
     thresh = zero_tol * float(np.max(np.abs(problem.W0)))
 
     def solve_at(g):
-        eps_par.value = base_eps * g if eps is None else np.asarray(t.eps)
+        eps_par.value = radius_at(base_eps, g, eps_min) if eps is None else np.asarray(t.eps)
         prob.solve(solver=solver.upper())
         if prob.status not in ("optimal", "optimal_inaccurate"):
             raise InvalidInputError(f"nettrim-cvx: the solver returned status {prob.status!r}")
@@ -173,7 +179,7 @@ def solve(
         W = solve_at(gain)
     else:
         W, gain, history = bisect_gain(solve_at, gain, target, max_bisect, d)
-    t.eps = base_eps * gain if eps is None else t.eps
+    t.eps = radius_at(base_eps, gain, eps_min) if eps is None else t.eps
     l1 = float(np.abs(W[:, :d]).sum())
     status = prob.status
     mask = W[:, :d] != 0
@@ -190,7 +196,8 @@ def solve(
     cert = {"cvx_status": status, "l1": l1, "gain": gain, "solver": solver.upper(),
             **certificate(Xa, W, t)}
     settings = {"gain": gain, "target_sparsity": target, "per_neuron": per_neuron,
-                "omega_tol": omega_tol, "zero_tol": zero_tol, "solver": solver.upper(),
+                "eps_min": eps_min, "omega_tol": omega_tol, "zero_tol": zero_tol,
+                "solver": solver.upper(),
                 "refit": refit}
     return finalize(problem, W, mask, solver="nettrim-cvx", settings=settings, t0=t0,
                     iterations=len(history) or 1, history=history, certificate=cert)

@@ -56,6 +56,19 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int):
     return out, g, steps
 
 
+def radius_at(base_eps, gain: float, eps_min: float) -> np.ndarray:
+    """The radius at ``gain``: gain * base_eps, but never below ``eps_min`` (the cascade
+    rule's radius, which keeps W0 feasible when a sparsity target drives the gain)."""
+    return np.maximum(np.asarray(base_eps, dtype=np.float64) * gain, eps_min)
+
+
+def check_eps_min(eps_min) -> float:
+    if (isinstance(eps_min, bool) or not isinstance(eps_min, (int, float, np.number))
+            or not np.isfinite(eps_min) or eps_min < 0):
+        raise InvalidInputError(f"eps_min must be a finite number >= 0, got {eps_min!r}")
+    return float(eps_min)
+
+
 def _check_gain(gain) -> float:
     check_positive("gain", gain)
     return float(gain)
