@@ -128,7 +128,8 @@ def test_sparsity_dict_layer_filters_and_mask_convention():
 
 def test_bad_input():
     model, data = cnn(), calib()
-    for kw, msg in [({"schedule": "sideways"}, "schedule"), ({"method": "nettrim"}, "per-sample"),
+    for kw, msg in [({"schedule": "sideways"}, "schedule"),
+                    ({"method": "nettrim", "max_samples": 0}, "max_samples"),
                     ({"method": "bogus"}, "unknown method"), ({"sparsity": 1.0}, "sparsity"),
                     ({"sparsity": {"0": 0.5}}, "missing"), ({"executor": "cloud"}, "executor"),
                     ({"layers": "nope"}, "no prunable layer")]:
