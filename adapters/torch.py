@@ -180,7 +180,8 @@ def accumulate(layer: TorchLayer, grams: list[Gram], x_in: torch.Tensor,
 
 def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
                   max_rows: int | None = None, seed: int = 0,
-                  reference: nn.Module | None = None) -> dict[str, list[Gram]]:
+                  reference: nn.Module | None = None,
+                  progress: bool = False) -> dict[str, list[Gram]]:
     """Run ``calib`` through ``model`` (eval mode, no grad) and accumulate, for every layer and
     group, the float64 Gram of its inputs. Memory beyond the model is the Grams themselves plus
     one batch: the inputs are never stored.
@@ -190,6 +191,7 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     reference : the original (dense) model, same module names. Each batch also runs through
         it, and the Grams track the cross term X_hat^T X between this model's layer inputs
         X_hat and the reference's X (the cascade statistics).
+    progress : show a progress bar over the batches (tqdm, on stderr).
     """
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
                                  or max_rows < 1):
@@ -199,18 +201,19 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     gen = torch.Generator().manual_seed(seed)
     calibrate(model, layers, calib,
               lambda la, x, x_ref: accumulate(la, grams[la.name], x, x_ref, max_rows, gen),
-              reference=reference)
+              reference=reference, progress=progress)
     return grams
 
 
 def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
               on_batch: Callable[[TorchLayer, torch.Tensor, torch.Tensor | None], None], *,
-              reference: nn.Module | None = None,
-              on_output: Callable[[TorchLayer, torch.Tensor], None] | None = None) -> int:
+              reference: nn.Module | None = None, progress: bool = False) -> int:
     """Run every calibration batch through ``model`` (eval mode, no grad) and hand each
     layer's input for the batch to ``on_batch(layer, x, x_ref)``; ``x_ref`` is the same
-    layer's input in ``reference`` (run first on the same batch), or None. ``on_output``, if
-    given, also sees each layer's output. Errors name the layer. Returns the batch count."""
+    layer's input in ``reference`` (run first on the same batch), or None. Errors name the
+    layer. ``progress`` shows a bar over the batches. Returns the batch count."""
+    from tqdm.auto import tqdm
+
     ref_in: dict[str, torch.Tensor] = {}  # one batch of the reference's layer inputs
 
     def ref_hook(layer):
@@ -219,11 +222,9 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
         return fn
 
     def hook(layer):
-        def fn(_mod, inputs, out):
+        def fn(_mod, inputs, _out):
             x_ref = ref_in[layer.name] if reference is not None else None
             on_batch(layer, inputs[0].detach(), x_ref)
-            if on_output is not None:
-                on_output(layer, out)
         return fn
 
     handles = [la.module.register_forward_hook(hook(la)) for la in layers]
@@ -241,9 +242,12 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
     was_training = model.training
     model.eval()
     seen = 0
+    total = len(calib) if hasattr(calib, "__len__") and not isinstance(
+        calib, (torch.Tensor, np.ndarray)) else None
     try:
         with torch.no_grad():
-            for x in batches(calib):
+            for x in tqdm(batches(calib), total=total, desc="calibration", unit="batch",
+                          leave=False, disable=not progress):
                 current["layer"] = None
                 try:
                     if reference is not None:
@@ -303,11 +307,11 @@ class TorchBridge:
     def __init__(self, model: nn.Module, calib, layers: Sequence[TorchLayer], *,
                  max_rows: int | None = None, seed: int = 0,
                  keep_reference: bool = False, frontier: bool = True,
-                 max_samples: int = 2048) -> None:
+                 max_samples: int = 2048, progress: bool = False) -> None:
         import copy
 
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
-        self.max_samples = max_samples
+        self.max_samples, self.progress = max_samples, progress
         self.by_name = {la.name: la for la in layers}
         # the cascade's cross term needs the dense network's inputs: a copy, taken before
         # anything is pruned (one more model in memory)
@@ -334,7 +338,8 @@ class TorchBridge:
             return {names[0]: self._frontier_grams(names[0])}
         return collect_grams(self.model, [self.by_name[n] for n in names], self.calib,
                              max_rows=self.max_rows, seed=self.seed,
-                             reference=self.reference if cross else None)
+                             reference=self.reference if cross else None,
+                             progress=self.progress)
 
     def _frontier_grams(self, name: str) -> list[Gram]:
         """Advance both networks' cached activations from the frontier to ``name``'s input
@@ -374,7 +379,8 @@ class TorchBridge:
 
         return collect_samples(self.model, [self.by_name[n] for n in names], self.calib,
                                max_samples=self.max_samples, seed=self.seed,
-                               reference=self.reference if cross else None)
+                               reference=self.reference if cross else None,
+                               progress=self.progress)
 
     def relu_layers(self, names: list[str]) -> set[str]:
         from layertrim.adapters.torch_samples import relu_layers
@@ -406,7 +412,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
                 executor=None, allocation: str = "global", max_rows: int | None = None,
                 seed: int = 0, frontier: bool = True, max_samples: int = 2048,
-                mask_convention: bool = False, **solver_options):
+                mask_convention: bool = False, progress: bool = False, **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
 
@@ -427,6 +433,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     executor : "local" (processes; the default), "serial", or an executor object.
     max_rows : subsample at most this many input rows (patches) per batch and layer.
     mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
+    max_samples : input rows sampled per layer for the per-sample solvers (Net-Trim).
+    progress : progress bars (tqdm, on stderr) over calibration batches and over layers.
     frontier : in cascade on an ``nn.Sequential`` whose pruned layers are its children, keep
         both networks' activations at the current layer (memory: two copies of one layer's
         inputs over the calibration set) instead of re-running the prefix for every layer.
@@ -449,10 +457,10 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
                          keep_reference=schedule == "cascade", frontier=frontier,
-                         max_samples=max_samples)
+                         max_samples=max_samples, progress=progress)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, allocation=allocation,
-                          **solver_options)
+                          progress=progress, **solver_options)
     if mask_convention:
         apply_masks(found, {la.name: la.module.weight.detach() != 0 for la in found})
     return report

@@ -49,7 +49,7 @@ class _Reservoir:
 
 def collect_samples(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
                     max_samples: int = 2048, seed: int = 0,
-                    reference: nn.Module | None = None
+                    reference: nn.Module | None = None, progress: bool = False
                     ) -> dict[str, list[tuple[np.ndarray, np.ndarray | None]]]:
     """A uniform sample of each layer's input rows over the calibration set.
 
@@ -60,6 +60,7 @@ def collect_samples(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         patch position of one sample for a convolution).
     seed : the sampling seed.
     reference : the dense model; its inputs at the same rows are kept alongside.
+    progress : show a progress bar over the batches.
 
     Returns
     -------
@@ -78,7 +79,7 @@ def collect_samples(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
             r0 = None if refs is None else refs[g]
             pools[layer.name][g].add(keys, rows, r0)
 
-    calibrate(model, layers, calib, on_batch, reference=reference)
+    calibrate(model, layers, calib, on_batch, reference=reference, progress=progress)
     out = {}
     for name, groups in pools.items():
         pairs = []

@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--calib", required=True, help="calibration inputs: .pt tensor or .npz 'x'")
     pr.add_argument("--batch-size", type=int, default=256)
     pr.add_argument("--sparsity", type=float, help="fraction of weights to remove per layer")
-    pr.add_argument("--method", default="l0-admm", help="Gram-based solver name")
+    pr.add_argument("--method", default="l0-admm",
+                    help="solver name: Gram-based, or nettrim / nettrim-cvx on sampled inputs")
     pr.add_argument("--schedule", default="cascade", choices=["cascade", "parallel"])
     pr.add_argument("--pattern", default="layer", help="layer | row | N:M")
     pr.add_argument("--layers", action="append", help="name or regex of layers to prune")
@@ -93,7 +94,7 @@ def _prune(args) -> int:
     check_not_input(args.out, protect)  # refuse before the work, and again when writing
     report = prune_model(model, calib, sparsity=args.sparsity, method=args.method,
                          schedule=args.schedule, pattern=args.pattern, layers=args.layers,
-                         exclude=args.exclude, executor=args.executor,
+                         exclude=args.exclude, executor=args.executor, progress=True,
                          **_parse_options(args.option))
     print(report)
     print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")

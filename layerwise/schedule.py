@@ -131,14 +131,17 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
 
 def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
                  schedule: str = "cascade", pattern: str = "layer", executor=None,
-                 allocation: str = "global", **solver_options) -> PruneReport:
+                 allocation: str = "global", progress: bool = False,
+                 **solver_options) -> PruneReport:
     """Prune every layer of ``bridge`` in place and report what was done. A failure in any
     layer names it and leaves the model untouched (weights are restored).
 
     ``allocation`` turns a float ``sparsity`` into per-layer sparsities: "global" (the default;
     error-curve dynamic programming, the fraction counts all weights), "uniform" (the same
     everywhere) or "owl" (outlier-weighted). A dict, or None with an N:M pattern, is used as
-    given."""
+    given. ``progress`` shows a bar over the layers (tqdm, on stderr)."""
+    from tqdm.auto import tqdm
+
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
     if allocation not in ALLOCATIONS:
@@ -163,6 +166,8 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
+    bar = tqdm(total=sum(bridge.groups(n) for n in names), desc=f"{method} {schedule}",
+               unit="layer", disable=not progress)
 
     def jobs_for(grams: dict[str, list[Gram]], layer_names: list[str]) -> list[LayerJob]:
         jobs = []
@@ -190,6 +195,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
                 name=name, group=g, m=W.shape[0], d=W.shape[1], nnz=int(np.count_nonzero(W)),
                 sparsity=1.0 - np.count_nonzero(W) / W.size, rel_error=0.0, time_s=0.0,
                 status="dense", solver=method))
+            bar.update(1)
         return jobs
 
     def finish(jobs: list[LayerJob]) -> None:
@@ -197,8 +203,10 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         results = []
         it = iter(ex.map(solve_job, jobs))
         for job in jobs:  # every result is in hand before anything is written back
+            bar.set_postfix_str(job.name)
             try:
                 results.append(next(it))
+                bar.update(1)
             except InvalidInputError as e:
                 raise InvalidInputError(f"layer {job.name}: {e}") from None
             except Exception as e:
@@ -230,5 +238,7 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
     except BaseException:
         bridge.restore(state)  # a failed run leaves the model as it came (Ctrl-C included)
         raise
+    finally:
+        bar.close()
     report.timing = {**clock, "wall_s": time.perf_counter() - t_start}
     return report

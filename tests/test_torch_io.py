@@ -89,6 +89,9 @@ def test_cli_prune_and_inspect_end_to_end(tmp_path):
             "--plot", tmp_path / "r.png", cwd=root)
     assert r.returncode == 0, r.stderr
     assert "total" in r.stdout
+    # progress bars on stderr: over the calibration batches and over the layers
+    assert "calibration" in r.stderr and "sparsegpt cascade" in r.stderr, r.stderr
+    assert "3/3" in r.stderr and ("layer/s" in r.stderr or "s/layer" in r.stderr), r.stderr
     pruned, fmt = load_model(out, arch=ARCH)
     assert fmt == "safetensors"
     rep = json.loads((tmp_path / "r.json").read_text())
@@ -102,11 +105,20 @@ def test_cli_prune_and_inspect_end_to_end(tmp_path):
     # bad input: exit 2, a message, no traceback
     for args, msg in [(["--out", tmp_path / "in.safetensors"], "overwrite the input"),
                       (["--out", out, "--sparsity", "1.5"], "sparsity"),
-                      (["--out", out, "--method", "nettrim"], "per-sample")]:
+                      (["--out", out, "--method", "nettrim", "--option", "max_samples=0"],
+                       "max_samples")]:
         base = ["prune", tmp_path / "in.safetensors", "--arch", ARCH, "--calib",
                 tmp_path / "calib.npz", "--sparsity", "0.5", "--executor", "serial"]
         r = cli(*base, *args, cwd=root)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # Net-Trim on the whole model, from the gain alone (the authors' cascade rule)
+    r = cli("prune", tmp_path / "in.safetensors", "--arch", ARCH, "--calib",
+            tmp_path / "calib.npz", "--method", "nettrim", "--option", "gain=0.1",
+            "--executor", "serial", "--out", tmp_path / "nt.safetensors", cwd=root)
+    assert r.returncode == 0, r.stderr
+    nt, _ = load_model(tmp_path / "nt.safetensors", arch=ARCH)
+    assert all(float((m.weight == 0).float().mean()) > 0 for m in nt.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d)))
     save_model(small_cnn(), tmp_path / "m.pkl", "pickle")
     r = cli("inspect", tmp_path / "m.pkl", cwd=root)
     assert r.returncode == 2 and "--trust-pickle" in r.stderr and "Traceback" not in r.stderr
