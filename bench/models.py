@@ -3,9 +3,10 @@ built-in global magnitude pruning (``torch.nn.utils.prune.global_unstructured`` 
 the same script.
 
 Models: the 784-300-100-10 MLP of the demo (3 epochs) and a LeNet-5-like CNN (1 epoch).
-Levels: 50/70/80/90/95% of all prunable weights, counted globally. layertrim runs with the
-"global" allocation (error-curve dynamic programming) and the "uniform" one, in cascade and
-parallel. Also: where the time of a prune goes (calibration, solving, write-back), the cost of
+Levels: 50/70/80/90/95% of all prunable weights, counted globally. layertrim runs l0-admm,
+sparsegpt, magnitude and nettrim (on 512 sampled input rows per layer), each in cascade and
+parallel with the "global" allocation (error-curve dynamic programming), and l0-admm with the
+"uniform" one. Also: where the time of a prune goes (calibration, solving, write-back), the cost of
 calibration against a plain forward pass, and peak RSS for two calibration sizes.
 
     python bench/models.py [--quick] [--out PATH]
@@ -36,6 +37,7 @@ from layertrim.demo import fit, lenet, train_mlp
 HERE = Path(__file__).parent
 LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95)
 CALIB = 2048
+NETTRIM_SAMPLES = 512  # sampled input rows per layer for Net-Trim (its cost is linear in them)
 
 
 def accuracy(model, X, y) -> float:
@@ -75,7 +77,8 @@ def compare(name, model, calib, Xte, yte, levels, configs):
             rep = lt.prune_model(m, calib, sparsity=level, executor="serial", **opts)
             rows.append({"model": name, "config": label, "level": level,
                          "accuracy": accuracy(m, Xte, yte), "sparsity": total_sparsity(m),
-                         "time_s": time.perf_counter() - t, "allocation": rep.allocation})
+                         "time_s": time.perf_counter() - t, "allocation": rep.allocation,
+                         "timing": rep.timing})
             print({k: v for k, v in rows[-1].items() if k != "allocation"}, flush=True)
     return rows
 
@@ -149,15 +152,15 @@ def main(argv=None) -> int:
     mlp = train_mlp(data["train"][0], data["train"][1])
     cnn = fit(lenet(), Xtr.reshape(-1, 1, 28, 28), ytr, epochs=1)
     levels = (0.5, 0.9) if args.quick else LEVELS
-    configs = [("layertrim l0-admm cascade, global", {"method": "l0-admm",
-                                                      "schedule": "cascade",
-                                                      "allocation": "global"}),
-               ("layertrim l0-admm parallel, global", {"method": "l0-admm",
-                                                       "schedule": "parallel",
-                                                       "allocation": "global"}),
-               ("layertrim l0-admm cascade, uniform", {"method": "l0-admm",
-                                                       "schedule": "cascade",
-                                                       "allocation": "uniform"})]
+    configs = [(f"layertrim {method} {schedule}, global",
+                {"method": method, "schedule": schedule, "allocation": "global", **extra})
+               for method, extra in (("l0-admm", {}), ("sparsegpt", {}), ("magnitude", {}),
+                                     ("nettrim", {"max_samples": NETTRIM_SAMPLES}))
+               for schedule in ("cascade", "parallel")]
+    configs.append(("layertrim l0-admm cascade, uniform",
+                    {"method": "l0-admm", "schedule": "cascade", "allocation": "uniform"}))
+    if args.quick:
+        configs = [c for c in configs if c[1]["schedule"] == "cascade"]
     rows = []
     for name, model, X in (("mlp 784-300-100-10", mlp, Xtr[:CALIB]),
                            ("lenet-5 cnn", cnn, Xtr[:CALIB].reshape(-1, 1, 28, 28))):
