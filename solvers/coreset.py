@@ -57,6 +57,7 @@ from layertrim.solvers.structured import (
     check_pair,
     pair_rel_error,
 )
+from layertrim.validate import real_finite_array
 
 VARIANTS = ("data-independent", "data-dependent")
 
@@ -143,8 +144,10 @@ def sample_neurons(sens: np.ndarray, rng: np.random.Generator, *, m: int | None 
 
 def coreset_prune(W1, b1, W2, b2=None, *, A=None, variant: str = "data-independent",
                   keep=None, epsilon: float | None = None, delta: float | None = None,
-                  deterministic: bool = False, refit: bool = False, radius: float = 1.0,
-                  seed: int | None = 0, damp: float = 1e-8) -> StructuredResult:
+                  deterministic: bool = False, rescale: str = "auto", refit: bool = False,
+                  radius: float = 1.0,
+                  seed: int | None = 0, damp: float = 1e-8,
+                  sensitivity=None) -> StructuredResult:
     """Prune the neurons of layer l (W1, b1) and rewire layer l+1 (W2, b2).
 
     A two-layer method, so it is a function of the pair rather than a ``solve(problem)``;
@@ -159,14 +162,20 @@ def coreset_prune(W1, b1, W2, b2=None, *, A=None, variant: str = "data-independe
     variant : "data-independent" (weights and ``radius`` only) or "data-dependent" (SiPP).
     keep : neurons to keep, a count in [1, n] or a fraction in (0, 1]. Or give ``epsilon`` and
         ``delta``, and the number of draws comes from ``sample_size``.
-    deterministic : keep the ``keep`` most sensitive neurons, columns unweighted; with ``A``
-        the dropped neurons' mean calibration contribution is folded into b2 (the rescale:
-        a deterministic column rescale would bias every pre-activation).
+    deterministic : keep the ``keep`` most sensitive neurons and rescale (see ``rescale``).
+    rescale : for the deterministic variant: "row" multiplies row i of the kept W2 by the
+        scalar c_i minimising ||Z_i - c_i Zk_i||^2 on the calibration pre-activations (Z_i
+        of the dense pair, Zk_i of the kept neurons; needs A), "none" keeps the weights;
+        "auto" is "row" when A is given. On the MNIST MLP the row rescale beat both no
+        rescale and a uniform sensitivity-mass factor t / sum_kept s_j (bench/structured.py).
     refit : after choosing the neurons, refit W2 (and b2) on the kept columns by exact least
         squares on the Gram of [A, 1] (the engine's ``refit`` with a column-structured mask).
     radius : the input ball ||x|| <= radius of the data-independent bound.
     seed : for the sampling.
     damp : ridge of the refit, relative to mean(diag) of the Gram.
+    sensitivity : (n,) precomputed sensitivities of this variant (from
+        ``sensitivity_data_independent`` / ``sensitivity_data_dependent``), to draw many
+        coresets of the same pair without recomputing them.
 
     Returns
     -------
@@ -194,7 +203,11 @@ def coreset_prune(W1, b1, W2, b2=None, *, A=None, variant: str = "data-independe
     else:
         keep = check_keep(keep, n)
 
-    if variant == "data-independent":
+    if sensitivity is not None:
+        sens = real_finite_array("sensitivity", sensitivity, 1).astype(np.float64)
+        if sens.shape != (n,) or np.any(sens < 0):
+            raise InvalidInputError(f"sensitivity must be {n} nonnegative numbers")
+    elif variant == "data-independent":
         sens = sensitivity_data_independent(W1, b1, W2, radius=radius)
     else:
         sens = sensitivity_data_dependent(W2, A)
@@ -202,10 +215,6 @@ def coreset_prune(W1, b1, W2, b2=None, *, A=None, variant: str = "data-independe
     if deterministic:
         kept = np.sort(np.argsort(-sens, kind="stable")[:keep])
         scale, m = np.ones(kept.size), int(keep)
-        if A is not None:
-            dropped = np.setdiff1d(np.arange(n), kept)
-            shift = W2[:, dropped] @ A[:, dropped].mean(axis=0)
-            b2new = shift if b2new is None else b2new + shift
     else:
         rng = np.random.default_rng(seed)
         m_draws = None
@@ -213,6 +222,16 @@ def coreset_prune(W1, b1, W2, b2=None, *, A=None, variant: str = "data-independe
             m_draws = sample_size(float(sens.sum()), epsilon, delta, n2)
         kept, scale, m = sample_neurons(sens, rng, m=m_draws, keep=keep)
     W2k = W2[:, kept] * scale
+    if rescale not in ("auto", "row", "none"):
+        raise InvalidInputError(f"rescale must be 'auto', 'row' or 'none', got {rescale!r}")
+    if rescale == "row" and A is None:
+        raise InvalidInputError("rescale='row' needs the calibration activations A")
+    row_rescale = deterministic and (rescale == "row" or (rescale == "auto" and A is not None))
+    if row_rescale:
+        Z, Zk = A @ W2.T, A[:, kept] @ W2k.T
+        den = np.einsum("ij,ij->j", Zk, Zk)
+        c = np.divide(np.einsum("ij,ij->j", Z, Zk), den, out=np.ones_like(den), where=den > 0)
+        W2k = W2k * c[:, None]
     method = f"coreset-{variant}" + ("-topk" if deterministic else "")
     if refit:
         W2k, b2new = _refit_columns(W2, b2, A, kept, damp)
@@ -223,6 +242,7 @@ def coreset_prune(W1, b1, W2, b2=None, *, A=None, variant: str = "data-independe
         full[:, kept] = W2k
         rel = pair_rel_error(A, W2, b2, full, b2new)
     settings = {"variant": variant, "deterministic": deterministic, "refit": refit,
+                "rescale": "row" if row_rescale else "none",
                 "epsilon": epsilon, "delta": delta, "seed": seed, "radius": radius,
                 "t": float(sens.sum()), "wall_time": time.perf_counter() - t0}
     return StructuredResult(kept=kept, scale=scale, W1=W1[kept],

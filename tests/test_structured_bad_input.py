@@ -56,6 +56,12 @@ def test_coreset_option_errors():
         coreset_prune(W1, b1, W2, keep=3, variant="magic")
     with pytest.raises(InvalidInputError, match="columns"):
         coreset_prune(W1, b1, W2, keep=3, A=A[:, :4], variant="data-dependent")
+    with pytest.raises(InvalidInputError, match="rescale"):
+        coreset_prune(W1, b1, W2, keep=3, deterministic=True, rescale="mass")
+    with pytest.raises(InvalidInputError, match="rescale='row' needs"):
+        coreset_prune(W1, b1, W2, keep=3, deterministic=True, rescale="row")
+    with pytest.raises(InvalidInputError, match="sensitivity must be"):
+        coreset_prune(W1, b1, W2, keep=3, sensitivity=np.ones(4))
     with pytest.raises(InvalidInputError, match="radius"):
         coreset_prune(W1, b1, W2, keep=3, radius=0)
 

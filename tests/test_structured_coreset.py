@@ -110,9 +110,14 @@ def test_deterministic_variant_keeps_the_top_sensitivity_neurons(variant):
         sensitivity_data_independent(W1, b1, W2, radius=2.0)
     assert set(r.kept) == set(np.argsort(-s)[:11])
     assert r.n_kept == 11 and np.all(r.scale == 1)
-    # the rescale folds the dropped neurons' mean contribution into the bias
-    drop = np.setdiff1d(np.arange(W1.shape[0]), r.kept)
-    np.testing.assert_allclose(r.b2, b2 + W2[:, drop] @ A[:, drop].mean(0))
+    # the row rescale: W2k = c_i W2[:, kept], c_i the least-squares scalar per next neuron
+    Z, Zk = A @ W2.T, A[:, r.kept] @ W2[:, r.kept].T
+    c = r.W2[:, 0] / W2[:, r.kept[0]]
+    np.testing.assert_allclose(r.W2, W2[:, r.kept] * c[:, None])
+    np.testing.assert_allclose(np.sum((Z - Zk * c) * Zk, axis=0), 0, atol=1e-8 * np.abs(Z).sum())
+    none = coreset_prune(W1, b1, W2, b2, A=A, variant=variant, keep=11, deterministic=True,
+                         radius=2.0, rescale="none")
+    assert np.array_equal(none.W2, W2[:, r.kept]) and none.rel_error > r.rel_error
 
 
 @pytest.mark.parametrize("variant", ["data-dependent", "data-independent"])
