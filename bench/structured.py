@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import layertrim as lt
 from layertrim.adapters.torch_structured import shrink_pair
 from layertrim.atomic import atomic_write_text
 from layertrim.datasets import load_mnist
+from layertrim.demo import accuracy as demo_accuracy
 from layertrim.demo import train_mlp
 from layertrim.solvers.coreset import (
     coreset_prune,
@@ -177,8 +179,8 @@ def epsilon_delta_check(model, Xcal, Xte, eps, delta, variant, n_inputs=200, see
     return out
 
 
-def pivot_bench(model, Xte, sparsity=0.9, block=16):
-    (W1, _), _, _ = layers(model)
+def pivot_bench(model, Xcal, Xte, yte, sparsity=0.9, block=16):
+    (W1, b1), _, _ = layers(model)
     nnz = int(round((1 - sparsity) * W1.size))
     Wm = np.where(layer_topk(np.abs(W1), nnz), W1, 0.0)
     t = time.perf_counter()
@@ -189,7 +191,17 @@ def pivot_bench(model, Xte, sparsity=0.9, block=16):
     B = to_bsr(Wb, block, row_perm=rp, col_perm=cp)
     X = Xte[:256].T.astype(np.float64)
     timing = matmul_ratio(B, W1, X)
+    # accuracy of the network with layer 1 pruned to 90%: unstructured against block-sparse
+    gram = lt.Gram.from_data(Xcal)
+    acc = {}
+    for label, method, opts in (("magnitude", "magnitude", {}),
+                                ("magnitude + refit", "magnitude", {"refit": True}),
+                                ("pivot 16x16 blocks + refit", "pivot", {"block": block})):
+        r = lt.solve_layer(W1, gram=gram, bias=b1, sparsity=sparsity, method=method, **opts)
+        acc[label] = demo_accuracy(model, Xte, yte, r.W.astype(np.float32),
+                                   r.bias.astype(np.float32))
     out = {"sparsity": sparsity, "block": block, "pivot_s": pivot_s,
+           "layer1_accuracy": acc,
            "dense_block_fraction_before": block_fraction(Wm, block),
            "dense_block_fraction_after": block_fraction(Wm, block, row_perm=rp, col_perm=cp),
            "coverage_before": block_coverage(Wm, block),
@@ -262,7 +274,7 @@ def main(argv=None) -> int:
             "random_refit": at["random + refit"]}
     checks = [epsilon_delta_check(model, Xcal, Xte, eps, 0.1, v)
               for v in ("data-dependent", "data-independent") for eps in (0.5, 1.0)]
-    piv = pivot_bench(model, Xte)
+    piv = pivot_bench(model, Xcal, Xte, yte)
     ten = [r for r in rows if r["keep"] == 0.1]
     out = {"benchmark": "structured", "levels": sorted({r["keep"] for r in rows}),
            "dense_accuracy": dense, "rows": rows, "verdict": verdict,

@@ -18,6 +18,7 @@ from layertrim.solvers import (  # noqa: F401  (importing registers the solvers)
     random_mask,
     slr,
     sparsegpt,
+    taylor,
     wanda,
 )
 from layertrim.solvers.refit import refit

@@ -115,3 +115,23 @@ def test_registry_onthefly_hits_target_or_budget(layer):
     assert r.nnz == round(0.3 * W.size)
     r = lt.solve_layer(W, X, method="onthefly", error_budget=0.1)
     assert r.rel_error <= 0.1 and r.sparsity > 0
+
+
+def test_taylor_scores_and_registry(layer):
+    from layertrim.solvers.taylor import taylor_scores
+
+    W, X, b = layer
+    H = X.T @ X
+    s = taylor_scores(W, W @ H, axis="inputs")
+    # brute force: first-order change of 1/2 ||X W^T||^2 when column j is zeroed
+    for j in range(W.shape[1]):
+        D = np.zeros_like(W)
+        D[:, j] = -W[:, j]
+        assert s[j] == pytest.approx(abs(np.sum((W @ H) * D)), rel=1e-10)
+    r = lt.solve_layer(W, X, sparsity=0.5, method="taylor")
+    assert set(np.flatnonzero(r.mask.any(axis=0))) == set(np.argsort(-s)[:16])
+    conv = np.random.default_rng(0).standard_normal((4, 3, 2, 2))
+    np.testing.assert_allclose(taylor_scores(conv, np.ones_like(conv)),
+                               np.abs(conv.sum(axis=(1, 2, 3))))
+    with pytest.raises(lt.InvalidInputError, match="grad has shape"):
+        taylor_scores(W, W[:, :3])
