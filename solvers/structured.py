@@ -144,14 +144,6 @@ def check_kept(kept, n: int) -> np.ndarray:
     return np.sort(k).astype(np.int64)
 
 
-def expand_columns(n: int, kept: np.ndarray, W2k: np.ndarray) -> np.ndarray:
-    """(n2, n) matrix equal to ``W2k`` on the kept columns and zero elsewhere (the masked view
-    of a shrunk next layer)."""
-    out = np.zeros((W2k.shape[0], n))
-    out[:, kept] = W2k
-    return out
-
-
 def pair_rel_error(A, W2, b2, W2hat, b2hat) -> float:
     """||[A,1] ([W2hat,b2hat] - [W2,b2])^T||_F^2 / ||[A,1][W2,b2]^T||_F^2 on activations A."""
     Z0 = A @ W2.T + (0.0 if b2 is None else b2)

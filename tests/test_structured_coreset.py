@@ -10,6 +10,7 @@ from layertrim.solvers.coreset import (
     sensitivity_data_dependent,
     sensitivity_data_independent,
 )
+from layertrim.solvers.structured import shrink_pair
 
 
 def _pair(seed=0, n=40, d=12, n2=6, N=300):
@@ -146,6 +147,12 @@ def test_keep_count_is_exact_and_results_shrink():
         assert r.W2.shape == (W2.shape[0], keep) and np.all(np.diff(r.kept) > 0)
     r = coreset_prune(W1, b1, W2, b2, keep=0.25)
     assert r.n_kept == 10 and r.rel_error is None
+    # the numpy shrink reproduces the result's smaller layers from kept + scale
+    W1k, b1k, W2k, b2k = shrink_pair(W1, b1, W2, b2, r.kept, r.scale)
+    np.testing.assert_array_equal(W1k, r.W1)
+    np.testing.assert_array_equal(b1k, r.b1)
+    np.testing.assert_allclose(W2k, r.W2)
+    np.testing.assert_array_equal(b2k, b2)
 
 
 def test_registry_coreset_removes_whole_columns(layer):
