@@ -4,6 +4,8 @@ Importing this package registers every solver; see :func:`layertrim.methods`.
 """
 
 from layertrim.solvers import (  # noqa: F401  (importing registers the solvers)
+    coreset,
+    global_threshold,
     iht,
     l0_admm,
     l0_cutting_plane,
@@ -11,9 +13,12 @@ from layertrim.solvers import (  # noqa: F401  (importing registers the solvers)
     magnitude,
     nettrim_admm,
     nettrim_cvx,
+    onthefly,
+    pivot,
     random_mask,
     slr,
     sparsegpt,
+    taylor,
     wanda,
 )
 from layertrim.solvers.refit import refit
