@@ -10,6 +10,7 @@ parallel with the "global" allocation (error-curve dynamic programming), and l0-
 calibration against a plain forward pass, and peak RSS for two calibration sizes.
 
     python bench/models.py [--quick] [--out PATH]
+    python bench/models.py --summary bench/results/models.json   # the README's tables
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def calibration_cost(model, calib):
         plain = time.perf_counter() - t
     t = time.perf_counter()
     collect_grams(model, find_layers(model), calib)
-    return {"forward_s": plain, "calibration_s": time.perf_counter() - t,
-            "ratio": (time.perf_counter() - t) / plain}
+    spent = time.perf_counter() - t
+    return {"forward_s": plain, "calibration_s": spent, "ratio": spent / plain}
 
 
 def peak_rss_mb(n: int) -> float:
@@ -140,11 +141,39 @@ def plot(rows, path):
     return path
 
 
+def summary(out: dict) -> str:
+    """Markdown tables of a models.json: test accuracy (time) per config and level."""
+    lines = []
+    levels = out["levels"]
+    for name in dict.fromkeys(r["model"] for r in out["rows"]):
+        rs = [r for r in out["rows"] if r["model"] == name]
+        dense = next(r["accuracy"] for r in rs if r["config"] == "dense")
+        lines += [f"**{name}** (dense test accuracy {dense:.4f}); test accuracy, no retraining "
+                  f"(time):", "",
+                  "| config | " + " | ".join(f"{lv:.0%}" for lv in levels) + " |",
+                  "|---|" + "---:|" * len(levels)]
+        for cfg in dict.fromkeys(r["config"] for r in rs if r["config"] != "dense"):
+            cells = {r["level"]: f"{r['accuracy']:.4f} ({r['time_s']:.1f} s)"
+                     for r in rs if r["config"] == cfg}
+            lines.append(f"| {cfg} | " + " | ".join(cells.get(lv, "-") for lv in levels) + " |")
+        lines.append("")
+    cal = out["calibration"]
+    lines.append(f"Calibration of LeNet-5 on {CALIB} images (all layers' Grams): "
+                 f"{cal['calibration_s']:.2f} s, {cal['ratio']:.1f}x a plain forward pass "
+                 f"({cal['forward_s'] * 1e3:.0f} ms). Peak RSS of a parallel prune with n = "
+                 + ", ".join(f"{n}: {v:.0f} MB" for n, v in out["peak_rss_mb"].items()) + ".")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "models.json"))
+    ap.add_argument("--summary", metavar="JSON", help="print the tables of a results file")
     args = ap.parse_args(argv)
+    if args.summary:
+        print(summary(json.loads(Path(args.summary).read_text())))
+        return 0
     t0 = time.perf_counter()
     data = load_mnist()
     Xtr, ytr = (torch.from_numpy(a) for a in data["train"])
@@ -178,6 +207,7 @@ def main(argv=None) -> int:
     path = atomic_write_text(args.out, json.dumps(out, indent=1))
     print(f"wrote {path}")
     print(f"wrote {plot(rows, path.with_name(path.stem + '.png'))}")
+    print(summary(out))
     return 0
 
 
