@@ -1,0 +1,192 @@
+"""The Ray executor: one Ray task per layer job, on an existing cluster or a local instance.
+
+Imported only when asked for (``executor="ray"`` or ``RayExecutor(...)``), so ray stays an
+optional dependency (``pip install layertrim[ray]``).
+
+- ``address=None`` starts a local Ray instance (and shuts it down on ``close``); ``"auto"``
+  or ``"host:port"`` joins a running cluster (``ray start --head`` on one machine,
+  ``ray start --address host:port`` on the others). A driver that already called
+  ``ray.init`` is used as it is.
+- Each job's problem (its Gram matrix is most of it) goes into the object store through one
+  ``ray.put``; a retried task reads the same object.
+- Each task asks for CPUs sized from the layer's d and m (see ``task_resources``), never more
+  than the largest node has, and caps its BLAS threads to what it asked for.
+- A task whose worker dies is retried ``retries`` times (Ray's ``max_retries``); a task that
+  raises is not retried: the solver's exception comes back for that job alone.
+- Results stream back as they finish (``ray.wait``), so progress moves.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from layertrim.errors import InvalidInputError
+from layertrim.layerwise.executors import (
+    DEFAULT_RETRIES,
+    Executor,
+    LayerJob,
+    WorkerDiedError,
+    _check_count,
+    _import_all,
+)
+
+CONNECT_TIMEOUT_S = 5.0
+# flops of one m x d x d product above which a job asks for 2 / 4 CPUs (BLAS threads)
+TWO_CPU_FLOPS = 2e9
+FOUR_CPU_FLOPS = 2e10
+
+
+def task_resources(job: LayerJob, max_cpus: float) -> dict:
+    """The Ray resources of one job: CPUs from its m x d x d product (one CPU for small layers,
+    where threads cost more than they save), memory from its arrays (the Gram and a factor of
+    it, the weights and a few solver copies of them), GPUs none (the solvers run on CPU)."""
+    p = job.problem
+    d = p.H.shape[0]
+    flops = p.m * d * d
+    cpus = 1 if flops < TWO_CPU_FLOPS else 2 if flops < FOUR_CPU_FLOPS else 4
+    memory = 8 * (3 * d * d + 6 * p.m * d) + (64 << 20)
+    return {"num_cpus": max(1, min(cpus, int(max_cpus))), "num_gpus": 0, "memory": memory}
+
+
+def _ray_solve(fn: Callable, job: LayerJob, threads: int, imports: tuple[str, ...]):
+    """Runs inside a Ray worker."""
+    from threadpoolctl import threadpool_limits
+
+    _import_all(imports)
+    p = job.problem
+    for name in ("W0", "bias", "H", "X"):  # zero-copy object-store arrays are read-only
+        a = getattr(p, name)
+        if isinstance(a, np.ndarray) and not a.flags.writeable:
+            setattr(p, name, a.copy())
+    with threadpool_limits(limits=threads):
+        return fn(job)
+
+
+def _reachable(address: str) -> None:
+    """Fail fast on a host:port nothing listens on (ray.init would retry for a minute)."""
+    host, sep, port = address.rpartition(":")
+    if address.startswith("ray://"):
+        return
+    if not sep or not port.isdigit():
+        raise InvalidInputError(f"a Ray address is 'auto' or host:port, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise InvalidInputError(
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e}): start one with "
+            f"`ray start --head --port {port}`, or check the address") from None
+
+
+class RayExecutor(Executor):
+    """Layer jobs as Ray tasks.
+
+    Parameters
+    ----------
+    address : None (start a local Ray instance), "auto" (the cluster this machine belongs to)
+        or "host:port" of a running head node.
+    workers : at most this many jobs in flight (None: as many as the cluster's resources
+        admit); when a local instance is started, also its CPU count.
+    retries : retries of a job whose worker dies (Ray's ``max_retries``).
+    imports : modules each worker imports first (where custom solvers register themselves).
+    resources : a callable ``job -> dict`` of Ray resources, replacing ``task_resources``.
+    init_options : extra keyword arguments for ``ray.init``.
+    """
+
+    def __init__(self, address: str | None = None, *, workers: int | None = None,
+                 retries: int = DEFAULT_RETRIES, imports: Sequence[str] = (),
+                 resources: Callable | None = None, init_options: dict | None = None) -> None:
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise InvalidInputError(f"address must be 'auto' or host:port, got {address!r}")
+        _check_count("workers", workers, 1)
+        _check_count("retries", retries, 0, allow_none=False)
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise InvalidInputError("the ray executor needs Ray: pip install "
+                                    "'layertrim[ray]'") from None
+        self.address = address
+        self.workers = workers
+        self.retries = retries
+        self.imports = tuple(imports)
+        self.resources = resources
+        self.init_options = dict(init_options or {})
+        self._started = False
+
+    def connect(self) -> None:
+        """Join the cluster (or start a local instance) now; a clear error if unreachable."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.address not in (None, "auto"):
+            _reachable(self.address)
+        options = {"include_dashboard": False, "logging_level": "WARNING",
+                   "log_to_driver": True, **self.init_options}
+        if self.address is None:
+            options.setdefault("num_cpus", self.workers)
+        try:
+            ray.init(address=self.address, **options)
+        except ConnectionError as e:
+            raise InvalidInputError(f"cannot join a Ray cluster at {self.address}: {e}") from None
+        self._started = True
+
+    def close(self) -> None:
+        """Disconnect if this executor connected (a local instance it started stops)."""
+        import ray
+
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False
+
+    def _max_cpus(self) -> float:
+        import ray
+
+        cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+        return max(cpus, default=1) or 1
+
+    def as_completed(self, fn: Callable, jobs: Sequence) -> Iterator[tuple[int, object]]:
+        import ray
+
+        jobs = list(jobs)
+        if not jobs:
+            return
+        self.connect()
+        task = ray.remote(_ray_solve)
+        max_cpus = self._max_cpus()
+        limit = self.workers or len(jobs)
+        pending: dict = {}
+        queue = list(range(len(jobs)))
+
+        def submit(i: int) -> None:
+            job = jobs[i]
+            res = self.resources(job) if self.resources else task_resources(job, max_cpus)
+            threads = max(1, int(res.get("num_cpus", 1)))
+            ref = task.options(max_retries=self.retries, retry_exceptions=False, **res).remote(
+                fn, ray.put(job), threads, self.imports)
+            pending[ref] = i
+
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    submit(queue.pop(0))
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    i = pending.pop(ref)
+                    try:
+                        yield i, ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:  # the solver raised
+                        cause = e.cause if isinstance(e.cause, BaseException) else e
+                        yield i, cause
+                    except (ray.exceptions.WorkerCrashedError,
+                            ray.exceptions.NodeDiedError) as e:
+                        yield i, WorkerDiedError(
+                            f"its Ray worker died {self.retries + 1} times "
+                            f"(retries={self.retries}): {type(e).__name__}")
+                    except ray.exceptions.RayError as e:
+                        yield i, e
+        finally:  # Ctrl-C or an early stop: cancel what is still running
+            for ref in pending:
+                ray.cancel(ref, force=True)
