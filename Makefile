@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python bench/l0_exact.py
 	$(BIN)/python bench/nettrim.py
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/distributed.py
 
 lint: setup
 	$(BIN)/ruff check .

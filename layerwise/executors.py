@@ -39,6 +39,7 @@ class LayerJob:
     problem: LayerProblem
     method: str
     options: dict = field(default_factory=dict)
+    module: str | None = None  # where a custom solver registers itself; imported by workers
 
     @property
     def key(self) -> str:
@@ -55,9 +56,23 @@ class WorkerDiedError(RuntimeError):
 
 
 def solve_job(job: LayerJob) -> LayerResult:
+    """Solve one job; in a worker process, first import the module that registers its solver
+    (a solver registered by the user's own code exists there only once that code runs)."""
+    import importlib
+
     from layertrim.solvers import run
 
+    if job.module and job.module != "__main__":
+        importlib.import_module(job.module)
     return run(job.problem, job.method, **job.options)
+
+
+def solver_module(method: str) -> str | None:
+    """The module a solver is defined in, for workers to import (None for built-ins)."""
+    from layertrim.solvers import get_solver
+
+    mod = getattr(get_solver(method).fn, "__module__", None)
+    return None if mod is None or mod.startswith("layertrim.") else mod
 
 
 def _check_count(name: str, value, minimum: int, allow_none: bool = True) -> None:
@@ -65,13 +80,6 @@ def _check_count(name: str, value, minimum: int, allow_none: bool = True) -> Non
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _import_all(modules: Sequence[str]) -> None:
-    import importlib
-
-    for mod in modules:
-        importlib.import_module(mod)
 
 
 class Executor:
@@ -112,11 +120,7 @@ class Executor:
 class SerialExecutor(Executor):
     """Jobs one after the other, in this process."""
 
-    def __init__(self, imports: Sequence[str] = ()) -> None:
-        self.imports = tuple(imports)
-
     def as_completed(self, fn: Callable, jobs: Sequence) -> Iterator[tuple[int, object]]:
-        _import_all(self.imports)
         for i, job in enumerate(jobs):
             try:
                 yield i, fn(job)
@@ -124,9 +128,9 @@ class SerialExecutor(Executor):
                 yield i, e
 
 
-def _worker_init(blas_threads: int, imports: tuple[str, ...]) -> None:
+def _worker_init(blas_threads: int) -> None:
     """In each worker: leave Ctrl-C to the parent, cap BLAS and Numba threads (workers x
-    threads <= cores: oversubscription costs more than it gains), import solver plugins."""
+    threads <= cores: oversubscription costs more than it gains)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threadpoolctl import threadpool_limits
 
@@ -140,7 +144,6 @@ def _worker_init(blas_threads: int, imports: tuple[str, ...]) -> None:
         numba.set_num_threads(min(blas_threads, numba.config.NUMBA_NUM_THREADS))
     except (ImportError, ValueError):
         pass
-    _import_all(imports)
 
 
 _LIMITS = None
@@ -157,11 +160,10 @@ class LocalExecutor(Executor):
         Every job unfinished at the break counts one attempt: the pool cannot say whose
         worker died.
     blas_threads : BLAS/Numba threads per worker; defaults to cores // workers (at least 1).
-    imports : modules each worker imports first (where custom solvers register themselves).
     """
 
     def __init__(self, workers: int | None = None, *, retries: int = DEFAULT_RETRIES,
-                 blas_threads: int | None = None, imports: Sequence[str] = ()) -> None:
+                 blas_threads: int | None = None) -> None:
         _check_count("workers", workers, 1)
         _check_count("retries", retries, 0, allow_none=False)
         _check_count("blas_threads", blas_threads, 1)
@@ -169,17 +171,16 @@ class LocalExecutor(Executor):
         self.workers = workers or cores
         self.retries = retries
         self.blas_threads = blas_threads or max(1, cores // self.workers)
-        self.imports = tuple(imports)
 
     def _pool(self, n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init,
-                                   initargs=(self.blas_threads, self.imports))
+                                   initargs=(self.blas_threads,))
 
     def as_completed(self, fn: Callable, jobs: Sequence) -> Iterator[tuple[int, object]]:
         jobs = list(jobs)
         if len(jobs) <= 1 or self.workers == 1:
-            yield from SerialExecutor(self.imports).as_completed(fn, jobs)
+            yield from SerialExecutor().as_completed(fn, jobs)
             return
         n = min(self.workers, len(jobs))
         attempts = [0] * len(jobs)

@@ -30,7 +30,6 @@ from layertrim.layerwise.executors import (
     LayerJob,
     WorkerDiedError,
     _check_count,
-    _import_all,
 )
 
 CONNECT_TIMEOUT_S = 5.0
@@ -51,11 +50,10 @@ def task_resources(job: LayerJob, max_cpus: float) -> dict:
     return {"num_cpus": max(1, min(cpus, int(max_cpus))), "num_gpus": 0, "memory": memory}
 
 
-def _ray_solve(fn: Callable, job: LayerJob, threads: int, imports: tuple[str, ...]):
+def _ray_solve(fn: Callable, job: LayerJob, threads: int):
     """Runs inside a Ray worker."""
     from threadpoolctl import threadpool_limits
 
-    _import_all(imports)
     p = job.problem
     for name in ("W0", "bias", "H", "X"):  # zero-copy object-store arrays are read-only
         a = getattr(p, name)
@@ -90,13 +88,12 @@ class RayExecutor(Executor):
     workers : at most this many jobs in flight (None: as many as the cluster's resources
         admit); when a local instance is started, also its CPU count.
     retries : retries of a job whose worker dies (Ray's ``max_retries``).
-    imports : modules each worker imports first (where custom solvers register themselves).
     resources : a callable ``job -> dict`` of Ray resources, replacing ``task_resources``.
     init_options : extra keyword arguments for ``ray.init``.
     """
 
     def __init__(self, address: str | None = None, *, workers: int | None = None,
-                 retries: int = DEFAULT_RETRIES, imports: Sequence[str] = (),
+                 retries: int = DEFAULT_RETRIES,
                  resources: Callable | None = None, init_options: dict | None = None) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise InvalidInputError(f"address must be 'auto' or host:port, got {address!r}")
@@ -110,7 +107,6 @@ class RayExecutor(Executor):
         self.address = address
         self.workers = workers
         self.retries = retries
-        self.imports = tuple(imports)
         self.resources = resources
         self.init_options = dict(init_options or {})
         self._started = False
@@ -165,7 +161,7 @@ class RayExecutor(Executor):
             res = self.resources(job) if self.resources else task_resources(job, max_cpus)
             threads = max(1, int(res.get("num_cpus", 1)))
             ref = task.options(max_retries=self.retries, retry_exceptions=False, **res).remote(
-                fn, ray.put(job), threads, self.imports)
+                fn, ray.put(job), threads)
             pending[ref] = i
 
         try:

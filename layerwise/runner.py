@@ -42,16 +42,14 @@ def takes_seed(method: str) -> bool:
     return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
 
 
-def run_jobs(executor, jobs: Sequence[LayerJob], *, method: str, checkpoint=None,
-             done: dict[str, LayerResult] | None = None,
-             progress: Progress | None = None) -> dict[str, LayerResult]:
-    """Results by job key for every job; those in ``done`` are not run again. Raises
-    :class:`LayerJobsFailed` (or ``InvalidInputError`` when every failure is bad input) after
-    all the other jobs have finished and been saved."""
-    done = dict(done or {})
-    results = {j.key: done[j.key] for j in jobs if j.key in done}
-    todo = [j for j in jobs if j.key not in done]
-    total, count = len(jobs), len(results)
+def run_jobs(executor, todo: Sequence[LayerJob], *, method: str, checkpoint=None,
+             progress: Progress | None = None, start: int = 0,
+             total: int | None = None) -> dict[str, LayerResult]:
+    """Results by job key, each saved to ``checkpoint`` as it arrives; ``progress`` counts
+    from ``start`` of ``total``. Raises :class:`LayerJobsFailed` (or ``InvalidInputError``
+    when every failure is bad input) after all the other jobs have finished and been saved."""
+    results: dict[str, LayerResult] = {}
+    count, total = start, len(todo) if total is None else total
     failures: dict[str, BaseException] = {}
     for i, out in outcomes(executor, solve_job, todo):
         job = todo[i]

@@ -20,7 +20,7 @@ import numpy as np
 
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
-from layertrim.layerwise.executors import LayerJob, get_executor, job_key
+from layertrim.layerwise.executors import LayerJob, get_executor, job_key, solver_module
 from layertrim.layerwise.report import LayerRecord, PruneReport
 from layertrim.layerwise.runner import Progress, layer_seed, run_jobs, takes_seed
 from layertrim.problem import LayerProblem
@@ -198,6 +198,7 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
     else:
         done = {}
     seeded = takes_seed(method)
+    module = solver_module(method)
     base_seed = solver_options.get("seed", 0)
     clock = {"calibration_s": 0.0, "allocation_s": 0.0, "solve_s": 0.0, "writeback_s": 0.0}
     t_start = time.perf_counter()
@@ -230,7 +231,7 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
                                                   sparsity=policy[name], pattern=pattern)
                 except InvalidInputError as e:
                     raise InvalidInputError(f"layer {name}: {e}") from None
-                job = LayerJob(name, g, problem, method, dict(solver_options))
+                job = LayerJob(name, g, problem, method, dict(solver_options), module)
                 if seeded:
                     job.options["seed"] = layer_seed(base_seed, job.key)
                 jobs.append(job)
@@ -240,9 +241,11 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         t = time.perf_counter()
         if ckpt is not None and jobs:
             ckpt.log("submit", layers=[j.key for j in jobs])
-        results = run_jobs(ex, jobs, method=method, checkpoint=ckpt, done=done,
-                           progress=progress and (lambda i, _n, k, r: progress(
-                               len(report.layers) + i, total, k, r)))
+        finished = sum(job_key(n, g) in done for n in layer_names
+                       for g in range(bridge.groups(n)))
+        results = {**done, **run_jobs(ex, jobs, method=method, checkpoint=ckpt,
+                                      progress=progress, start=len(report.layers) + finished,
+                                      total=total)}
         clock["solve_s"] += time.perf_counter() - t
         t = time.perf_counter()
         for name in layer_names:
