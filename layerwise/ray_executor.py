@@ -172,7 +172,12 @@ class RayExecutor(Executor):
                 for ref in ready:
                     i = pending.pop(ref)
                     try:
-                        yield i, ray.get(ref)
+                        result = ray.get(ref)
+                        for name in ("W", "mask", "bias"):  # object-store arrays are read-only
+                            a = getattr(result, name, None)
+                            if isinstance(a, np.ndarray) and not a.flags.writeable:
+                                setattr(result, name, a.copy())
+                        yield i, result
                     except ray.exceptions.RayTaskError as e:  # the solver raised
                         cause = e.cause if isinstance(e.cause, BaseException) else e
                         yield i, cause
