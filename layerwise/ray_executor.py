@@ -63,13 +63,16 @@ def _ray_solve(fn: Callable, job: LayerJob, threads: int):
         return fn(job)
 
 
+def _host_port(address: str) -> tuple[str, str]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidInputError(f"a Ray address is 'auto' or host:port, got {address!r}")
+    return host, port
+
+
 def _reachable(address: str) -> None:
     """Fail fast on a host:port nothing listens on (ray.init would retry for a minute)."""
-    host, sep, port = address.rpartition(":")
-    if address.startswith("ray://"):
-        return
-    if not sep or not port.isdigit():
-        raise InvalidInputError(f"a Ray address is 'auto' or host:port, got {address!r}")
+    host, port = _host_port(address)
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
@@ -96,7 +99,9 @@ class RayExecutor(Executor):
                  retries: int = DEFAULT_RETRIES,
                  resources: Callable | None = None, init_options: dict | None = None) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
-            raise InvalidInputError(f"address must be 'auto' or host:port, got {address!r}")
+            raise InvalidInputError(f"a Ray address is 'auto' or host:port, got {address!r}")
+        if address not in (None, "auto"):
+            _host_port(address)
         _check_count("workers", workers, 1)
         _check_count("retries", retries, 0, allow_none=False)
         try:

@@ -203,4 +203,9 @@ def test_executor_bad_input():
         from layertrim.layerwise.executors import get_executor
 
         get_executor("local", address="auto")
+    from layertrim.layerwise.ray_executor import RayExecutor
+
+    for bad in ("nowhere", "host:", ":80", "", 5):
+        with pytest.raises(InvalidInputError, match="'auto' or host:port"):
+            RayExecutor(bad)
     assert faulty_solvers.mlp  # the test solvers are registered
