@@ -162,6 +162,11 @@ class LocalExecutor(Executor):
     blas_threads : BLAS/Numba threads per worker; defaults to cores // workers (at least 1).
     """
 
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def __init__(self, workers: int | None = None, *, retries: int = DEFAULT_RETRIES,
                  blas_threads: int | None = None) -> None:
         _check_count("workers", workers, 1)
@@ -171,22 +176,30 @@ class LocalExecutor(Executor):
         self.workers = workers or cores
         self.retries = retries
         self.blas_threads = blas_threads or max(1, cores // self.workers)
+        self._pool: ProcessPoolExecutor | None = None
 
-    def _pool(self, n: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init,
-                                   initargs=(self.blas_threads,))
+    def _get_pool(self) -> ProcessPoolExecutor:
+        """The executor's pool, kept between maps (workers start once) until ``close``."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init, initargs=(self.blas_threads,))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def as_completed(self, fn: Callable, jobs: Sequence) -> Iterator[tuple[int, object]]:
         jobs = list(jobs)
         if len(jobs) <= 1 or self.workers == 1:
             yield from SerialExecutor().as_completed(fn, jobs)
             return
-        n = min(self.workers, len(jobs))
         attempts = [0] * len(jobs)
         todo = list(range(len(jobs)))
         while todo:
-            pool = self._pool(n)
+            pool = self._get_pool()
             broken = False
             try:
                 running: dict[Future, int] = {pool.submit(fn, jobs[i]): i for i in todo}
@@ -209,11 +222,13 @@ class LocalExecutor(Executor):
                         except Exception as e:  # noqa: BLE001 -- the job's own error
                             yield i, e
             except BaseException:  # Ctrl-C, or the consumer stopped early: stop the workers
+                self._pool = None
                 _kill(pool)
                 raise
-            finally:
-                pool.shutdown(wait=not broken, cancel_futures=True)
-            todo.sort()
+            if broken:  # a worker died: a new pool for the jobs this one lost
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                todo.sort()
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:

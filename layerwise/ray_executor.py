@@ -129,7 +129,7 @@ class RayExecutor(Executor):
         if self.address is None:
             options.setdefault("num_cpus", self.workers)
         try:
-            ray.init(address=self.address, **options)
+            ray.init(address=self.address or "local", **options)  # "local": always a new one
         except ConnectionError as e:
             raise InvalidInputError(f"cannot join a Ray cluster at {self.address}: {e}") from None
         self._started = True

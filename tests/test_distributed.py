@@ -23,8 +23,8 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def ray_session():
     """One real local Ray instance for the module (starting one costs seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             object_store_memory=200 << 20, configure_logging=False)
     yield
     ray.shutdown()
 

@@ -183,6 +183,9 @@ def ray_head(tmp_path):
         wait_for(lambda: group_gone(head.pid), timeout=30)
         if not group_gone(head.pid):
             os.killpg(head.pid, signal.SIGKILL)
+        current = Path("/tmp/ray/ray_current_cluster")  # ray start leaves it on SIGTERM
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 @pytest.mark.slow
