@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
-from torch import nn
 
 import layertrim as lt
 from layertrim.atomic import atomic_write_text
@@ -39,11 +37,17 @@ from layertrim.layerwise.executors import LayerJob, LocalExecutor, SerialExecuto
 from layertrim.problem import LayerProblem
 
 HERE = Path(__file__).parent
+# torch is imported inside the functions: worker processes are spawned, and a spawned worker
+# re-imports the main script, so a top-level ``import torch`` would cost every worker seconds
+# (the CLI's workers never load torch).
 
 
-def mlp(layers: int, d: int) -> nn.Module:
+def mlp(layers: int, d: int):
+    import torch
+    from torch import nn
+
     torch.manual_seed(0)
-    mods: list[nn.Module] = []
+    mods: list = []
     for _ in range(layers):
         mods += [nn.Linear(d, d), nn.ReLU()]
     return nn.Sequential(*mods[:-1])
@@ -58,7 +62,17 @@ def prune(n_layers: int, d: int, calib, executor, **kw) -> tuple[float, dict, li
     return wall, report.timing, [p.detach().clone() for p in model.parameters()]
 
 
+def warm_up(method: str) -> None:
+    """Compile (or load from Numba's cache) the solver's kernels before anything is timed."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 64))
+    lt.solve_layer(rng.standard_normal((32, 64)), X, sparsity=0.5, method=method)
+
+
 def speedup(layers: int, d: int, n: int, method: str, ckpt: Path, quick: bool) -> dict:
+    import torch
+
+    warm_up(method)
     g = torch.Generator().manual_seed(1)
     calib = list(torch.randn(n, d, generator=g).split(512))
     out: dict = {"model": f"{layers} x Linear({d}, {d}), ReLU", "calibration_rows": n,
@@ -170,6 +184,8 @@ def main() -> None:
               f"{ov.get('ray_ms_per_job_warm', float('nan')):.1f} ms", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    import torch
+
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version(), "torch": torch.__version__,
                           "loadavg_before": load0, "loadavg_after": os.getloadavg()},

@@ -128,6 +128,14 @@ class SerialExecutor(Executor):
                 yield i, e
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, cgroups), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _worker_init(blas_threads: int) -> None:
     """In each worker: leave Ctrl-C to the parent, cap BLAS and Numba threads (workers x
     threads <= cores: oversubscription costs more than it gains)."""
@@ -155,7 +163,7 @@ class LocalExecutor(Executor):
 
     Parameters
     ----------
-    workers : worker processes; defaults to the machine's cores.
+    workers : worker processes; defaults to the cores this process may use.
     retries : how many times a job is resubmitted when its worker dies (the pool breaks).
         Every job unfinished at the break counts one attempt: the pool cannot say whose
         worker died.
@@ -172,7 +180,7 @@ class LocalExecutor(Executor):
         _check_count("workers", workers, 1)
         _check_count("retries", retries, 0, allow_none=False)
         _check_count("blas_threads", blas_threads, 1)
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         self.workers = workers or cores
         self.retries = retries
         self.blas_threads = blas_threads or max(1, cores // self.workers)

@@ -267,7 +267,8 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
     state = bridge.snapshot()
     try:
         if schedule == "parallel":
-            grams = {} if all_done(names) else dense_grams or grams_of(names)
+            todo = [n for n in names if not all_done([n])]  # a resume needs only these
+            grams = dense_grams or (grams_of(todo) if todo else {})
             finish(names, jobs_for(grams, names))
         else:
             for name in names:
