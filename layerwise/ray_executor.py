@@ -142,11 +142,13 @@ class RayExecutor(Executor):
             ray.shutdown()
         self._started = False
 
-    def _max_cpus(self) -> float:
+    def _largest_node(self) -> tuple[float, float]:
+        """(CPUs, memory bytes) of the largest live node."""
         import ray
 
-        cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-        return max(cpus, default=1) or 1
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        return (max((r.get("CPU", 0) for r in nodes), default=1) or 1,
+                max((r.get("memory", 0) for r in nodes), default=0))
 
     def as_completed(self, fn: Callable, jobs: Sequence) -> Iterator[tuple[int, object]]:
         import ray
@@ -156,23 +158,33 @@ class RayExecutor(Executor):
             return
         self.connect()
         task = ray.remote(_ray_solve)
-        max_cpus = self._max_cpus()
+        max_cpus, max_memory = self._largest_node()
         limit = self.workers or len(jobs)
         pending: dict = {}
         queue = list(range(len(jobs)))
 
-        def submit(i: int) -> None:
+        def submit(i: int) -> InvalidInputError | None:
             job = jobs[i]
             res = self.resources(job) if self.resources else task_resources(job, max_cpus)
+            if max_memory and res.get("memory", 0) > max_memory:  # it would wait forever
+                return InvalidInputError(
+                    f"it needs about {res['memory'] / 2**30:.1f} GiB, more than any node of "
+                    f"the cluster offers ({max_memory / 2**30:.1f} GiB)")
             threads = max(1, int(res.get("num_cpus", 1)))
             ref = task.options(max_retries=self.retries, retry_exceptions=False, **res).remote(
                 fn, ray.put(job), threads)
             pending[ref] = i
+            return None
 
         try:
             while queue or pending:
                 while queue and len(pending) < limit:
-                    submit(queue.pop(0))
+                    i = queue.pop(0)
+                    refused = submit(i)
+                    if refused is not None:
+                        yield i, refused
+                if not pending:
+                    continue
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     i = pending.pop(ref)

@@ -103,6 +103,9 @@ def test_a_ray_job_that_raises_is_named_and_the_others_finish(ray_session, tmp_p
                        m=4, executor=RayExecutor(), checkpoint=ck, **OPTS)
     assert_same(params(model), before)  # untouched
     assert len(saved_layers(ck)) == 3  # the other three layers finished and were saved
+    huge = RayExecutor(resources=lambda job: {"num_cpus": 1, "memory": 1 << 50})
+    with pytest.raises(InvalidInputError, match="layer 0: it needs about .* GiB, more than any"):
+        lt.prune_model(mlp(4), data(), method="sparsegpt", executor=huge, **OPTS)
 
 
 def test_a_local_worker_that_dies_is_retried_and_the_run_completes(tmp_path):
