@@ -7,6 +7,7 @@ import argparse
 import ast
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,10 @@ def _prune(args) -> int:
                 f"with --resume {checkpoint}" if checkpoint else ""
         print(f"layertrim: error: {e}. No model written{where}", file=sys.stderr)
         return 1
+    except InvalidInputError:
+        if default_ckpt and not any(Path(checkpoint, "layers").glob("*.npz")):
+            shutil.rmtree(checkpoint, ignore_errors=True)  # nothing saved: leave no clutter
+        raise
     print(report)
     print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")
     if default_ckpt:

@@ -73,8 +73,9 @@ class Checkpoint:
     Parameters
     ----------
     directory : where the manifest and the layer files go (created if missing).
-    resume : continue the run recorded there. Without it, a directory that already holds a
-        manifest is refused (resume it, or remove it), so no checkpoint is overwritten.
+    resume : continue the run recorded there. Without it, a directory that already holds
+        finished layers is refused (resume it, or remove it), so no work is overwritten; one
+        that holds only a manifest (a run that failed before its first layer) is reused.
     """
 
     def __init__(self, directory, *, resume: bool = False) -> None:
@@ -99,7 +100,7 @@ class Checkpoint:
             except (OSError, ValueError) as e:
                 raise InvalidInputError(f"cannot read {path}: {e}") from None
             self._check_same(old, manifest)
-        elif path.exists():
+        elif any(self.layer_dir.glob("*.npz")):
             raise InvalidInputError(
                 f"{self.dir} already holds a checkpoint: resume it with --resume {self.dir} "
                 f"(resume=...), or remove it to start over")
