@@ -13,8 +13,9 @@
 
     python bench/distributed.py [--layers 8] [--d 512] [--quick] [--out PATH]
 
-The machine's load average is recorded before and after: on a shared machine the ratios are
-what to read, not the seconds.
+The machine's load average is recorded before and after, and ``effective_cores_for_2_workers``
+(2 x the one-thread serial time per layer / a worker's time per layer) says how much CPU the
+two workers really got: on a shared machine below 2 the speedup target cannot be judged.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def mlp(layers: int, d: int):
 
 
 def prune(n_layers: int, d: int, calib, executor, **kw) -> tuple[float, dict, list]:
+    """(wall seconds, the report's timing plus the mean solver time per layer, parameters)."""
     model = mlp(n_layers, d)
     t = time.perf_counter()
     report = lt.prune_model(model, calib, sparsity=0.5, method=kw.pop("method", "l0-admm"),
                             schedule="parallel", allocation="uniform", executor=executor, **kw)
     wall = time.perf_counter() - t
-    return wall, report.timing, [p.detach().clone() for p in model.parameters()]
+    timing = {**report.timing,
+              "layer_mean_s": float(np.mean([r.time_s for r in report.layers if not r.resumed]))}
+    return wall, timing, [p.detach().clone() for p in model.parameters()]
 
 
 def warm_up(method: str) -> None:
@@ -79,19 +83,32 @@ def speedup(layers: int, d: int, n: int, method: str, ckpt: Path, quick: bool) -
                  "method": method, "sparsity": 0.5, "schedule": "parallel"}
     s_wall, s_tm, s_par = prune(layers, d, calib, SerialExecutor(), method=method)
     out["serial"] = {"wall_s": s_wall, "solve_s": s_tm["solve_s"],
-                     "blas_threads": "library default"}
+                     "layer_mean_s": s_tm["layer_mean_s"], "blas_threads": "library default"}
     if not quick:
         with threadpool_limits(limits=1):
             w1, tm1, _ = prune(layers, d, calib, SerialExecutor(), method=method)
-        out["serial_1_blas_thread"] = {"wall_s": w1, "solve_s": tm1["solve_s"]}
+        out["serial_1_blas_thread"] = {"wall_s": w1, "solve_s": tm1["solve_s"],
+                                       "layer_mean_s": tm1["layer_mean_s"]}
     l_wall, l_tm, l_par = prune(layers, d, calib, LocalExecutor(workers=2), method=method,
                                 checkpoint=ckpt)
-    out["local_2_workers"] = {"wall_s": l_wall, "solve_s": l_tm["solve_s"], "blas_threads": 1,
-                              "checkpointed": True}
+    out["local_2_workers"] = {"wall_s": l_wall, "solve_s": l_tm["solve_s"],
+                              "layer_mean_s": l_tm["layer_mean_s"], "blas_threads": 1,
+                              "checkpointed": True, "worker_start_included": True}
+    if not quick:  # the same with the workers already started (a long-lived executor)
+        warm = LocalExecutor(workers=2)
+        per_job_ms(warm, tiny_jobs(8))
+        w_wall, w_tm, _ = prune(layers, d, calib, warm, method=method)
+        warm.close()
+        out["local_2_workers_started"] = {"wall_s": w_wall, "solve_s": w_tm["solve_s"],
+                                          "layer_mean_s": w_tm["layer_mean_s"]}
+        out["speedup_solve_started_vs_serial_1_thread"] = tm1["solve_s"] / w_tm["solve_s"]
     out["speedup_solve"] = s_tm["solve_s"] / l_tm["solve_s"]
     out["speedup_wall"] = s_wall / l_wall
     if "serial_1_blas_thread" in out:
         out["speedup_solve_vs_serial_1_thread"] = tm1["solve_s"] / l_tm["solve_s"]
+    if "serial_1_blas_thread" in out:  # < 2: the workers did not get two cores between them
+        out["effective_cores_for_2_workers"] = (
+            2 * out["serial_1_blas_thread"]["layer_mean_s"] / l_tm["layer_mean_s"])
     out["bit_identical"] = all(torch.equal(a, b) for a, b in zip(s_par, l_par, strict=True))
     out["_calib"] = calib
     return out
