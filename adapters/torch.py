@@ -407,12 +407,23 @@ class TorchBridge:
                 if b is not None:
                     self.by_name[n].module.bias.copy_(b)
 
+    def fingerprint(self) -> str:
+        from layertrim.adapters.torch_fingerprint import model_fingerprint
+
+        return model_fingerprint(self.model)
+
+    def calibration_fingerprint(self) -> str:
+        from layertrim.adapters.torch_fingerprint import calibration_fingerprint
+
+        return calibration_fingerprint(self.calib, max_rows=self.max_rows, seed=self.seed)
+
 
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
                 executor=None, allocation: str = "global", max_rows: int | None = None,
                 seed: int = 0, frontier: bool = True, max_samples: int = 2048,
-                mask_convention: bool = False, progress: bool = False, **solver_options):
+                mask_convention: bool = False, checkpoint=None, resume=None, progress=False,
+                **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
 
@@ -430,16 +441,23 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     schedule : "cascade" (each layer sees the already-pruned network) or "parallel".
     pattern : "layer", "row" or "N:M".
     layers, exclude : names or regexes of the layers to prune / to leave alone.
-    executor : "local" (processes; the default), "serial", or an executor object.
+    executor : "local" (processes; the default), "serial", "ray", or an executor object
+        (``LocalExecutor(workers=...)``, ``RayExecutor(address=...)``).
     max_rows : subsample at most this many input rows (patches) per batch and layer.
     mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
     max_samples : input rows sampled per layer for the per-sample solvers (Net-Trim).
-    progress : progress bars (tqdm, on stderr) over calibration batches and over layers.
     frontier : in cascade on an ``nn.Sequential`` whose pruned layers are its children, keep
         both networks' activations at the current layer (memory: two copies of one layer's
         inputs over the calibration set) instead of re-running the prefix for every layer.
+    checkpoint : a directory where each finished layer is saved as it arrives.
+    resume : a checkpoint directory to continue: its finished layers are read back, not solved
+        again (refused when the model, the calibration data or the settings differ).
+    progress : True for progress bars (tqdm, on stderr) over the calibration batches and over
+        the layers; or a callable ``progress(done, total, layer, result)``, called as each
+        layer finishes (the calibration bars are then shown too).
     solver_options : passed to the solver.
     """
+    from layertrim.layerwise.runner import progress_bar
     from layertrim.layerwise.schedule import run_schedule
     from layertrim.solvers import get_solver
 
@@ -455,12 +473,21 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         for pname, p in (("weight", la.module.weight), ("bias", la.module.bias)):
             if p is not None and not bool(torch.isfinite(p).all()):
                 raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
+    if resume is not None:
+        if checkpoint is not None and str(checkpoint) != str(resume):
+            raise InvalidInputError(f"checkpoint={checkpoint!s} and resume={resume!s} differ: a "
+                                    f"resumed run checkpoints into the directory it resumes")
+        checkpoint = resume
+    if one_shot and checkpoint is not None:
+        calib = list(calib)  # fingerprinted, then calibrated on: it must be read twice
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
                          keep_reference=schedule == "cascade", frontier=frontier,
-                         max_samples=max_samples, progress=progress)
+                         max_samples=max_samples, progress=bool(progress))
+    bar = progress_bar(f"{method} {schedule}") if progress is True else (progress or None)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, allocation=allocation,
-                          progress=progress, **solver_options)
+                          checkpoint=checkpoint, resume=resume is not None, progress=bar,
+                          **solver_options)
     if mask_convention:
         apply_masks(found, {la.name: la.module.weight.detach() != 0 for la in found})
     return report

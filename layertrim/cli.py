@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,8 @@ from layertrim.adapters.npz import load_layer
 from layertrim.api import methods, solve_layer
 from layertrim.atomic import atomic_savez, check_not_input
 from layertrim.errors import InvalidInputError
+from layertrim.layerwise.executors import get_executor
+from layertrim.layerwise.runner import LayerJobsFailed, progress_bar
 from layertrim.report import format_result
 
 
@@ -60,7 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--pattern", default="layer", help="layer | row | N:M")
     pr.add_argument("--layers", action="append", help="name or regex of layers to prune")
     pr.add_argument("--exclude", action="append", help="name or regex of layers to skip")
-    pr.add_argument("--executor", default="local", choices=["local", "serial"])
+    pr.add_argument("--executor", default="local", choices=["local", "serial", "ray"],
+                    help="where the layer jobs run: local processes (default), this process, "
+                         "or a Ray cluster")
+    pr.add_argument("--address", help="ray: 'auto' or host:port of a running cluster "
+                                      "(default: start a local Ray instance)")
+    pr.add_argument("--workers", type=int, help="local: worker processes (default: the cores); "
+                                                "ray: most jobs in flight")
+    pr.add_argument("--retries", type=int, default=2,
+                    help="retries of a job whose worker dies (default 2)")
+    pr.add_argument("--checkpoint", help="save each finished layer here (default: OUT.ckpt, "
+                                         "removed after a successful run)")
+    pr.add_argument("--no-checkpoint", action="store_true", help="do not checkpoint")
+    pr.add_argument("--resume", metavar="DIR",
+                    help="continue the run checkpointed in DIR: finished layers are not solved "
+                         "again")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="solver setting, repeatable")
     pr.add_argument("--out", required=True, help="output model file (written atomically)")
@@ -92,17 +110,60 @@ def _prune(args) -> int:
     out_fmt = fmt if args.format == "same" else args.format
     protect = (args.model, args.calib)
     check_not_input(args.out, protect)  # refuse before the work, and again when writing
-    report = prune_model(model, calib, sparsity=args.sparsity, method=args.method,
-                         schedule=args.schedule, pattern=args.pattern, layers=args.layers,
-                         exclude=args.exclude, executor=args.executor, progress=True,
-                         **_parse_options(args.option))
+    checkpoint, default_ckpt = _checkpoint_dir(args)
+    executor = get_executor(args.executor, workers=args.workers, address=args.address,
+                            retries=args.retries)
+    try:
+        with executor:
+            report = prune_model(model, calib, sparsity=args.sparsity, method=args.method,
+                                 schedule=args.schedule, pattern=args.pattern,
+                                 layers=args.layers, exclude=args.exclude, executor=executor,
+                                 checkpoint=None if args.resume else checkpoint,
+                                 resume=args.resume,
+                                 progress=progress_bar(f"{args.method} {args.schedule}",
+                                                       lines=True),
+                                 **_parse_options(args.option))
+    except KeyboardInterrupt:
+        where = f"; the finished layers are in {checkpoint}, continue with --resume " \
+                f"{checkpoint}" if checkpoint else ""
+        print(f"layertrim: interrupted, no model written{where}", file=sys.stderr)
+        return 130
+    except LayerJobsFailed as e:
+        where = f"; the other layers are saved in {checkpoint}: fix the cause and continue " \
+                f"with --resume {checkpoint}" if checkpoint else ""
+        print(f"layertrim: error: {e}. No model written{where}", file=sys.stderr)
+        return 1
+    except InvalidInputError:
+        if default_ckpt and not any(Path(checkpoint, "layers").glob("*.npz")):
+            shutil.rmtree(checkpoint, ignore_errors=True)  # nothing saved: leave no clutter
+        raise
     print(report)
     print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")
+    if default_ckpt:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # served its purpose
     if args.report:
         print(f"wrote {atomic_write_text(args.report, report.to_json())}")
     if args.plot:
         print(f"wrote {report.plot(args.plot)}")
     return 0
+
+
+def _checkpoint_dir(args) -> tuple[str | None, bool]:
+    """(the checkpoint directory or None, whether it is the default one next to --out)."""
+    if args.resume:
+        if args.checkpoint and args.checkpoint != args.resume:
+            raise InvalidInputError("--checkpoint and --resume name different directories: a "
+                                    "resumed run checkpoints into the one it resumes")
+        if args.no_checkpoint:
+            raise InvalidInputError("--resume needs a checkpoint; drop --no-checkpoint")
+        return args.resume, False
+    if args.no_checkpoint:
+        if args.checkpoint:
+            raise InvalidInputError("--checkpoint and --no-checkpoint contradict each other")
+        return None, False
+    if args.checkpoint:
+        return args.checkpoint, False
+    return f"{args.out}.ckpt", True
 
 
 def _inspect(args) -> int:

@@ -18,6 +18,7 @@ class LayerRecord:
     time_s: float
     status: str
     solver: str
+    resumed: bool = False  # read back from a checkpoint, not solved in this run
 
 
 @dataclass

@@ -20,8 +20,9 @@ import numpy as np
 
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
-from layertrim.layerwise.executors import LayerJob, get_executor, solve_job
+from layertrim.layerwise.executors import LayerJob, get_executor, job_key, solver_module
 from layertrim.layerwise.report import LayerRecord, PruneReport
+from layertrim.layerwise.runner import Progress, layer_seed, run_jobs, takes_seed
 from layertrim.problem import LayerProblem
 
 SCHEDULES = ("parallel", "cascade")
@@ -129,26 +130,86 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
     return {n: float(v) for n, v in zip(names, s, strict=True)}
 
 
+def _manifest(bridge: ModelBridge, names: list[str], settings: dict) -> dict:
+    """What a resume must match: the model, the calibration data, the settings, the layers."""
+    from layertrim.layerwise.checkpoint import fingerprint
+
+    if hasattr(bridge, "fingerprint"):
+        model = bridge.fingerprint()
+    else:  # the pruned layers' weights
+        model = fingerprint(*[a for n in names for g in range(bridge.groups(n))
+                              for a in bridge.weights(n, g) if a is not None])
+    calib = bridge.calibration_fingerprint() if hasattr(bridge, "calibration_fingerprint") \
+        else None
+    layers = []
+    for n in names:
+        for g in range(bridge.groups(n)):
+            W = bridge.weights(n, g)[0]
+            key = job_key(n, g)
+            layers.append({"key": key, "m": int(W.shape[0]), "d": int(W.shape[1])})
+    return {"model": model, "calibration": calib, "settings": settings, "layers": layers}
+
+
 def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
                  schedule: str = "cascade", pattern: str = "layer", executor=None,
-                 allocation: str = "global", progress: bool = False,
-                 **solver_options) -> PruneReport:
+                 allocation: str = "global", checkpoint=None, resume: bool = False,
+                 progress: Progress | None = None, **solver_options) -> PruneReport:
     """Prune every layer of ``bridge`` in place and report what was done. A failure in any
-    layer names it and leaves the model untouched (weights are restored).
+    layer names it and leaves the model untouched (weights are restored); in the parallel
+    schedule the other layers still finish (and are checkpointed) first.
 
     ``allocation`` turns a float ``sparsity`` into per-layer sparsities: "global" (the default;
     error-curve dynamic programming, the fraction counts all weights), "uniform" (the same
     everywhere) or "owl" (outlier-weighted). A dict, or None with an N:M pattern, is used as
-    given. ``progress`` shows a bar over the layers (tqdm, on stderr)."""
-    from tqdm.auto import tqdm
+    given.
 
+    ``checkpoint`` : a directory; each finished layer is saved there as it arrives (see
+    ``checkpoint.py``). With ``resume=True`` the layers already there are not solved again
+    (their weights are written back from the files), after the manifest is checked against
+    this model, calibration data and settings. ``progress(done, total, key, result)`` is
+    called as each layer finishes. A solver that takes a ``seed`` gets a per-layer seed
+    derived from ``seed`` (default 0) and the layer's name."""
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
     if allocation not in ALLOCATIONS:
         raise InvalidInputError(f"unknown allocation {allocation!r}; use one of {ALLOCATIONS}")
-    per_sample = _per_sample(method, bridge)
+    if resume and checkpoint is None:
+        raise InvalidInputError("resume needs the checkpoint directory to resume from")
     ex = get_executor(executor)
+    owned = isinstance(executor, str) or executor is None  # made here: closed here
+    try:
+        if hasattr(ex, "connect"):  # join a cluster first: an unreachable one fails fast
+            ex.connect()
+        return _run(bridge, ex, sparsity=sparsity, method=method, schedule=schedule,
+                    pattern=pattern, allocation=allocation, checkpoint=checkpoint,
+                    resume=resume, progress=progress, solver_options=solver_options)
+    finally:
+        if owned and hasattr(ex, "close"):
+            ex.close()
+
+
+def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, pattern: str,
+         allocation: str, checkpoint, resume: bool, progress: Progress | None,
+         solver_options: dict) -> PruneReport:
+    from layertrim.layerwise.checkpoint import Checkpoint, jsonable
+    from layertrim.layerwise.per_sample import per_sample_jobs
+
+    per_sample = _per_sample(method, bridge)
     names = bridge.layer_names()
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(
+            checkpoint, resume=resume)
+        settings = jsonable({"method": method, "schedule": schedule, "pattern": pattern,
+                             "allocation": allocation, "sparsity": sparsity,
+                             "solver_options": solver_options})
+        done = ckpt.open(_manifest(bridge, names, settings))
+        ckpt.log("start", resume=bool(resume), skipped=sorted(done))
+    else:
+        done = {}
+    seeded = takes_seed(method)
+    module = solver_module(method)
+    base_seed = solver_options.get("seed", 0)
     clock = {"calibration_s": 0.0, "allocation_s": 0.0, "solve_s": 0.0, "writeback_s": 0.0}
     t_start = time.perf_counter()
 
@@ -166,79 +227,93 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
-    bar = tqdm(total=sum(bridge.groups(n) for n in names), desc=f"{method} {schedule}",
-               unit="layer", disable=not progress)
+    total = sum(bridge.groups(n) for n in names)
 
     def jobs_for(grams: dict[str, list[Gram]], layer_names: list[str]) -> list[LayerJob]:
         jobs = []
         for name in layer_names:
             for g in range(bridge.groups(name)):
+                if job_key(name, g) in done:
+                    continue  # checkpointed: no problem to build
                 W, b = cascade_target(*bridge.weights(name, g), grams[name][g])
                 try:
                     problem = LayerProblem.create(W, gram=grams[name][g], bias=b,
                                                   sparsity=policy[name], pattern=pattern)
                 except InvalidInputError as e:
                     raise InvalidInputError(f"layer {name}: {e}") from None
-                jobs.append(LayerJob(name, g, problem, method, dict(solver_options)))
+                job = LayerJob(name, g, problem, method, dict(solver_options), module)
+                if seeded:
+                    job.options["seed"] = layer_seed(base_seed, job.key)
+                jobs.append(job)
         return jobs
+
+    dense: set[str] = set()  # per-sample layers allotted no sparsity: left as they are
 
     def sample_jobs(layer_names: list[str], cascade: bool) -> list[LayerJob]:
-        from layertrim.layerwise.per_sample import per_sample_jobs
-
+        todo = [n for n in layer_names if not all_done([n])]
+        if not todo:
+            return []
         t = time.perf_counter()
-        jobs, dense = per_sample_jobs(bridge, layer_names, policy, method, cascade,
-                                      solver_options)
+        jobs, kept = per_sample_jobs(bridge, todo, policy, method, cascade, solver_options)
         clock["calibration_s"] += time.perf_counter() - t
-        for name, g in dense:  # allotted no sparsity: left as it is
-            W = bridge.weights(name, g)[0]
-            report.layers.append(LayerRecord(
-                name=name, group=g, m=W.shape[0], d=W.shape[1], nnz=int(np.count_nonzero(W)),
-                sparsity=1.0 - np.count_nonzero(W) / W.size, rel_error=0.0, time_s=0.0,
-                status="dense", solver=method))
-            bar.update(1)
+        dense.update(job_key(n, g) for n, g in kept)
+        for job in jobs:
+            job.module = module
+            if seeded:
+                job.options["seed"] = layer_seed(base_seed, job.key)
         return jobs
 
-    def finish(jobs: list[LayerJob]) -> None:
+    def finish(layer_names: list[str], jobs: list[LayerJob]) -> None:
         t = time.perf_counter()
-        results = []
-        it = iter(ex.map(solve_job, jobs))
-        for job in jobs:  # every result is in hand before anything is written back
-            bar.set_postfix_str(job.name)
-            try:
-                results.append(next(it))
-                bar.update(1)
-            except InvalidInputError as e:
-                raise InvalidInputError(f"layer {job.name}: {e}") from None
-            except Exception as e:
-                raise RuntimeError(f"layer {job.name}: the {method} solve failed: "
-                                   f"{type(e).__name__}: {e}") from e
+        if ckpt is not None and jobs:
+            ckpt.log("submit", layers=[j.key for j in jobs])
+        finished = sum(job_key(n, g) in done for n in layer_names
+                       for g in range(bridge.groups(n)))
+        results = {**done, **run_jobs(ex, jobs, method=method, checkpoint=ckpt,
+                                      progress=progress, start=len(report.layers) + finished,
+                                      total=total)}
         clock["solve_s"] += time.perf_counter() - t
         t = time.perf_counter()
-        for job, r in zip(jobs, results, strict=True):
-            bridge.write_back(job.name, job.group, r.W, r.bias)
-            report.layers.append(LayerRecord(
-                name=job.name, group=job.group, m=job.problem.m, d=job.problem.d, nnz=r.nnz,
-                sparsity=r.sparsity, rel_error=r.rel_error, time_s=r.wall_time,
-                status=r.status, solver=r.solver))
+        for name in layer_names:
+            for g in range(bridge.groups(name)):
+                key = job_key(name, g)
+                W0 = bridge.weights(name, g)[0]
+                if key in dense:
+                    report.layers.append(LayerRecord(
+                        name=name, group=g, m=W0.shape[0], d=W0.shape[1],
+                        nnz=int(np.count_nonzero(W0)), sparsity=1 - np.count_nonzero(W0) / W0.size,
+                        rel_error=0.0, time_s=0.0, status="dense", solver=method))
+                    continue
+                r = results[key]
+                bridge.write_back(name, g, r.W, r.bias)
+                report.layers.append(LayerRecord(
+                    name=name, group=g, m=W0.shape[0], d=W0.shape[1], nnz=r.nnz,
+                    sparsity=r.sparsity, rel_error=r.rel_error, time_s=r.wall_time,
+                    status=r.status, solver=r.solver, resumed=key in done))
         clock["writeback_s"] += time.perf_counter() - t
+
+    def all_done(layer_names):
+        return all(job_key(n, g) in done
+                   for n in layer_names for g in range(bridge.groups(n)))
 
     state = bridge.snapshot()
     try:
         if per_sample:
             if schedule == "parallel":
-                finish(sample_jobs(names, cascade=False))
+                finish(names, sample_jobs(names, cascade=False))
             else:
                 for name in names:
-                    finish(sample_jobs([name], cascade=True))
+                    finish([name], sample_jobs([name], cascade=True))
         elif schedule == "parallel":
-            finish(jobs_for(dense_grams or grams_of(names), names))
+            todo = [n for n in names if not all_done([n])]  # a resume needs only these
+            grams = dense_grams or (grams_of(todo) if todo else {})
+            finish(names, jobs_for(grams, names))
         else:
             for name in names:
-                finish(jobs_for(grams_of([name], cross=True), [name]))
+                grams = {} if all_done([name]) else grams_of([name], cross=True)
+                finish([name], jobs_for(grams, [name]))
     except BaseException:
         bridge.restore(state)  # a failed run leaves the model as it came (Ctrl-C included)
         raise
-    finally:
-        bar.close()
     report.timing = {**clock, "wall_s": time.perf_counter() - t_start}
     return report

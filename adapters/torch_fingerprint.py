@@ -1,0 +1,39 @@
+"""Fingerprints of a torch model and of its calibration data, for checkpoint manifests: a
+resume is refused when either differs from the run that wrote the checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _update(h, name: str, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its bits
+        t = t.view(torch.int16)
+    h.update(t.numpy().tobytes())
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over every entry of the state_dict (names, dtypes, shapes, values): the layers
+    that are not pruned shape the Grams too."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if isinstance(t, torch.Tensor):
+            _update(h, name, t)
+    return h.hexdigest()
+
+
+def calibration_fingerprint(calib, **settings) -> str:
+    """sha256 over the calibration batches in order (shapes and dtypes included) and the
+    settings that change the Grams (row subsampling, its seed). Reads the data once more."""
+    from layertrim.adapters.torch import batches
+
+    h = hashlib.sha256(repr(sorted(settings.items())).encode())
+    for i, x in enumerate(batches(calib)):
+        _update(h, str(i), x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x)))
+    return h.hexdigest()
