@@ -4,9 +4,9 @@ the same script.
 
 Models: the 784-300-100-10 MLP of the demo (3 epochs) and a LeNet-5-like CNN (1 epoch).
 Levels: 50/70/80/90/95% of all prunable weights, counted globally. layertrim runs l0-admm,
-sparsegpt, magnitude and nettrim (on 512 sampled input rows per layer), each in cascade and
-parallel with the "global" allocation (error-curve dynamic programming), and l0-admm with the
-"uniform" one. Also: where the time of a prune goes (calibration, solving, write-back), the cost of
+sparsegpt and magnitude, each in cascade and parallel with the "global" allocation
+(error-curve dynamic programming), and l0-admm with the "uniform" one. Also: where the time
+of a prune goes (calibration, solving, write-back), the cost of
 calibration against a plain forward pass, and peak RSS for two calibration sizes.
 
     python bench/models.py [--quick] [--out PATH]
@@ -38,7 +38,6 @@ from layertrim.demo import fit, lenet, train_mlp
 HERE = Path(__file__).parent
 LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95)
 CALIB = 2048
-NETTRIM_SAMPLES = 512  # sampled input rows per layer for Net-Trim (its cost is linear in them)
 
 
 def accuracy(model, X, y) -> float:
@@ -183,8 +182,7 @@ def main(argv=None) -> int:
     levels = (0.5, 0.9) if args.quick else LEVELS
     configs = [(f"layertrim {method} {schedule}, global",
                 {"method": method, "schedule": schedule, "allocation": "global", **extra})
-               for method, extra in (("l0-admm", {}), ("sparsegpt", {}), ("magnitude", {}),
-                                     ("nettrim", {"max_samples": NETTRIM_SAMPLES}))
+               for method, extra in (("l0-admm", {}), ("sparsegpt", {}), ("magnitude", {}))
                for schedule in ("cascade", "parallel")]
     configs.append(("layertrim l0-admm cascade, uniform",
                     {"method": "l0-admm", "schedule": "cascade", "allocation": "uniform"}))
