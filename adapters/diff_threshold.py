@@ -29,10 +29,12 @@ the paper's threshold regulariser and could not be checked against its text (onl
 abstract was reachable). Measuring t in units of s_l (so that one beta and one lam serve all
 layers) is our choice.
 
-Sparsity target (optional, ours): with ``sparsity`` given, a layer's regulariser term is
-switched off while its hard sparsity is already at or above the target, and the final hard
-threshold keeps exactly the top (1 - sparsity) share of all weights ranked by
-|w| / (s_l t_l), i.e. the learned thresholds decide how the sparsity is spread over the layers.
+Sparsity target (optional, ours): with ``sparsity`` given, lam is adapted during training
+every 10 steps (times 1.5 while the hard sparsity of the thresholds, the share of |w| <= s_l t_l,
+is below the target, divided by 1.5 once it is above), so that the thresholds are pushed
+towards the target while the weights adapt to them. The final hard threshold then keeps exactly
+the top (1 - sparsity) share of all weights ranked by |w| / (s_l t_l): the learned thresholds,
+scaled by one common factor, decide how the sparsity is spread over the layers.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
     Returns
     -------
     TrainReport : ``details["thresholds"]`` maps each layer to its learned threshold in weight
-        units, ``details["layer_sparsity"]`` to its final fraction of zeros.
+        units, ``details["layer_sparsity"]`` to its final fraction of zeros;
+        ``details["learned_sparsity"]`` is the sparsity the learned thresholds alone give
+        (before a ``sparsity`` target adjusts it).
     """
     from layertrim.adapters.torch import find_layers
 
@@ -162,25 +166,33 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
         w = mod.parametrizations.weight.original.detach()
         return float((w.abs() <= g.scale * g.t.detach()).float().mean())
 
-    active = dict.fromkeys(gates, True)
+    n_all = sum(la.module.weight.numel() for la in found)
+
+    def hard_sparsity() -> float:
+        return sum(layer_sparsity(la.name) * la.module.weight.numel() for la in found) / n_all
+
+    state = {"lam": lam}
 
     def regulariser(step: int) -> torch.Tensor:
         b = beta_at(knots, step / max(1, total_steps - 1))
-        terms = []
-        for name, g in gates.items():
+        for g in gates.values():
             g.beta = b
-            if target is not None and step % 10 == 0:
-                active[name] = layer_sparsity(name) < target
-            if active[name]:
-                terms.append(torch.exp(-g.t ** 2))
-        return lam * torch.stack(terms).sum() if terms else torch.zeros(())
+        if target is not None and step % 10 == 9:  # the sparsity controller (ours)
+            state["lam"] *= 1.5 if hard_sparsity() < target else 1 / 1.5
+        return state["lam"] * torch.stack([torch.exp(-g.t ** 2) for g in gates.values()]).sum()
+
+    def clamp(_step: int) -> None:  # thresholds stay non-negative (projected step)
+        with torch.no_grad():
+            for g in gates.values():
+                g.t.clamp_(min=0.0)
 
     try:
         with Timer() as t:
             run_epochs(model, loader, opt, epochs=epochs, loss_fn=loss_fn or F.cross_entropy,
                        desc="diff-threshold", progress=progress, report=report, val=val,
-                       extra_loss=regulariser)
+                       extra_loss=regulariser, after_step=clamp)
             learned = {n: g.scale * float(g.t.detach()) for n, g in gates.items()}
+            learned_sparsity = hard_sparsity()
             _harden(found, gates, target)
     finally:
         for la in found:
@@ -191,7 +203,8 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
     report.details.update(
         thresholds=learned,
         layer_sparsity={la.name: float((la.module.weight == 0).float().mean()) for la in found},
-        beta=knots, lam=lam, target=target)
+        learned_sparsity=learned_sparsity,
+        beta=knots, lam=lam, final_lam=state["lam"], target=target)
     return report
 
 
