@@ -5,8 +5,9 @@ The network trains normally; at the end of every ``interval``-th epoch a share o
 layer's filters (Conv2d output channels) or neurons (Linear outputs) is removed, ranked by one
 of the paper's three criteria: the L1 norm of the filter's weights, its mean activation
 (mean of ReLU(output) over the samples seen since the last pruning event), or at random. The
-shares are spread evenly over the pruning events so that the last one reaches the exact target
-count ``round(fraction * n)`` per layer. Removed filters are masked (weights and bias held at
+shares are spread evenly over the pruning events (by default the end of every epoch but the
+last, so the last epoch trains the final structure), the last one reaching the exact
+target count ``round(fraction * n)`` per layer. Removed filters are masked (weights and bias held at
 zero) while training goes on; at the end the layers are physically shrunk with
 ``adapters.torch_structured.shrink_pair`` (filter l, the next layer's inputs, a BatchNorm in
 between).
@@ -96,7 +97,8 @@ def _scores(p: _Pair, criterion: str, gen: torch.Generator) -> torch.Tensor:
 
 def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion: str = "l1",
                          layers=None, epochs: int = 4, interval: int = 1,
-                         first_prune: int = 1, lr: float = 1e-3, optimizer: str = "adam",
+                         first_prune: int = 1, last_prune: int | None = None,
+                         lr: float = 1e-3, optimizer: str = "adam",
                          weight_decay: float = 0.0, momentum: float = 0.9,
                          loss_fn: Callable | None = None, val=None, shrink: bool = True,
                          seed: int = 0, progress: bool = True) -> TrainReport:
@@ -114,9 +116,10 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
         ReLU(output) since the last pruning event) or "random".
     layers : names of the layers whose outputs are pruned; see :func:`pairs_of`.
     epochs : total training epochs.
-    interval : prune at the end of every ``interval``-th epoch from epoch ``first_prune`` on
-        (1-based), until the target is reached; the removals are spread evenly over those
-        events. There must be at least one event: ``first_prune <= epochs``.
+    interval, first_prune, last_prune : prune at the end of epochs ``first_prune``,
+        ``first_prune + interval``, ... and ``last_prune`` (1-based; default ``epochs - 1``,
+        so that the last epoch trains the final structure, or ``epochs`` when that is 1); the
+        removals are spread evenly over those events, the last one reaching the target.
     lr, optimizer, weight_decay, momentum, loss_fn, val, progress : as in ``finetune``.
     shrink : physically shrink the layers at the end (else leave them masked, same shapes).
     seed : for the random criterion.
@@ -134,10 +137,15 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
     epochs = check_positive_int("epochs", epochs)
     interval = check_positive_int("interval", interval)
     first_prune = check_positive_int("first_prune", first_prune)
-    if first_prune > epochs:
-        raise InvalidInputError(f"first_prune={first_prune} > epochs={epochs}: no pruning "
-                                f"event would happen")
-    events = list(range(first_prune, epochs + 1, interval))
+    if last_prune is None:
+        last_prune = max(first_prune, epochs - 1)
+    last_prune = check_positive_int("last_prune", last_prune)
+    if not first_prune <= last_prune <= epochs:
+        raise InvalidInputError(f"pruning epochs must satisfy first_prune <= last_prune <= "
+                                f"epochs, got {first_prune}, {last_prune}, {epochs}")
+    events = list(range(first_prune, last_prune + 1, interval))
+    if events[-1] != last_prune:
+        events.append(last_prune)
     mods = dict(model.named_modules())
     pairs = []
     for first, second, bn in pairs_of(model, layers):

@@ -73,7 +73,7 @@ def test_other_bad_arguments(setup):
         lt.finetune(model, loader, epochs=0, progress=False)
     with pytest.raises(InvalidInputError, match="last layer"):
         lt.prune_while_training(model, loader, fraction=0.5, layers=["2"], progress=False)
-    with pytest.raises(InvalidInputError, match="first_prune"):
+    with pytest.raises(InvalidInputError, match="first_prune <= last_prune"):
         lt.prune_while_training(model, loader, fraction=0.5, epochs=1, first_prune=2,
                                 progress=False)
     with pytest.raises(InvalidInputError, match=r"\(x, y\)"):

@@ -55,7 +55,7 @@ def test_linear_neurons_and_events():
                           nn.Linear(7, 3))
     rep = lt.prune_while_training(model, loader, fraction=0.75, epochs=4, interval=2,
                                   progress=False)
-    assert rep.details["events"] == [1, 3]
+    assert rep.details["events"] == [1, 3]  # every 2nd epoch, up to epochs - 1
     assert (model[0].out_features, model[2].out_features) == (5, 2)
     assert model[2].in_features == 5 and model[4].in_features == 2
     assert model(X).shape == (40, 3)
