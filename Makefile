@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/distributed.py
+	$(BIN)/python bench/training.py
 
 lint: setup
 	$(BIN)/ruff check .

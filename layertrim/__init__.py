@@ -19,14 +19,41 @@ def prune_model(model, calib, **kwargs):
     return _prune_model(model, calib, **kwargs)
 
 
+def finetune(model, loader, masks=None, **kwargs):
+    """Fine-tune a pruned PyTorch model with its masks kept exactly; see
+    :func:`layertrim.adapters.finetune.finetune` (torch imported on first use)."""
+    from layertrim.adapters.finetune import finetune as _finetune
+
+    return _finetune(model, loader, masks, **kwargs)
+
+
+def prune_while_training(model, loader, **kwargs):
+    """Train and remove filters/neurons during training (Roy et al. 2020); see
+    :func:`layertrim.adapters.prune_while_training.prune_while_training`."""
+    from layertrim.adapters.prune_while_training import prune_while_training as _pwt
+
+    return _pwt(model, loader, **kwargs)
+
+
+def diff_threshold(model, loader, **kwargs):
+    """Train with learnable per-layer thresholds, then hard-threshold (after Manessi et al.
+    2018); see :func:`layertrim.adapters.diff_threshold.diff_threshold`."""
+    from layertrim.adapters.diff_threshold import diff_threshold as _diff_threshold
+
+    return _diff_threshold(model, loader, **kwargs)
+
+
 __all__ = [
     "Gram",
     "InvalidInputError",
     "LayerProblem",
     "LayerResult",
     "Pattern",
+    "diff_threshold",
+    "finetune",
     "methods",
     "prune_model",
+    "prune_while_training",
     "refit",
     "relative_error",
     "solve_layer",

@@ -1,0 +1,195 @@
+"""Shared pieces of the training-time companions (``finetune``, ``prune_while_training``,
+``diff_threshold``): argument checks, the optimizer, the (x, y) batch loop, accuracy, and the
+report every one of them returns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from layertrim.errors import InvalidInputError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainReport:
+    """What a training-time run did.
+
+    Attributes
+    ----------
+    method : "finetune", "prune-while-training" or "diff-threshold".
+    epoch_loss : mean training loss of each epoch.
+    val_accuracy : validation accuracy after each epoch (empty without ``val``).
+    wall_time : seconds, training and the final write-back.
+    sparsity : fraction of zero weights over the prunable layers at the end.
+    details : method-specific facts (kept filters, learned thresholds, ...).
+    """
+
+    method: str
+    epoch_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    wall_time: float = 0.0
+    sparsity: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(name: str, value, *, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise InvalidInputError(f"{name} must be a finite {kind} number, got {value!r}")
+    return v
+
+
+def check_fraction(name: str, value) -> float:
+    """A fraction strictly inside (0, 1)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a fraction in (0, 1), got {value!r}") from None
+    if not 0.0 < v < 1.0:
+        raise InvalidInputError(f"{name} must be a fraction in (0, 1), got {value!r}")
+    return v
+
+
+def check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def make_optimizer(params, optimizer: str, lr: float, weight_decay: float,
+                   momentum: float) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (with ``momentum``) over ``params``."""
+    if optimizer not in OPTIMIZERS:
+        raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    lr = check_positive_float("lr", lr)
+    wd = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    mom = check_positive_float("momentum", momentum, allow_zero=True)
+    return torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd)
+
+
+def labelled(loader) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of a DataLoader, a list of pairs, or any re-iterable of pairs."""
+    try:
+        it = iter(loader)
+    except TypeError:
+        raise InvalidInputError(f"loader must be an iterable of (x, y) batches, got "
+                                f"{type(loader).__name__}") from None
+    for item in it:
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise InvalidInputError("each batch of loader must be an (x, y) pair")
+        x, y = item[0], item[1]
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise InvalidInputError("each batch of loader must be an (x, y) pair of tensors")
+        yield x, y
+
+
+def n_batches(loader) -> int | None:
+    return len(loader) if hasattr(loader, "__len__") else None
+
+
+def accuracy(model: nn.Module, val) -> float:
+    """Top-1 accuracy of ``model`` on ``val``: an (X, y) pair of tensors or an iterable of
+    (x, y) batches. Eval mode, no grad; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    pairs = [tuple(val)] if (isinstance(val, (tuple, list)) and len(val) == 2
+                             and isinstance(val[0], torch.Tensor)
+                             and isinstance(val[1], torch.Tensor)
+                             and val[0].shape[:1] == val[1].shape[:1]) else labelled(val)
+    with torch.no_grad():
+        for x, y in pairs:
+            for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
+                correct += int((model(xb).argmax(1) == yb).sum())
+                total += yb.numel()
+    model.train(was)
+    if total == 0:
+        raise InvalidInputError("val holds no samples")
+    return correct / total
+
+
+def run_epochs(model: nn.Module, loader, opt: torch.optim.Optimizer, *, epochs: int,
+               loss_fn: Callable, desc: str, progress: bool, report: TrainReport, val=None,
+               before_step: Callable[[int], None] | None = None,
+               after_step: Callable[[int], None] | None = None,
+               extra_loss: Callable[[int], torch.Tensor] | None = None,
+               end_epoch: Callable[[int], None] | None = None) -> None:
+    """The shared loop: for each batch, zero grads, loss (+ ``extra_loss(step)``), backward,
+    ``before_step(step)`` (e.g. zero masked grads), optimizer step, ``after_step(step)`` (e.g.
+    re-apply masks). ``end_epoch(epoch)`` runs after each epoch, before validation."""
+    from tqdm.auto import tqdm
+
+    step = 0
+    total = n_batches(loader)
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        bar = tqdm(labelled(loader), total=total, desc=f"{desc} {epoch + 1}/{epochs}",
+                   unit="batch", leave=False, disable=not progress)
+        for x, y in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            full = loss + extra_loss(step) if extra_loss is not None else loss
+            full.backward()
+            if before_step is not None:
+                before_step(step)
+            opt.step()
+            if after_step is not None:
+                after_step(step)
+            losses.append(float(loss.detach()))
+            step += 1
+            if progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if not losses:
+            raise InvalidInputError("loader yielded no batches")
+        report.epoch_loss.append(float(np.mean(losses)))
+        if end_epoch is not None:
+            end_epoch(epoch)
+        if val is not None:
+            report.val_accuracy.append(accuracy(model, val))
+            if progress:
+                tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss "
+                           f"{report.epoch_loss[-1]:.4f}, val accuracy "
+                           f"{report.val_accuracy[-1]:.4f}")
+    model.eval()
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero weights over the model's Linear/Conv layers."""
+    from layertrim.adapters.torch import find_layers
+
+    ws = [la.module.weight for la in find_layers(model)]
+    return float(sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws))
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0

@@ -1,0 +1,61 @@
+"""Pruning filters while training (Roy et al. 2020): exact counts and a faithful shrink."""
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import layertrim as lt  # noqa: E402
+
+
+def _images(n=48, seed=0, batch=16):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 1, 12, 12, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return list(zip(X.split(batch), y.split(batch), strict=True)), X
+
+
+def _cnn(bn=False):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), *([nn.BatchNorm2d(8)] if bn else []), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(8, 10, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(10 * 3 * 3, 4))
+
+
+@pytest.mark.parametrize("criterion,bn", [("l1", False), ("l1", True), ("activation", False),
+                                           ("random", True)])
+def test_exact_filter_count_and_shrunk_equals_masked(criterion, bn):
+    loader, X = _images()
+    model = _cnn(bn)
+    masked = copy.deepcopy(model)
+    rep = lt.prune_while_training(masked, loader, fraction=0.6, criterion=criterion, epochs=2,
+                                  interval=1, shrink=False, progress=False)
+    shrunk = copy.deepcopy(model)
+    rep2 = lt.prune_while_training(shrunk, loader, fraction=0.6, criterion=criterion, epochs=2,
+                                   interval=1, shrink=True, progress=False)
+    convs = [m for m in shrunk if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8 - round(0.6 * 8), 10 - round(0.6 * 10)]
+    assert rep.details["filters"] == rep2.details["filters"]
+    assert rep.details["kept"] == rep2.details["kept"]
+    assert shrunk[-1].in_features == convs[-1].out_channels * 9
+    masked.eval()
+    shrunk.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk(X), masked(X), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_neurons_and_events():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)
+    loader = list(zip(X.split(10), y.split(10), strict=True))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 7), nn.ReLU(),
+                          nn.Linear(7, 3))
+    rep = lt.prune_while_training(model, loader, fraction=0.75, epochs=4, interval=2,
+                                  progress=False)
+    assert rep.details["events"] == [1, 3]  # every 2nd epoch, up to epochs - 1
+    assert (model[0].out_features, model[2].out_features) == (5, 2)
+    assert model[2].in_features == 5 and model[4].in_features == 2
+    assert model(X).shape == (40, 3)
