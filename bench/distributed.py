@@ -2,7 +2,7 @@
 
 1. Speedup of the parallel schedule on 2 local worker processes (one BLAS thread each) over
    the serial executor (this process, the BLAS library's default threads), on an MLP of
-   ``--layers`` Linear layers of d x d (default 8 x 512), method l0-admm, 50% per layer. The
+   ``--layers`` Linear layers of d x d (default 8 x 1024), method l0-admm, 50% per layer. The
    local run also writes a checkpoint, so its time includes that. Also reported: serial with
    one BLAS thread, and whether the bits agree.
 2. Per-job overhead on tiny jobs (16 x 16 magnitude pruning): serial, local (a new process
@@ -11,7 +11,7 @@
 3. Resume overhead: the local run's checkpoint with its second half of layers deleted, resumed,
    against a fresh run of just those layers (both wall times, calibration included).
 
-    python bench/distributed.py [--layers 8] [--d 512] [--quick] [--out PATH]
+    python bench/distributed.py [--layers 8] [--d 1024] [--quick] [--out PATH]
 
 The machine's load average is recorded before and after, and ``effective_cores_for_2_workers``
 (2 x the one-thread serial time per layer / a worker's time per layer) says how much CPU the
@@ -179,7 +179,7 @@ def resume_overhead(layers: int, d: int, calib, method: str, ckpt: Path) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--n", type=int, default=2048, help="calibration rows")
     ap.add_argument("--method", default="l0-admm")
     ap.add_argument("--jobs", type=int, default=64, help="tiny jobs for the overhead")
