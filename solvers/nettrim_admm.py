@@ -56,6 +56,9 @@ BALANCE_MU, BALANCE_TAU = 10.0, 2.0  # Boyd's residual balancing constants
 # a 10000 x 301 layer, where its rounding in the products shows)
 SWITCH_FACTOR, SWITCH_STALE = 3.0, 3
 _PRECISIONS = ("mixed", "float32", "float64")
+# the target-sparsity search runs loose float32 solves, and one full solve confirms the gain
+SEARCH_TOLERANCES = {"reltol": 1e-2, "dual_reltol": 1e-1, "feas_tol": 1e-2}
+SEARCH_MAX_ITER = 400
 
 
 def default_penalties(W0: np.ndarray, t: NetTrimTargets) -> tuple[float, float]:
@@ -213,14 +216,27 @@ def solve(
                 max_iter=max_iter, check_every=check_every, adaptive_rho=adaptive_rho,
                 deadline=None if time_limit is None else t0 + time_limit)
 
-    def solve_at(g):
+    # the sparsity search's solves: loose, in float32, capped (see bisect_gain)
+    search_opts = {**opts, "single": True, "max_iter": min(max_iter, SEARCH_MAX_ITER),
+                   **{k: max(v, opts[k]) for k, v in SEARCH_TOLERANCES.items()}}
+
+    def solve_at(g, search: bool = False):
         e = radius_at(base_eps, g, eps_min) if eps is None else np.asarray(t.eps)
         if precision == "mixed":
             eng.to_float32()  # a new radius: the bulk of the work in float32 again
-        W, conv, its, hist = run_admm(eng, e, **opts)
+        W, conv, its, hist = run_admm(eng, e, **(search_opts if search else opts))
         if target is not None:
             steps.append({"iterations": its, "converged": conv})
         return W, conv, its, hist, e
+
+    def search_at(g):  # a capped search solve that did not converge is not to be trusted:
+        out = solve_at(g, search=True)  # it goes on to the accurate stop, warm
+        if out[1]:
+            return out, False
+        its = steps.pop()["iterations"]
+        out = solve_at(g)
+        steps[-1]["iterations"] += its
+        return out, True
 
     steps: list[dict] = []  # per bisection step, merged into bisect_gain's records below
 
@@ -229,8 +245,10 @@ def solve(
         W, conv, its, hist, e = solve_at(gain)
         total = its
     else:  # warm-started: the engine carries its state from one gain to the next
-        (W, conv, its, hist, e), gain, bisect = bisect_gain(solve_at, gain, target,
-                                                            max_bisect, d)
+        (W, conv, its, hist, e), gain, bisect = bisect_gain(
+            solve_at, gain, target, max_bisect, d,
+            search_at=search_at,
+            min_gain=eps_min / float(np.max(base_eps)) if eps_min > 0 else 0.0)
         for rec, step in zip(bisect, steps, strict=True):
             rec.update(step)
         total = sum(s["iterations"] for s in bisect)
@@ -251,7 +269,9 @@ def solve(
     cert = {"converged": bool(conv), "l1": l1, "refit": refit_info, "gain": gain,
             "iterations": total, "violation_rel": viol, "rho": eng.rho,
             "rho_fit": eng.rho / eng.c**2, "time_breakdown": dict(eng.timing),
-            "residuals": hist, "bisection": bisect, **certificate(Xa, W, t)}
+            "residuals": hist, "bisection": bisect, **certificate(Xa, W, t),
+            "target_met": None if target is None else bool(
+                abs(1.0 - np.count_nonzero(mask) / mask.size - target) <= 0.01)}
     status = "solved"
     if not conv:
         out_of_time = time_limit is not None and time.perf_counter() - t0 >= time_limit

@@ -200,8 +200,8 @@ class NetTrimADMM:
         self.L2 /= factor
 
     def weights(self) -> np.ndarray:
-        """W = Q^T (m x p) in float64: exactly sparse."""
-        return np.ascontiguousarray(self.Q.T, dtype=np.float64)
+        """W = Q^T (m x p) in float64: exactly sparse; a copy (the iterations go on in Q)."""
+        return np.array(self.Q.T, dtype=np.float64, order="C")
 
     def violation(self, W: np.ndarray, eps) -> float:
         """Distance of Xa W^T to C relative to eps: sqrt(excess of the ball norm^2 + ||positive

@@ -36,24 +36,101 @@ class NetTrimTargets:
     eps: float | np.ndarray
 
 
-def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int):
-    """Bisection on log(gain) until the pruned fraction of the first d columns of W is within
-    1% of ``target`` (the kept fraction falls as the gain grows). ``solve_at(g)`` returns W or
-    a tuple starting with W; its results warm-start each other where the solver allows.
+def pruned_fraction(out, d: int) -> float:
+    """The pruned fraction of the first d columns of W (``out`` is W or a tuple starting
+    with W)."""
+    W = out[0] if isinstance(out, tuple) else out
+    return 1.0 - np.count_nonzero(W[:, :d]) / W[:, :d].size
 
-    Returns (the last solve_at output, the last gain, [{"gain", "sparsity"} per step])."""
-    lo, hi, g = 1e-4, 1.0, gain
-    steps = []
+
+GAIN_RANGE = (1e-6, 1.0)  # at gain 1 the ball holds W = 0 (Net-Trim's radius is gain ||Y||)
+_STEP_OUT = math.log(4.0)  # factor of the gain's steps until the target is bracketed
+
+
+def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *,
+                search_at=None, tol: float = 0.01, min_gain: float = GAIN_RANGE[0]):
+    """Find a gain whose solution prunes within ``tol`` of ``target`` (the pruned fraction
+    grows with the gain). ``solve_at(g)`` returns W or a tuple starting with W; its results
+    warm-start each other where the solver allows.
+
+    The search works on log(gain): steps of x4 until the target is bracketed, then regula
+    falsi with the Illinois rule (a secant kept inside the bracket; the end kept twice in a
+    row has its residual halved, so the bracket shrinks from both sides). The pruned fraction
+    is nearly linear in log(gain) over a bracket, so this takes a few steps where halving the
+    interval takes ten or more. With ``search_at`` (a cheap, loosely converged solve returning
+    ``(output, accurate)``; it may fall back to an accurate solve when the cheap one is not
+    to be trusted) the search runs on it to within tol / 2 and ``solve_at`` confirms the
+    answer; when the accurate solve misses the band the search goes on with accurate solves. A
+    point
+    that contradicts the bracket (the fraction is not monotone in noisy solves) replaces the
+    end it contradicts. Below ``min_gain`` the radius no longer changes (a cascade floor,
+    ``radius_at``); a bracket narrower than 1e-6 in log(gain) means the fraction jumps over
+    the band, and the search stops there.
+
+    Returns (the accurate output closest to the target, its gain, [{"gain", "sparsity",
+    "accurate"} per step])."""
+    lo_x = math.log(min(max(min_gain, GAIN_RANGE[0]), GAIN_RANGE[1]))
+    hi_x = math.log(GAIN_RANGE[1])
+    x = min(max(math.log(gain), lo_x), hi_x)
+    below = above = None  # (log gain, pruned fraction - target, accurate) on either side
+    kept = 0  # +1 / -1: the side replaced at the last step (the Illinois rule)
+    accurate = search_at is None
+    steps: list[dict] = []
+    out, g_out, was_accurate = None, math.exp(x), False
+    best = None  # (|miss|, output, gain) of the accurate solve closest to the target
     for _ in range(max_bisect):
-        out = solve_at(g)
-        W = out[0] if isinstance(out, tuple) else out
-        sp = 1.0 - np.count_nonzero(W[:, :d]) / W[:, :d].size
-        steps.append({"gain": g, "sparsity": float(sp)})
-        if abs(sp - target) <= 0.01:
+        g_out = math.exp(x)
+        was_accurate = accurate
+        if accurate:
+            out = solve_at(g_out)
+        else:
+            out, was_accurate = search_at(g_out)
+        f = pruned_fraction(out, d) - target
+        steps.append({"gain": g_out, "sparsity": f + target, "accurate": was_accurate})
+        if was_accurate and (best is None or abs(f) <= best[0]):
+            best = (abs(f), out, g_out)
+        if abs(f) <= (tol if was_accurate else tol / 2):
+            if was_accurate:
+                break
+            accurate = True  # confirm at the same gain
+            continue
+        if was_accurate and not accurate:  # a missed confirmation: the cheap solves misled,
+            accurate = True  # the search goes on with accurate solves and their points only
+            below = below if below is not None and below[2] else None
+            above = above if above is not None and above[2] else None
+        if f < 0:
+            below = (x, f, was_accurate)
+            if above is not None and above[0] <= x:
+                above = None
+            elif kept == -1 and above is not None:
+                above = (above[0], above[1] / 2, above[2])
+            kept = -1
+        else:
+            above = (x, f, was_accurate)
+            if below is not None and below[0] >= x:
+                below = None
+            elif kept == 1 and below is not None:
+                below = (below[0], below[1] / 2, below[2])
+            kept = 1
+        if above is None:
+            x_new = min(x + _STEP_OUT, hi_x)
+        elif below is None:
+            x_new = max(x - _STEP_OUT, lo_x)
+        elif above[0] - below[0] < 1e-6:
+            x_new = x  # the fraction jumps over the band between two gains
+        else:
+            (xb, fb, _), (xa, fa, _) = below, above
+            x_new = xb + (xa - xb) * (-fb) / (fa - fb)
+            x_new = min(max(x_new, xb + 0.02 * (xa - xb)), xa - 0.02 * (xa - xb))
+        if x_new == x:  # the end of the gain's range, or a jump: the band is out of reach
+            if not was_accurate:
+                accurate = True
+                continue
             break
-        lo, hi = (g, hi) if sp < target else (lo, g)
-        g = float(np.sqrt(lo * hi))
-    return out, g, steps
+        x = x_new
+    if best is not None:  # the band may lie in a jump of the fraction: the closest solve
+        return best[1], best[2], steps
+    return out, g_out, steps
 
 
 def radius_at(base_eps, gain: float, eps_min: float) -> np.ndarray:

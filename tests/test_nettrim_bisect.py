@@ -1,0 +1,80 @@
+"""The gain search behind Net-Trim's target_sparsity (``bisect_gain``), on synthetic
+sparsity-versus-gain curves where the answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from layertrim.solvers.nettrim_rules import bisect_gain
+
+D = 1000  # weights in the synthetic W (one row)
+
+
+def w_with(sparsity: float) -> np.ndarray:
+    W = np.ones((1, D))
+    W[0, : int(round(sparsity * D))] = 0.0
+    return W
+
+
+def smooth(g: float) -> float:  # a logistic curve in log(gain), as the l1 path roughly is
+    return 1.0 / (1.0 + math.exp(-1.3 * (math.log(g) + 2.0)))
+
+
+def test_secant_search_hits_the_band_in_few_steps():
+    calls = []
+
+    def solve_at(g):
+        calls.append(g)
+        return w_with(smooth(g))
+
+    for target in (0.3, 0.5, 0.7, 0.9):
+        calls.clear()
+        out, g, steps = bisect_gain(solve_at, 0.05, target, 30, D)
+        sp = 1 - np.count_nonzero(out) / D
+        assert abs(sp - target) <= 0.01 and abs(smooth(g) - sp) <= 1e-3
+        assert len(calls) <= 7, (target, len(calls))  # halving [1e-4, 1] takes ~10-12
+
+
+def test_cheap_search_is_confirmed_by_an_accurate_solve():
+    """A biased cheap solve (+0.015 of sparsity) is confirmed; the miss sends the search on
+    with accurate solves, and the result is an accurate one inside the band."""
+    kinds = []
+
+    def solve_at(g):
+        kinds.append("accurate")
+        return w_with(smooth(g))
+
+    def search_at(g):
+        kinds.append("search")
+        return w_with(min(smooth(g) + 0.015, 1.0)), False
+
+    out, g, steps = bisect_gain(solve_at, 0.05, 0.6, 30, D, search_at=search_at)
+    assert abs(1 - np.count_nonzero(out) / D - 0.6) <= 0.01
+    assert steps[-1]["accurate"] and kinds[-1] == "accurate" and "search" in kinds
+
+
+def test_a_jump_over_the_band_returns_the_closest_accurate_solve():
+    """The fraction jumps from 0.45 to 0.58 at gain 0.2: the band 0.49-0.51 is out of reach;
+    the search narrows onto the jump and returns the closer side."""
+
+    def solve_at(g):
+        return w_with(0.45 if g < 0.2 else 0.58)
+
+    out, g, steps = bisect_gain(solve_at, 0.05, 0.5, 60, D)
+    assert np.count_nonzero(out) == 550 and g < 0.2
+    assert 0.2 - g <= 1e-3 * 0.2  # it found the jump
+
+
+def test_a_floor_on_the_gain_stops_the_search():
+    """Below min_gain the radius does not change (the cascade floor): a target sparser than
+    the floor's solution is out of reach, and the search stops at once."""
+    calls = []
+
+    def solve_at(g):
+        calls.append(g)
+        return w_with(max(smooth(g), smooth(0.3)))
+
+    out, g, steps = bisect_gain(solve_at, 0.05, 0.2, 30, D, min_gain=0.3)
+    assert calls == [0.3] and g == 0.3
