@@ -74,7 +74,7 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
     x = min(max(math.log(gain), lo_x), hi_x)
     below = above = None  # (log gain, pruned fraction - target, accurate) on either side
     kept = 0  # +1 / -1: the side replaced at the last step (the Illinois rule)
-    accurate = search_at is None
+    accurate, confirming = search_at is None, False
     steps: list[dict] = []
     out, g_out, was_accurate = None, math.exp(x), False
     best = None  # (|miss|, output, gain) of the accurate solve closest to the target
@@ -92,10 +92,10 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
         if abs(f) <= (tol if was_accurate else tol / 2):
             if was_accurate:
                 break
-            accurate = True  # confirm at the same gain
+            accurate = confirming = True  # confirm at the same gain
             continue
-        if was_accurate and not accurate:  # a missed confirmation: the cheap solves misled,
-            accurate = True  # the search goes on with accurate solves and their points only
+        if confirming:  # a missed confirmation: the cheap solves misled, the search goes on
+            confirming = False  # with accurate solves and their points only
             below = below if below is not None and below[2] else None
             above = above if above is not None and above[2] else None
         if f < 0:
@@ -123,8 +123,8 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
             x_new = xb + (xa - xb) * (-fb) / (fa - fb)
             x_new = min(max(x_new, xb + 0.02 * (xa - xb)), xa - 0.02 * (xa - xb))
         if x_new == x:  # the end of the gain's range, or a jump: the band is out of reach
-            if not was_accurate:
-                accurate = True
+            if not was_accurate:  # say so with an accurate solve; if that misses the band,
+                accurate = confirming = True  # the search resumes on accurate points only
                 continue
             break
         x = x_new
