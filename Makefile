@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/l0.py
 	$(BIN)/python bench/l0_exact.py
 	$(BIN)/python bench/nettrim.py
+	$(BIN)/python bench/nettrim_target.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/distributed.py
