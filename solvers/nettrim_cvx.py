@@ -180,6 +180,7 @@ def solve(
     else:
         W, gain, history = bisect_gain(solve_at, gain, target, max_bisect, d)
     t.eps = radius_at(base_eps, gain, eps_min) if eps is None else t.eps
+    eps_par.value = t.eps  # the returned solve's radius (the search may end elsewhere)
     l1 = float(np.abs(W[:, :d]).sum())
     status = prob.status
     mask = W[:, :d] != 0
