@@ -60,12 +60,12 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
     interval takes ten or more. With ``search_at`` (a cheap, loosely converged solve returning
     ``(output, accurate)``; it may fall back to an accurate solve when the cheap one is not
     to be trusted) the search runs on it to within tol / 2 and ``solve_at`` confirms the
-    answer; when the accurate solve misses the band the search goes on with accurate solves. A
-    point
-    that contradicts the bracket (the fraction is not monotone in noisy solves) replaces the
-    end it contradicts. Below ``min_gain`` the radius no longer changes (a cascade floor,
-    ``radius_at``); a bracket narrower than 1e-6 in log(gain) means the fraction jumps over
-    the band, and the search stops there.
+    answer; when the accurate solve misses the band the search goes on with accurate solves.
+    A point that contradicts the bracket (the fraction is not monotone in noisy solves)
+    replaces the end it contradicts. Below ``min_gain`` the radius no longer changes (a
+    cascade floor, ``radius_at``); a bracket narrower than 1e-6 in log(gain) means the
+    fraction jumps over the band, and the search stops there. When the steps run out during
+    the cheap search, one accurate solve at the last gain ends it.
 
     Returns (the accurate output closest to the target, its gain, [{"gain", "sparsity",
     "accurate"} per step])."""
@@ -76,7 +76,7 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
     kept = 0  # +1 / -1: the side replaced at the last step (the Illinois rule)
     accurate, confirming = search_at is None, False
     steps: list[dict] = []
-    out, g_out, was_accurate = None, math.exp(x), False
+    out, g_out = None, math.exp(x)
     best = None  # (|miss|, output, gain) of the accurate solve closest to the target
     for _ in range(max_bisect):
         g_out = math.exp(x)
@@ -128,9 +128,11 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
                 continue
             break
         x = x_new
-    if best is not None:  # the band may lie in a jump of the fraction: the closest solve
-        return best[1], best[2], steps
-    return out, g_out, steps
+    if best is None:  # the steps ran out in the cheap search: never return a loose solve
+        out = solve_at(g_out)
+        steps.append({"gain": g_out, "sparsity": pruned_fraction(out, d), "accurate": True})
+        return out, g_out, steps
+    return best[1], best[2], steps  # the band may lie in a jump: the closest accurate solve
 
 
 def radius_at(base_eps, gain: float, eps_min: float) -> np.ndarray:

@@ -78,3 +78,20 @@ def test_a_floor_on_the_gain_stops_the_search():
 
     out, g, steps = bisect_gain(solve_at, 0.05, 0.2, 30, D, min_gain=0.3)
     assert calls == [0.3] and g == 0.3
+
+
+def test_steps_running_out_in_the_cheap_search_end_with_an_accurate_solve():
+    """max_bisect spent on cheap solves: the result is still an accurate solve."""
+    kinds = []
+
+    def solve_at(g):
+        kinds.append("accurate")
+        return w_with(smooth(g))
+
+    def search_at(g):
+        kinds.append("search")
+        return w_with(smooth(g)), False
+
+    out, g, steps = bisect_gain(solve_at, 0.05, 0.9, 2, D, search_at=search_at)
+    assert kinds == ["search", "search", "accurate"] and steps[-1]["accurate"]
+    assert g == steps[1]["gain"] and np.array_equal(out, w_with(smooth(g)))
