@@ -10,7 +10,7 @@ follow Net-Trim's rules (``solvers/nettrim_rules.py``):
   Omega and the radius gamma ||(X_hat W0^T - Y)_Omega|| (the authors' cascade rule). The first
   layer, or any layer whose inputs the pruning has not changed, takes the parallel rule.
 
-A per-layer sparsity becomes the solver's ``target_sparsity``: a bisection on the gain, with
+A per-layer sparsity becomes the solver's ``target_sparsity``: a search on the gain, with
 the cascade rule's radius as a floor (``eps_min``), so W0 stays feasible and the program is
 never infeasible. Where that floor alone already prunes more than asked (the layers before
 erred a lot), the layer comes out sparser than its target, and the report shows it. With
