@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -13,9 +12,9 @@ from torch import nn
 def _update(h, name: str, t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its bits
-        t = t.view(torch.int16)
-    h.update(t.numpy().tobytes())
+    # the raw bytes, for every dtype (numpy has no bfloat16 or float8); reshape: a 0-dim
+    # tensor cannot change its element size
+    h.update(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -35,5 +34,5 @@ def calibration_fingerprint(calib, **settings) -> str:
 
     h = hashlib.sha256(repr(sorted(settings.items())).encode())
     for i, x in enumerate(batches(calib)):
-        _update(h, str(i), x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x)))
+        _update(h, str(i), x)  # batches() yields tensors
     return h.hexdigest()

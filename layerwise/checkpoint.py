@@ -42,7 +42,7 @@ def fingerprint(*parts) -> str:
         if isinstance(p, np.ndarray):
             a = np.ascontiguousarray(p)
             h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(a.tobytes())
+            h.update(a)
         elif isinstance(p, (bytes, bytearray, memoryview)):
             h.update(bytes(p))
         else:

@@ -35,15 +35,17 @@ def _augment(X: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 def per_sample_jobs(bridge, names: list[str], policy: dict, method: str, cascade: bool,
                     options: dict) -> tuple[list[LayerJob], list[tuple[str, int]]]:
     """The jobs for ``names``, and the (layer, group) pairs left dense (sparsity 0)."""
+    dense = [(n, g) for n in names if policy[n] is not None and policy[n] <= 0
+             for g in range(bridge.groups(n))]
+    names = [n for n in names if policy[n] is None or policy[n] > 0]  # sampled only if solved
+    if not names:
+        return [], dense
     samples = bridge.samples(names, cross=cascade)
     relu = bridge.relu_layers(names)
-    jobs, dense = [], []
+    jobs = []
     for name in names:
         target = policy[name]
         for g, (X, X0) in enumerate(samples[name]):
-            if target is not None and target <= 0:
-                dense.append((name, g))
-                continue
             W, b = bridge.weights(name, g)
             act = "relu" if name in relu else "linear"
             try:

@@ -4,7 +4,6 @@ instead of stopping at the first (the other layers still finish and are checkpoi
 
 from __future__ import annotations
 
-import inspect
 import sys
 import zlib
 from collections.abc import Callable, Sequence
@@ -60,9 +59,9 @@ def layer_seed(base: int, key: str) -> int:
 
 def takes_seed(method: str) -> bool:
     from layertrim.solvers import get_solver
+    from layertrim.solvers.registry import takes_option
 
-    p = inspect.signature(get_solver(method).fn).parameters.get("seed")
-    return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
+    return takes_option(get_solver(method), "seed")
 
 
 def run_jobs(executor, todo: Sequence[LayerJob], *, method: str, checkpoint=None,

@@ -203,6 +203,8 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         settings = jsonable({"method": method, "schedule": schedule, "pattern": pattern,
                              "allocation": allocation, "sparsity": sparsity,
                              "solver_options": solver_options})
+        if per_sample:  # the sampled rows are the per-sample solvers' data
+            settings["max_samples"] = getattr(bridge, "max_samples", None)
         done = ckpt.open(_manifest(bridge, names, settings))
         ckpt.log("start", resume=bool(resume), skipped=sorted(done))
     else:
@@ -241,10 +243,7 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
                                                   sparsity=policy[name], pattern=pattern)
                 except InvalidInputError as e:
                     raise InvalidInputError(f"layer {name}: {e}") from None
-                job = LayerJob(name, g, problem, method, dict(solver_options), module)
-                if seeded:
-                    job.options["seed"] = layer_seed(base_seed, job.key)
-                jobs.append(job)
+                jobs.append(LayerJob(name, g, problem, method, dict(solver_options)))
         return jobs
 
     dense: set[str] = set()  # per-sample layers allotted no sparsity: left as they are
@@ -257,14 +256,14 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         jobs, kept = per_sample_jobs(bridge, todo, policy, method, cascade, solver_options)
         clock["calibration_s"] += time.perf_counter() - t
         dense.update(job_key(n, g) for n, g in kept)
+        return [j for j in jobs if j.key not in done]  # a layer's checkpointed groups
+
+    def finish(layer_names: list[str], jobs: list[LayerJob]) -> None:
+        t = time.perf_counter()
         for job in jobs:
             job.module = module
             if seeded:
                 job.options["seed"] = layer_seed(base_seed, job.key)
-        return jobs
-
-    def finish(layer_names: list[str], jobs: list[LayerJob]) -> None:
-        t = time.perf_counter()
         if ckpt is not None and jobs:
             ckpt.log("submit", layers=[j.key for j in jobs])
         finished = sum(job_key(n, g) in done for n in layer_names

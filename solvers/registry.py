@@ -73,7 +73,7 @@ def run(
         raise InvalidInputError(
             f"missing sparsity target: method {method!r} needs sparsity (fraction) or nnz (count)"
         )
-    if refit is not None and _takes_option(entry, "refit"):
+    if refit is not None and takes_option(entry, "refit"):
         options["refit"] = refit
         refit = None
     _check_options(entry, options)
@@ -111,7 +111,8 @@ def _blas_threads(problem: LayerProblem, per_sample: bool = False):
     return contextlib.nullcontext()
 
 
-def _takes_option(entry: SolverEntry, name: str) -> bool:
+def takes_option(entry: SolverEntry, name: str) -> bool:
+    """Whether the solver takes ``name`` as a keyword-only option."""
     p = inspect.signature(entry.fn).parameters.get(name)
     return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
 

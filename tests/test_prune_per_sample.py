@@ -163,3 +163,17 @@ def test_per_sample_bad_input():
         lt.prune_model(net, data, sparsity=0.5, method="nettrim", max_samples=-1)
     with pytest.raises(InvalidInputError, match="eps_min"):
         lt.solve_layer(np.ones((2, 3)), np.ones((5, 3)), method="nettrim", eps_min=-1.0)
+
+
+def test_per_sample_resume_checks_the_sample_count(tmp_path):
+    """The sampled rows are Net-Trim's data: a resume with another max_samples is refused,
+    and one with the same finishes from the checkpoint without solving a layer again."""
+    ck = tmp_path / "ck"
+    opts = dict(sparsity=0.5, method="nettrim", schedule="parallel", allocation="uniform",
+                executor="serial", max_samples=100)
+    net = mlp()
+    lt.prune_model(copy.deepcopy(net), calib(), checkpoint=ck, **opts)
+    with pytest.raises(InvalidInputError, match=r"settings differ .*max_samples: 100 -> 200"):
+        lt.prune_model(copy.deepcopy(net), calib(), resume=ck, **{**opts, "max_samples": 200})
+    rep = lt.prune_model(copy.deepcopy(net), calib(), resume=ck, **opts)
+    assert all(r.resumed for r in rep.layers)
