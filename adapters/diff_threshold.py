@@ -221,7 +221,7 @@ def _harden(found, gates, target: float | None) -> None:
         ratio = torch.cat([(w.abs() / tau).flatten() for w, tau in zip(raws, taus, strict=True)])
         keep = ratio.numel() - round(target * ratio.numel())
         order = torch.argsort(ratio, descending=True, stable=True)
-        kept = torch.zeros(ratio.numel(), dtype=torch.bool)
+        kept = torch.zeros(ratio.numel(), dtype=torch.bool, device=ratio.device)
         kept[order[:keep]] = True
         i = 0
         for w in raws:

@@ -7,10 +7,11 @@ of the paper's three criteria: the L1 norm of the filter's weights, its mean act
 (mean of ReLU(output) over the samples seen since the last pruning event), or at random. The
 shares are spread evenly over the pruning events (by default the end of every epoch but the
 last, so the last epoch trains the final structure), the last one reaching the exact
-target count ``round(fraction * n)`` per layer. Removed filters are masked (weights and bias held at
-zero) while training goes on; at the end the layers are physically shrunk with
-``adapters.torch_structured.shrink_pair`` (filter l, the next layer's inputs, a BatchNorm in
-between).
+target count ``round(fraction * n)`` per layer. Removed filters are masked (weights and bias
+held at zero, and the next layer's inputs from them, which a BatchNorm's shift would still
+feed) while training goes on, so training sees the network that is kept; at the end the layers
+are physically shrunk with ``adapters.torch_structured.shrink_pair`` (filter l, the next
+layer's inputs, a BatchNorm in between).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layertrim.adapters.torch_structured import mask_pair, shrink_pair
+from layertrim.adapters.torch_structured import _BN, _columns, mask_pair, shrink_pair
 from layertrim.adapters.training import (
     Timer,
     TrainReport,
@@ -36,7 +37,6 @@ from layertrim.adapters.training import (
 from layertrim.errors import InvalidInputError
 
 CRITERIA = ("l1", "activation", "random")
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass
@@ -49,6 +49,8 @@ class _Pair:
     target: int  # filters to remove in the end
     act_sum: torch.Tensor | None = None
     act_n: int = 0
+    second_module: nn.Module | None = None
+    dead_cols: torch.Tensor | None = None  # layer l+1's inputs from the removed filters
 
 
 def pairs_of(model: nn.Module, layers=None) -> list[tuple[str, str, str | None]]:
@@ -152,14 +154,17 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
         mod = mods[first]
         n = mod.weight.shape[0]
         target = min(round(fraction * n), n - 1)
-        pairs.append(_Pair(first, second, bn, mod, torch.ones(n, dtype=torch.bool), target))
+        pairs.append(_Pair(first, second, bn, mod, torch.ones(n, dtype=torch.bool), target,
+                           second_module=mods[second]))
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     gen = torch.Generator().manual_seed(seed)
     report = TrainReport("prune-while-training")
     hooks = []
     if criterion == "activation":
         def hook(p):
-            def fn(_m, _i, out):
+            def fn(m, _i, out):
+                if not m.training:  # validation passes are not training samples
+                    return
                 a = F.relu(out.detach())
                 dims = [d for d in range(a.dim()) if d != 1]
                 s = a.mean(dims) * a.shape[0]
@@ -175,6 +180,8 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
                 p.module.weight[dead] = 0
                 if p.module.bias is not None:
                     p.module.bias[dead] = 0
+                if p.dead_cols is not None:  # a BatchNorm's beta would still feed them: the
+                    p.second_module.weight[:, p.dead_cols] = 0  # network mask_pair leaves
 
     def zero_grads(_step: int) -> None:
         for p in pairs:
@@ -189,12 +196,15 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
                 want = round(p.target * j / len(events))  # removed after this event
                 k = want - int((~p.alive).sum())
                 if k > 0:
-                    s = _scores(p, criterion, gen).clone()
+                    s = _scores(p, criterion, gen).cpu()  # a fresh tensor, on alive's device
                     s[~p.alive] = float("inf")
                     p.alive[torch.argsort(s, stable=True)[:k]] = False
+                    dead = torch.nonzero(~p.alive).flatten()
+                    p.dead_cols = _columns(p.second_module, p.alive.numel(), dead)[0].to(
+                        p.second_module.weight.device)
             mask()
-        for p in pairs:
-            p.act_sum, p.act_n = None, 0
+            for p in pairs:  # activations count since the last pruning event
+                p.act_sum, p.act_n = None, 0
 
     try:
         with Timer() as t:

@@ -54,14 +54,15 @@ class TorchLayer:
     def weight(self, group: int = 0) -> np.ndarray:
         """The (m, d) float64 weight matrix of one group (a copy, also for a float64 model)."""
         w = self.module.weight.detach()
-        return w[group * self.m:(group + 1) * self.m].reshape(self.m, self.d).double().cpu(
-            ).numpy().copy()
+        return w[group * self.m:(group + 1) * self.m].reshape(self.m, self.d).to(
+            "cpu", torch.float64, copy=True).numpy()
 
     def bias(self, group: int = 0) -> np.ndarray | None:
         b = self.module.bias
         if b is None:
             return None
-        return b.detach()[group * self.m:(group + 1) * self.m].double().cpu().numpy().copy()
+        return b.detach()[group * self.m:(group + 1) * self.m].to(
+            "cpu", torch.float64, copy=True).numpy()
 
     def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The layer's input as one (rows, d) matrix per group."""

@@ -70,12 +70,17 @@ def collect_samples(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
         raise InvalidInputError(f"max_samples must be a positive integer, got {max_samples!r}")
     pools = {la.name: [_Reservoir(max_samples) for _ in range(la.groups)] for la in layers}
-    gen = torch.Generator().manual_seed(seed)
+    # one key stream per layer and group, so the rows kept do not depend on how the data is
+    # split into batches
+    gens = {(la.name, g): torch.Generator().manual_seed(
+                int(np.random.SeedSequence([seed, i, g]).generate_state(1)[0]))
+            for i, la in enumerate(layers) for g in range(la.groups)}
 
     def on_batch(layer: TorchLayer, x: torch.Tensor, x_ref: torch.Tensor | None) -> None:
         refs = None if x_ref is None else layer.rows(x_ref)
         for g, rows in enumerate(layer.rows(x)):
-            keys = torch.rand(rows.shape[0], generator=gen, dtype=torch.float64)
+            keys = torch.rand(rows.shape[0], generator=gens[layer.name, g],
+                              dtype=torch.float64)
             r0 = None if refs is None else refs[g]
             pools[layer.name][g].add(keys, rows, r0)
 

@@ -25,11 +25,8 @@ import numpy as np
 from layertrim.errors import InvalidInputError
 from layertrim.layerwise.executors import LayerJob
 from layertrim.problem import LayerProblem
+from layertrim.solvers.nettrim_cvx import augmented_inputs
 from layertrim.solvers.nettrim_rules import cascade_rule
-
-
-def _augment(X: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    return X if b is None else np.hstack([X, np.ones((X.shape[0], 1))])
 
 
 def per_sample_jobs(bridge, names: list[str], policy: dict, method: str, cascade: bool,
@@ -57,11 +54,10 @@ def per_sample_jobs(bridge, names: list[str], policy: dict, method: str, cascade
             if target is not None:
                 opts["target_sparsity"] = target
             if X0 is not None and not np.array_equal(X, X0):
-                W0a = W if b is None else np.hstack([W, b[:, None]])
-                Z0 = _augment(X0, b) @ W0a.T
+                Z0 = (X0 if b is None else np.hstack([X0, np.ones((len(X0), 1))])) @ problem.W0a.T
                 try:
-                    t = cascade_rule(_augment(X, b), W0a, np.maximum(Z0, 0.0) if act == "relu"
-                                     else Z0, act == "relu")
+                    t = cascade_rule(augmented_inputs(problem), problem.W0a,
+                                     np.maximum(Z0, 0.0) if act == "relu" else Z0, act == "relu")
                 except InvalidInputError as e:
                     raise InvalidInputError(f"layer {name}: {e}") from None
                 opts.update(Y=t.Y, V=t.V)

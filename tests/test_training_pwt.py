@@ -59,3 +59,18 @@ def test_linear_neurons_and_events():
     assert (model[0].out_features, model[2].out_features) == (5, 2)
     assert model[2].in_features == 5 and model[4].in_features == 2
     assert model(X).shape == (40, 3)
+
+
+def test_training_sees_the_kept_network_behind_a_batchnorm():
+    """A dropped filter's BatchNorm still outputs its shift: the next layer's inputs from the
+    dropped filters are held at zero during training too, not only at the end."""
+    loader, _ = _images()
+    model = _cnn(bn=True)
+    seen = []
+    model[4].register_forward_pre_hook(
+        lambda m, _i: seen.append(m.weight.detach().clone()) if m.training else None)
+    rep = lt.prune_while_training(model, loader, fraction=0.5, epochs=2, shrink=False,
+                                  progress=False)
+    dropped = sorted(set(range(8)) - set(rep.details["kept"]["0"]))
+    last_epoch = seen[-len(loader):]  # the epoch after the last pruning event
+    assert len(dropped) == 4 and all((w[:, dropped] == 0).all() for w in last_epoch)
