@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/nettrim.py
 	$(BIN)/python bench/nettrim_target.py
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/calibration.py
 	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/distributed.py
 	$(BIN)/python bench/training.py

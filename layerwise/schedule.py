@@ -78,6 +78,7 @@ def _per_sample(method: str, bridge) -> bool:
 
 ALLOCATIONS = ("uniform", "global", "owl")
 CASCADE_DAMP = 1e-8  # relative to mean(diag H): the target's least squares, not the pruning
+PINV_RTOL = 1e-6  # eigenvalue cut of the rank-deficient fallback, relative to the largest
 
 
 def cascade_target(W: np.ndarray, b: np.ndarray | None,
@@ -99,7 +100,15 @@ def cascade_target(W: np.ndarray, b: np.ndarray | None,
         C[:d, :d], C[:d, d], C[d, :d], C[d, d] = g.cross, g.sum, g.sum0, g.n
         Wa = np.hstack([W, b[:, None]])
     H[np.diag_indices_from(H)] += CASCADE_DAMP * max(float(np.mean(np.diag(H))), 1e-300)
-    Wt = scipy.linalg.solve(H, C @ Wa.T, assume_a="pos").T
+    try:
+        Wt = scipy.linalg.solve(H, C @ Wa.T, assume_a="pos").T
+    except np.linalg.LinAlgError:
+        # X_hat is rank-deficient (fewer rows than inputs, or dependent inputs) and the Gram's
+        # rounding (float32 sums, adapters/torch.py) exceeds the damping in its null space:
+        # take the minimum-norm least-squares solution, cutting eigenvalues at that rounding
+        lam, Vec = scipy.linalg.eigh(H)
+        keep = lam > PINV_RTOL * lam[-1]
+        Wt = ((Vec[:, keep] / lam[keep]) @ (Vec[:, keep].T @ (C @ Wa.T))).T
     return (Wt, None) if b is None else (Wt[:, :d], Wt[:, d])
 
 

@@ -105,6 +105,25 @@ def test_cascade_target_is_the_least_squares_map_to_the_dense_outputs():
     np.testing.assert_allclose(np.hstack([Wt, bt[:, None]]), ref, rtol=1e-6, atol=1e-8)
 
 
+def test_cascade_target_of_a_rank_deficient_float32_gram_is_the_min_norm_fit():
+    """Fewer rows than inputs and a Gram rounded in float32 (as a float32 model's is): the
+    damped Cholesky fails, and the target must be the minimum-norm least-squares fit."""
+    from layertrim.layerwise.schedule import cascade_target
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((12, 30))
+    X_hat = X + 0.3 * rng.standard_normal(X.shape)
+    W, b = rng.standard_normal((4, 30)), rng.standard_normal(4)
+    g = lt.Gram(30, 30).update(X_hat, X)
+    g.H = (g.H.astype(np.float32) - 1e-5 * np.abs(g.H).max() * np.eye(30)).astype(np.float64)
+    with pytest.raises(np.linalg.LinAlgError):  # the fast path cannot take this Gram
+        np.linalg.cholesky(g.augmented() + 1e-8 * np.mean(np.diag(g.augmented())) * np.eye(31))
+    Wt, bt = cascade_target(W, b, g)
+    A = np.hstack([X_hat, np.ones((12, 1))])
+    ref = np.linalg.lstsq(A, X @ W.T + b, rcond=None)[0].T  # minimum norm, from the samples
+    np.testing.assert_allclose(np.hstack([Wt, bt[:, None]]), ref, rtol=1e-3, atol=1e-4)
+
+
 def test_local_processes_give_bit_identical_results():
     data = calib()
     a, b = cnn(), cnn()

@@ -135,3 +135,35 @@ def test_bad_input():
         write_back(layers[0], 0, np.zeros((2, 2)), None)
     with pytest.raises(InvalidInputError, match="mask of shape"):
         apply_masks(layers, {"c1": torch.ones(2, 2, dtype=torch.bool)})
+
+
+def test_float32_grams_match_exact_float64_sums():
+    """A float32 CPU model's Grams come from float32 products summed in float64, a chunk of
+    GRAM_CHUNK rows at a time: they must match the exact (float64) sums of the same inputs to
+    float32 accuracy, also when a batch spans several chunks."""
+    import layertrim.adapters.torch as lt_torch
+
+    torch.manual_seed(3)
+    net = Net()  # float32
+    calib = [torch.rand(40, 3, 36) for _ in range(2)]
+    inputs: dict[str, list] = {}
+    layers = find_layers(net)
+    hooks = [la.module.register_forward_hook(
+        lambda mod, inp, out, name=la.name: inputs.setdefault(name, []).append(inp[0]))
+        for la in layers]
+    old = lt_torch.GRAM_CHUNK
+    try:
+        lt_torch.GRAM_CHUNK = 37  # several chunks per batch, one of them ragged
+        grams = collect_grams(net, layers, calib)
+    finally:
+        lt_torch.GRAM_CHUNK = old
+        for h in hooks:
+            h.remove()
+    for la in layers:
+        for g in range(la.groups):
+            X = np.vstack([la.rows(x)[g].double().numpy() for x in inputs[la.name][:2]])
+            G = grams[la.name][g]
+            assert G.n == len(X)
+            np.testing.assert_allclose(G.H, X.T @ X, rtol=1e-6, atol=1e-6 * np.abs(X.T @ X).max())
+            np.testing.assert_allclose(G.sum, X.sum(0), rtol=0, atol=1e-6 * np.abs(X).sum())
+            assert not np.array_equal(G.H, X.T @ X)  # float32 sums, not a float64 product
