@@ -149,20 +149,23 @@ def batches(calib) -> Iterable[torch.Tensor]:
 
 
 GRAM_CHUNK = 32768  # rows per float32 product: bounds the rounding of its sums (see below)
-FLOAT32_GRAMS = True  # False: float64 products for every dtype (bench/calibration.py's baseline)
+GRAM_DTYPES = ("float64", "float32")
 
 
-def _gram_products(A: torch.Tensor, A0: torch.Tensor | None):
+def _gram_products(A: torch.Tensor, A0: torch.Tensor | None, float32: bool = False):
     """(A A^T, A's row sums, A A0^T, A0's row sums) as float64 numpy arrays for column-sample
     matrices A (d x rows) and A0 (d0 x rows, or None: then the last two are None).
 
-    On the CPU, float32 inputs are multiplied and summed in float32, a chunk of GRAM_CHUNK rows
+    By default everything is multiplied in float64. With ``float32`` (``gram_dtype="float32"``),
+    float32 inputs on the CPU are multiplied and summed in float32, a chunk of GRAM_CHUNK rows
     at a time, and the chunks are added in float64: every product of two float32 numbers is
-    exact, so the only rounding is float32's inside one chunk's sums (about 1e-7 relative on
-    the MNIST networks, bench/calibration.py), and float32 GEMMs run 1.5-3x faster than float64
-    ones. Any other dtype or device is multiplied in float64 (a CUDA float32 product may run
-    in TF32)."""
-    fast = FLOAT32_GRAMS and A.dtype == torch.float32 and A.device.type == "cpu"
+    exact, so the only rounding is float32's inside one chunk's sums (about 1e-7 relative on the
+    MNIST networks, bench/calibration.py), and float32 GEMMs run 1.5-2x faster. That rounding
+    is not positive semidefinite: where the inputs are rank-deficient (fewer rows than inputs,
+    collinear inputs) it exceeds a solver's tiny ridge (1e-8 of mean(diag H)), so it is opt-in.
+    Other dtypes and devices always multiply in float64 (a CUDA float32 product may run in
+    TF32)."""
+    fast = float32 and A.dtype == torch.float32 and A.device.type == "cpu"
     if not fast:
         A = A.double()
         A0 = None if A0 is None else A0.double()
@@ -184,7 +187,7 @@ def _gram_products(A: torch.Tensor, A0: torch.Tensor | None):
 
 def accumulate(layer: TorchLayer, grams: list[Gram], x_in: torch.Tensor,
                x_ref: torch.Tensor | None, max_rows: int | None,
-               gen: torch.Generator) -> None:
+               gen: torch.Generator, float32: bool = False) -> None:
     """Add one batch of a layer's inputs (and the dense reference's, for the cross term) to
     its per-group Grams, which sum in float64 (``_gram_products``)."""
     if max_rows is None:  # (N, d, L) blocks laid out as d x (N L) sample columns
@@ -193,7 +196,7 @@ def accumulate(layer: TorchLayer, grams: list[Gram], x_in: torch.Tensor,
             A = P.transpose(0, 1).reshape(P.shape[1], -1)
             A0 = None if refs is None else refs[g].transpose(0, 1).reshape(
                 refs[g].shape[1], -1)
-            H, total, C, total0 = _gram_products(A, A0)
+            H, total, C, total0 = _gram_products(A, A0, float32)
             grams[g].add_stats(H, total, A.shape[1], C, total0)
         return
     refs = layer.rows(x_ref) if x_ref is not None else None
@@ -203,14 +206,20 @@ def accumulate(layer: TorchLayer, grams: list[Gram], x_in: torch.Tensor,
             keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
             rows = rows[keep]
             r0 = None if r0 is None else r0[keep]
-        H, total, C, total0 = _gram_products(rows.T, None if r0 is None else r0.T)
+        H, total, C, total0 = _gram_products(rows.T, None if r0 is None else r0.T, float32)
         grams[g].add_stats(H, total, rows.shape[0], C, total0)
+
+
+def check_gram_dtype(gram_dtype) -> str:
+    if gram_dtype not in GRAM_DTYPES:
+        raise InvalidInputError(f"gram_dtype must be one of {GRAM_DTYPES}, got {gram_dtype!r}")
+    return gram_dtype
 
 
 def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
                   max_rows: int | None = None, seed: int = 0,
-                  reference: nn.Module | None = None,
-                  progress: bool = False) -> dict[str, list[Gram]]:
+                  reference: nn.Module | None = None, progress: bool = False,
+                  gram_dtype: str = "float64") -> dict[str, list[Gram]]:
     """Run ``calib`` through ``model`` (eval mode, no grad) and accumulate, for every layer and
     group, the float64 Gram of its inputs. Memory beyond the model is the Grams themselves plus
     one batch: the inputs are never stored.
@@ -221,7 +230,10 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         it, and the Grams track the cross term X_hat^T X between this model's layer inputs
         X_hat and the reference's X (the cascade statistics).
     progress : show a progress bar over the batches (tqdm, on stderr).
+    gram_dtype : "float64" (the default) or "float32": the precision of each batch's products
+        for a float32 model on the CPU (``_gram_products``); the sums over batches are float64.
     """
+    float32 = check_gram_dtype(gram_dtype) == "float32"
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
                                  or max_rows < 1):
         raise InvalidInputError(f"max_rows must be a positive integer, got {max_rows!r}")
@@ -229,7 +241,8 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     grams = {la.name: [Gram(la.d, d0(la)) for _ in range(la.groups)] for la in layers}
     gen = torch.Generator().manual_seed(seed)
     calibrate(model, layers, calib,
-              lambda la, x, x_ref: accumulate(la, grams[la.name], x, x_ref, max_rows, gen),
+              lambda la, x, x_ref: accumulate(la, grams[la.name], x, x_ref, max_rows, gen,
+                                              float32),
               reference=reference, progress=progress)
     return grams
 
@@ -336,10 +349,12 @@ class TorchBridge:
     def __init__(self, model: nn.Module, calib, layers: Sequence[TorchLayer], *,
                  max_rows: int | None = None, seed: int = 0,
                  keep_reference: bool = False, frontier: bool = True,
-                 max_samples: int = 2048, progress: bool = False) -> None:
+                 max_samples: int = 2048, progress: bool = False,
+                 gram_dtype: str = "float64") -> None:
         import copy
 
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
+        self.gram_dtype = check_gram_dtype(gram_dtype)
         self.max_samples, self.progress = max_samples, progress
         self.by_name = {la.name: la for la in layers}
         # the cascade's cross term needs the dense network's inputs: a copy, taken before
@@ -368,7 +383,7 @@ class TorchBridge:
         return collect_grams(self.model, [self.by_name[n] for n in names], self.calib,
                              max_rows=self.max_rows, seed=self.seed,
                              reference=self.reference if cross else None,
-                             progress=self.progress)
+                             progress=self.progress, gram_dtype=self.gram_dtype)
 
     def _frontier_grams(self, name: str) -> list[Gram]:
         """Advance both networks' cached activations from the frontier to ``name``'s input
@@ -382,7 +397,8 @@ class TorchBridge:
         j, xp, xr = self._front
         if i < j:  # not in forward order: fall back to a full pass
             return collect_grams(self.model, [layer], self.calib, max_rows=self.max_rows,
-                                 seed=self.seed, reference=self.reference)
+                                 seed=self.seed, reference=self.reference,
+                                 gram_dtype=self.gram_dtype)
         self.model.eval()
         self.reference.eval()
         with torch.no_grad():
@@ -397,7 +413,8 @@ class TorchBridge:
         gen = torch.Generator().manual_seed(self.seed)
         for x, x0 in zip(xp, xr, strict=True):
             try:
-                accumulate(layer, grams, x, x0, self.max_rows, gen)
+                accumulate(layer, grams, x, x0, self.max_rows, gen,
+                           self.gram_dtype == "float32")
             except InvalidInputError as e:
                 raise InvalidInputError(f"layer {name}: {e}") from None
         return grams
@@ -444,7 +461,9 @@ class TorchBridge:
     def calibration_fingerprint(self) -> str:
         from layertrim.adapters.torch_fingerprint import calibration_fingerprint
 
-        return calibration_fingerprint(self.calib, max_rows=self.max_rows, seed=self.seed)
+        extra = {} if self.gram_dtype == "float64" else {"gram_dtype": self.gram_dtype}
+        return calibration_fingerprint(self.calib, max_rows=self.max_rows, seed=self.seed,
+                                       **extra)
 
 
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
@@ -452,7 +471,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 executor=None, allocation: str = "global", max_rows: int | None = None,
                 seed: int = 0, frontier: bool = True, max_samples: int = 2048,
                 mask_convention: bool = False, checkpoint=None, resume=None, progress=False,
-                **solver_options):
+                gram_dtype: str = "float64", **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
 
@@ -473,6 +492,9 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     executor : "local" (processes; the default), "serial", "ray", or an executor object
         (``LocalExecutor(workers=...)``, ``RayExecutor(address=...)``).
     max_rows : subsample at most this many input rows (patches) per batch and layer.
+    gram_dtype : "float64" (exact products) or "float32" (a float32 CPU model's batch products
+        in float32, summed in float64: 1.5-2x faster calibration, Grams within ~1e-7
+        relative; avoid it when a layer has fewer calibration rows than inputs).
     mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
     max_samples : input rows sampled per layer for the per-sample solvers (Net-Trim).
     frontier : in cascade on an ``nn.Sequential`` whose pruned layers are its children, keep
@@ -511,7 +533,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         calib = list(calib)  # fingerprinted, then calibrated on: it must be read twice
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
                          keep_reference=schedule == "cascade", frontier=frontier,
-                         max_samples=max_samples, progress=bool(progress))
+                         max_samples=max_samples, progress=bool(progress),
+                         gram_dtype=gram_dtype)
     bar = progress_bar(f"{method} {schedule}") if progress is True else (progress or None)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, allocation=allocation,

@@ -1,8 +1,8 @@
 """Calibration cost: collecting every layer's Gram (the parallel schedule's one pass) against a
 plain forward pass over the same batches, for the 784-300-100-10 MLP and LeNet-5 on 2048 MNIST
 training images (batches of 256). Both Gram paths of adapters/torch.py run in the same process:
-float32 products summed in float64 per chunk (the default for float32 CPU models) and float64
-products (``FLOAT32_GRAMS = False``). Each timing is the median of ``--repeats`` interleaved
+float64 products (the default) and float32 products summed in float64 per chunk
+(``gram_dtype="float32"``). Each timing is the median of ``--repeats`` interleaved
 runs. Writes bench/results/calibration.json.
 
     python bench/calibration.py [--repeats 7] [--out PATH]
@@ -47,11 +47,8 @@ def measure(model, calib, repeats: int) -> dict:
                 model(x)
 
     def grams(float32: bool):
-        ta.FLOAT32_GRAMS = float32
-        try:
-            return ta.collect_grams(model, layers, calib)
-        finally:
-            ta.FLOAT32_GRAMS = True
+        return ta.collect_grams(model, layers, calib,
+                                gram_dtype="float32" if float32 else "float64")
 
     runs = {"forward": forward, "float32": lambda: grams(True), "float64": lambda: grams(False)}
     for fn in runs.values():  # warm-up
@@ -67,10 +64,10 @@ def measure(model, calib, repeats: int) -> dict:
     err = max(float(np.max(np.abs(a.H - b.H)) / np.max(np.abs(b.H)))
               for la in layers for a, b in zip(g32[la.name], g64[la.name], strict=True))
     flops_fwd = sum(la.m * la.d * la.groups for la in layers)  # per row, for the record
-    return {"forward_s": med["forward"], "calibration_s": med["float32"],
-            "calibration_float64_s": med["float64"],
-            "ratio": med["float32"] / med["forward"],
-            "ratio_float64": med["float64"] / med["forward"],
+    return {"forward_s": med["forward"], "calibration_s": med["float64"],
+            "calibration_float32_s": med["float32"],
+            "ratio": med["float64"] / med["forward"],
+            "ratio_float32": med["float32"] / med["forward"],
             "speedup_float32_vs_float64": med["float64"] / med["float32"],
             "gram_rel_diff_max": err,
             "layers": {la.name: {"d": la.d, "m": la.m, "groups": la.groups,

@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--resume", metavar="DIR",
                     help="continue the run checkpointed in DIR: finished layers are not solved "
                          "again")
+    pr.add_argument("--gram-dtype", default="float64", choices=["float64", "float32"],
+                    help="precision of each calibration batch's Gram products for a float32 "
+                         "model on the CPU (sums over batches are float64; default float64)")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="solver setting, repeatable")
     pr.add_argument("--out", required=True, help="output model file (written atomically)")
@@ -119,7 +122,7 @@ def _prune(args) -> int:
                                  schedule=args.schedule, pattern=args.pattern,
                                  layers=args.layers, exclude=args.exclude, executor=executor,
                                  checkpoint=None if args.resume else checkpoint,
-                                 resume=args.resume,
+                                 resume=args.resume, gram_dtype=args.gram_dtype,
                                  progress=progress_bar(f"{args.method} {args.schedule}",
                                                        lines=True),
                                  **_parse_options(args.option))

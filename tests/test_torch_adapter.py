@@ -138,8 +138,8 @@ def test_bad_input():
 
 
 def test_float32_grams_match_exact_float64_sums():
-    """A float32 CPU model's Grams come from float32 products summed in float64, a chunk of
-    GRAM_CHUNK rows at a time: they must match the exact (float64) sums of the same inputs to
+    """With gram_dtype="float32", a float32 CPU model's Grams come from float32 products summed
+    in float64, a chunk of GRAM_CHUNK rows at a time: they must match the exact (float64) sums of the same inputs to
     float32 accuracy, also when a batch spans several chunks."""
     import layertrim.adapters.torch as lt_torch
 
@@ -154,7 +154,8 @@ def test_float32_grams_match_exact_float64_sums():
     old = lt_torch.GRAM_CHUNK
     try:
         lt_torch.GRAM_CHUNK = 37  # several chunks per batch, one of them ragged
-        grams = collect_grams(net, layers, calib)
+        grams = collect_grams(net, layers, calib, gram_dtype="float32")
+        exact = collect_grams(net, layers, calib)  # the default: float64 products
     finally:
         lt_torch.GRAM_CHUNK = old
         for h in hooks:
@@ -166,4 +167,8 @@ def test_float32_grams_match_exact_float64_sums():
             assert G.n == len(X)
             np.testing.assert_allclose(G.H, X.T @ X, rtol=1e-6, atol=1e-6 * np.abs(X.T @ X).max())
             np.testing.assert_allclose(G.sum, X.sum(0), rtol=0, atol=1e-6 * np.abs(X).sum())
-            assert not np.array_equal(G.H, X.T @ X)  # float32 sums, not a float64 product
+            assert not np.array_equal(G.H, exact[la.name][g].H)  # float32 sums were used
+            np.testing.assert_allclose(exact[la.name][g].H, X.T @ X, rtol=1e-12,
+                                       atol=1e-12 * np.abs(X.T @ X).max())
+    with pytest.raises(InvalidInputError, match="gram_dtype"):
+        collect_grams(net, layers, calib, gram_dtype="float16")
