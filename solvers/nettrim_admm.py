@@ -9,7 +9,9 @@ float32 iterations finished in float64.
 It stops when three things hold at a check: Boyd's primal and dual residuals are within their
 absolute + relative tolerances, the iterations are in float64 (unless precision="float32"),
 and the returned W (exactly sparse) is feasible to ``feas_tol``: dist(Xa W^T, C) <= feas_tol *
-eps. Otherwise the result says so (status "max_iter", ``certificate["converged"]`` False, the
+eps. The dual residual may be replaced by a certified duality gap: with the primal residual
+within tolerance and W feasible, (l1(W) - a weak-duality lower bound) / l1(W) <= ``gap_tol``.
+Otherwise the result says so (status "max_iter", ``certificate["converged"]`` False, the
 residual history).
 
 Penalties. ADMM's speed hangs on them. rho (on W) is in units of 1 / mean|W0| and rho_fit (on
@@ -57,7 +59,7 @@ BALANCE_MU, BALANCE_TAU = 10.0, 2.0  # Boyd's residual balancing constants
 SWITCH_FACTOR, SWITCH_STALE = 3.0, 3
 _PRECISIONS = ("mixed", "float32", "float64")
 # the target-sparsity search runs loose float32 solves, and one full solve confirms the gain
-SEARCH_TOLERANCES = {"reltol": 1e-2, "dual_reltol": 1e-1, "feas_tol": 1e-2}
+SEARCH_TOLERANCES = {"reltol": 1e-2, "dual_reltol": 1e-1, "feas_tol": 1e-2, "gap_tol": 1e-3}
 SEARCH_MAX_ITER = 400
 
 
@@ -77,11 +79,13 @@ def _check_alpha(alpha) -> float:
 
 def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, reltol: float,
              dual_reltol: float, feas_tol: float, max_iter: int, check_every: int,
-             adaptive_rho: bool, deadline: float | None,
+             adaptive_rho: bool, deadline: float | None, gap_tol: float | None = None,
              single: bool = False) -> tuple[np.ndarray, bool, int, list[dict]]:
     """Iterate to the stopping rule of the module docstring. In float32 with ``single`` False
     (mixed precision) the iterations move to float64 once the float32 violation is within
     SWITCH_FACTOR * feas_tol or stops improving. Returns (W, converged, iterations, history)."""
+    has_bias = eng.B.shape[0] > d
+    certify = gap_tol is not None and eng.support is None  # not for the refit's program
     history: list[dict] = []
     it, best, stale = 0, np.inf, 0
     while it < max_iter:
@@ -91,9 +95,11 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
         res = eng.residuals(abstol, reltol, dual_reltol)
         res.update(iter=it, dtype=np.dtype(eng.dtype).name)
         history.append(res)
-        boyd = res["primal"] <= res["eps_primal"] and res["dual"] <= res["eps_dual"]
+        primal_ok = res["primal"] <= res["eps_primal"]
+        boyd = primal_ok and res["dual"] <= res["eps_dual"]
         mixed32 = eng.dtype != np.float64 and not single
-        if boyd or mixed32:
+        gap_check = certify and primal_ok and not mixed32
+        if boyd or mixed32 or gap_check:
             W = eng.weights()
             W[:, :d][np.abs(W[:, :d]) <= thresh] = 0.0
             v = res["violation"] = eng.violation(W, eps)
@@ -102,8 +108,13 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
             best = min(best, v)
             if v <= SWITCH_FACTOR * feas_tol or stale >= SWITCH_STALE:
                 eng.to_float64()
-        elif boyd and v <= feas_tol:
-            return W, True, it, history
+        elif (boyd or gap_check) and v <= feas_tol:
+            if boyd:
+                return W, True, it, history
+            l1 = float(np.abs(W[:, :d]).sum())
+            gap = res["gap"] = 0.0 if l1 == 0 else (l1 - eng.dual_bound(eps, has_bias)) / l1
+            if gap <= gap_tol:
+                return W, True, it, history
         if deadline is not None and time.perf_counter() > deadline:
             break
         if adaptive_rho and res["primal"] > BALANCE_MU * res["dual"]:
@@ -139,6 +150,7 @@ def solve(
     reltol: float = 1e-3,
     dual_reltol: float = 3e-2,
     feas_tol: float = 1e-5,
+    gap_tol: float | None = 1e-5,
     max_iter: int = 10000,
     check_every: int = 20,
     warm_start=None,
@@ -161,6 +173,12 @@ def solve(
         ``NetTrimADMM.residuals``). The objective settles long before the dual does: on the
         MNIST layers a dual residual of 3e-2 came with an l1 gap of 2e-5 to 5e-5.
     feas_tol : the returned W must satisfy dist(Xa W^T, C) <= feas_tol * eps.
+    gap_tol : a second way to stop (None: Boyd's only): once the primal residual is within its
+        tolerance and W is feasible to feas_tol, a duality gap certified by
+        ``NetTrimADMM.dual_bound`` (l1(W) - bound) / l1(W) <= gap_tol. Boyd's dual residual
+        can stall for thousands of iterations after the objective has settled (seen on
+        LeNet's cascade layers 400->120 and 120->84); the certificate cannot be fooled: weak
+        duality bounds the true gap by it.
     max_iter : iteration cap per solve; without convergence the result says so.
     check_every : residuals are evaluated every this many iterations.
     warm_start : an (m, d) or augmented (m, d+1) starting W.
@@ -185,6 +203,7 @@ def solve(
     for name, v in (("abstol", abstol), ("reltol", reltol), ("dual_reltol", dual_reltol),
                     ("feas_tol", feas_tol)):
         check_positive(name, v)
+    check_positive("gap_tol", gap_tol, allow_none=True)
     check_positive("max_iter", max_iter, integer=True)
     check_positive("check_every", check_every, integer=True)
     check_positive("time_limit", time_limit, allow_none=True)
@@ -211,14 +230,15 @@ def solve(
                                     f"got shape {W0.shape}")
         eng.warm_start(W0)
     opts = dict(d=d, thresh=zero_tol * float(np.max(np.abs(problem.W0))), abstol=abstol,
-                reltol=reltol, dual_reltol=dual_reltol, feas_tol=feas_tol,
+                reltol=reltol, dual_reltol=dual_reltol, feas_tol=feas_tol, gap_tol=gap_tol,
                 single=precision == "float32",
                 max_iter=max_iter, check_every=check_every, adaptive_rho=adaptive_rho,
                 deadline=None if time_limit is None else t0 + time_limit)
 
     # the sparsity search's solves: loose, in float32, capped (see bisect_gain)
     search_opts = {**opts, "single": True, "max_iter": min(max_iter, SEARCH_MAX_ITER),
-                   **{k: max(v, opts[k]) for k, v in SEARCH_TOLERANCES.items()}}
+                   **{k: None if opts[k] is None else max(v, opts[k])
+                      for k, v in SEARCH_TOLERANCES.items()}}
 
     def solve_at(g, search: bool = False):
         e = radius_at(base_eps, g, eps_min) if eps is None else np.asarray(t.eps)
@@ -281,6 +301,7 @@ def solve(
                 "rho": rho, "rho_fit": rho_fit,
                 "alpha": alpha, "adaptive_rho": adaptive_rho, "abstol": abstol,
                 "reltol": reltol, "dual_reltol": dual_reltol, "feas_tol": feas_tol,
+                "gap_tol": gap_tol,
                 "max_iter": max_iter, "precision": precision, "refit": refit}
     return finalize(problem, W, mask, solver="nettrim", settings=settings, t0=t0,
                     iterations=total, status=status,

@@ -168,8 +168,9 @@ class NetTrimADMM:
     def dual_bound(self, eps, has_bias: bool) -> float:
         """A lower bound on the optimal l1 from the current dual: y = rho L1 (in N_C(U), so
         y >= 0 off Omega) is made to sum to zero per neuron on Omega when there is a bias, then
-        scaled into ||Xs^T y||_inf <= 1; the dual function is -sigma_C(y) (the support
-        function of C). Weak duality makes it a certificate: l1(W) - bound >= true gap."""
+        each neuron's column is scaled into ||Xs^T y_j||_inf <= 1; the dual function is
+        -sigma_C(y) (the support function of C). Weak duality makes it a certificate:
+        l1(W) - bound >= true gap."""
         t0 = time.perf_counter()
         y = self.rho * np.asarray(self.L1, dtype=np.float64)
         om = self.omega
@@ -181,16 +182,19 @@ class NetTrimADMM:
             y[:, cnt == 0] = 0.0
         g = self.gemm(1.0 / self.c, np.asfortranarray(self.Xa64), np.asfortranarray(y),
                       trans_a=1)
-        scale = max(1.0, float(np.max(np.abs(g[: self.d]))))
-        eps_s = np.asarray(eps, dtype=np.float64) / self.c
+        # one scale per neuron: the dual constraints are per column, so a neuron whose
+        # gradient overshoots 1 does not shrink every other neuron's share of the bound
+        scale = np.maximum(1.0, np.max(np.abs(g[: self.d]), axis=0)) if self.d else np.ones(
+            y.shape[1])
         y_on = np.where(om, y, 0.0)
-        ball = (float(np.sum(eps_s * np.sqrt(np.sum(y_on**2, axis=0)))) if eps_s.ndim == 1
-                else float(eps_s) * _norm(y_on))
-        sigma = float(np.sum(y_on * Y)) + ball
+        lin = np.sum(y_on * Y, axis=0)
         if self.t.V is not None:
-            sigma += float(np.sum(np.where(om, 0.0, y * (self.t.V / self.c))))
+            lin += np.sum(np.where(om, 0.0, y * (self.t.V / self.c)), axis=0)
+        nrm = np.sqrt(np.sum(y_on**2, axis=0)) / scale
+        eps_s = np.asarray(eps, dtype=np.float64) / self.c
+        ball = float(np.sum(eps_s * nrm)) if eps_s.ndim == 1 else float(eps_s) * _norm(nrm)
         self.timing["checks"] += time.perf_counter() - t0
-        return -sigma / scale
+        return -(float(np.sum(lin / scale)) + ball)
 
     def rescale_rho(self, factor: float) -> None:
         """rho and rho_fit times factor (their ratio, hence the factor, unchanged); the scaled

@@ -107,6 +107,54 @@ def test_dual_bound_is_below_the_optimum_and_closes_the_gap():
     assert bounds[-1] >= opt * (1 - 1e-3)
 
 
+@pytest.mark.parametrize("per_neuron", [False, True])
+def test_cascade_dual_bound_is_below_the_optimum(per_neuron):
+    """Weak duality with V != 0 (cascade) and per-neuron radii: every bound, from any iterate,
+    is below cvxpy's optimum, and the last ones come close to it."""
+    W, X, b = layer(4)
+    rng = np.random.default_rng(4)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    W0a = np.hstack([W, b[:, None]])
+    Xh = np.hstack([X + 0.1 * rng.standard_normal(X.shape), np.ones((len(X), 1))])
+    t = cascade_rule(Xh, W0a, np.maximum(Xa @ W0a.T, 0), True)
+    opts = dict(bias=b, activation="relu", Y=t.Y, V=t.V, eps=t.eps)
+    if per_neuron:  # eps_j = g ||Y_Omega,j||, g large enough for W0 to stay feasible
+        y_norm = np.linalg.norm(np.where(t.omega, t.Y, 0), axis=0)
+        miss = np.linalg.norm(np.where(t.omega, Xh @ W0a.T - t.Y, 0), axis=0)
+        g = 1.05 * float(np.max(miss / y_norm))
+        t.eps = g * y_norm
+        opts = {**opts, "eps": None, "gain": g, "per_neuron": True}
+    ref = lt.solve_layer(W, Xh[:, :-1], method="nettrim-cvx", **opts)
+    opt = ref.certificate["l1"]
+    rho, fit = default_penalties(W, t)
+    eng = NetTrimADMM(Xh, t, W.shape[1], rho=rho, rho_fit=fit)
+    for _ in range(30):
+        eng.iterate(200, t.eps)
+        bound = eng.dual_bound(t.eps, has_bias=True)
+        assert bound <= opt * (1 + 1e-6)
+    assert bound >= opt * (1 - 1e-2)
+
+
+def test_a_certified_gap_stops_where_the_dual_residual_cannot():
+    """With Boyd's dual tolerance out of reach, only the duality-gap certificate can stop the
+    solve: it must, at an objective within the certified gap of cvxpy's optimum."""
+    W, X, b = layer(5)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08)
+    opt = ref.certificate["l1"]
+    blocked = dict(dual_reltol=1e-14, abstol=1e-14, feas_tol=1e-6, max_iter=20000)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
+                       gap_tol=1e-6, **blocked)
+    c = r.certificate
+    assert c["converged"] and c["violation_rel"] <= 1e-6
+    last = c["residuals"][-1]
+    assert last["dual"] > last["eps_dual"]  # Boyd's rule did not stop it
+    assert 0 <= last["gap"] <= 1e-6
+    assert c["l1"] == pytest.approx(opt, rel=1e-5)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
+                       gap_tol=None, **{**blocked, "max_iter": 3000})
+    assert not r.certificate["converged"] and r.status == "max_iter"
+
+
 def test_refit_matches_the_reference_refit():
     W, X, b = layer(8)
     ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08,
