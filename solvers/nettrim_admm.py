@@ -4,7 +4,8 @@ Science 2020, "Fast convex pruning of deep neural networks"; ADMM after Boyd et 
 Solves the same programs as ``nettrim-cvx`` (see ``nettrim_rules.py``) with the iteration of
 ``nettrim_engine.py``: one Cholesky factor shared by every neuron and iteration, fused Numba
 kernels for the projection, the soft-threshold and the dual updates, over-relaxation, and
-float32 iterations finished in float64.
+float32 iterations finished in float64 (with float32 products on differences from float64
+references: ``NetTrimADMM.to_float64(refine=True)``).
 
 It stops when three things hold at a check: Boyd's primal and dual residuals are within their
 absolute + relative tolerances, the iterations are in float64 (unless precision="float32"),
@@ -107,7 +108,7 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
             stale = 0 if v < 0.9 * best else stale + 1
             best = min(best, v)
             if v <= SWITCH_FACTOR * feas_tol or stale >= SWITCH_STALE:
-                eng.to_float64()
+                eng.to_float64(refine=True)
         elif (boyd or gap_check) and v <= feas_tol:
             if boyd:
                 return W, True, it, history

@@ -13,8 +13,9 @@ With Xs = Xa / c, c = sqrt(rho / rho_fit), both constraints carry the same rho i
 
 and a change of rho that keeps the ratio never needs a new factor. The iterations may run in
 float32 and finish in float64 (``to_float64``): the state is carried over, only the factor is
-recomputed. Time spent in the products, the triangular solves and the kernels is accumulated
-in ``timing``.
+recomputed; in refine mode the float64 iterations keep float32 products, taken on differences
+from float64 reference points, so they cost about what float32 ones do. Time spent in the
+products, the triangular solves and the kernels is accumulated in ``timing``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import scipy.linalg.lapack
 
 from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
 from layertrim.solvers.nettrim_rules import NetTrimTargets
+
+REFINE_REFRESH = 100  # iterations between float64 reference products in refine mode
 
 
 class NetTrimADMM:
@@ -57,6 +60,7 @@ class NetTrimADMM:
         self.timing = {"products": 0.0, "solves": 0.0, "kernels": 0.0, "factor": 0.0,
                        "checks": 0.0}
         self.dtype = None
+        self.refine = None  # float64 iterations with float32 products (see to_float64)
         self.B = np.zeros((p, m))
         self.Q = np.zeros((p, m))
         self.U = np.zeros((n, m))
@@ -70,6 +74,7 @@ class NetTrimADMM:
         # pools, and alternating between them cost several times the work itself on 2 cores.
         t0 = time.perf_counter()
         self.dtype = dtype
+        self.refine = None
         self.gemm = scipy.linalg.blas.get_blas_funcs("gemm", dtype=np.dtype(dtype))
         self.potrs = scipy.linalg.lapack.get_lapack_funcs("potrs", dtype=np.dtype(dtype))
         self.X = np.asfortranarray(self.Xa64 / self.c, dtype=dtype)
@@ -88,9 +93,19 @@ class NetTrimADMM:
         self.R_next = np.zeros_like(self.Q, order="F")  # overwrites it, so two buffers swap
         self.timing["factor"] += time.perf_counter() - t0
 
-    def to_float64(self) -> None:
+    def to_float64(self, refine: bool = False) -> None:
+        """Carry the state over to float64. With ``refine``, the two products per iteration
+        stay in float32 but act on differences from float64 reference points (refreshed every
+        REFINE_REFRESH iterations by float64 products): X^T T = X^T T_ref + X32^T (T - T_ref)
+        and X B = X B_ref + X32 (B - B_ref). Float32 rounds a product of X with a difference
+        relative to that difference, which vanishes as the iterates settle, so the iterations
+        reach float64's accuracy at about float32's cost."""
+        X32 = self.X if refine and self.dtype == np.float32 else None
         if self.dtype != np.float64:
             self._set_dtype(np.float64)
+        if X32 is not None:
+            self.refine = {"X32": X32, "sgemm": scipy.linalg.blas.get_blas_funcs(
+                "gemm", dtype=np.dtype(np.float32)), "age": None}
 
     def to_float32(self) -> None:
         if self.dtype != np.float32:
@@ -114,14 +129,20 @@ class NetTrimADMM:
         np.subtract(self.Q, self.L2, out=self.R)
         for step in range(k):
             t0 = time.perf_counter()
-            self.R = gemm(1.0, X, self.T, 1.0, self.R, trans_a=1, overwrite_c=1)
+            if self.refine is None:
+                self.R = gemm(1.0, X, self.T, 1.0, self.R, trans_a=1, overwrite_c=1)
+            else:
+                self._refined_xt_t()
             t1 = time.perf_counter()
             B, info = self.potrs(self.chol, self.R, lower=1, overwrite_b=1)
             if info != 0:
                 raise RuntimeError(f"potrs failed with info={info}")
             self.B, self.R = B, self.R_next  # B lives in R's memory; the kernel fills the other
             t2 = time.perf_counter()
-            self.AB = gemm(1.0, X, self.B, 0.0, self.AB, overwrite_c=1)
+            if self.refine is None:
+                self.AB = gemm(1.0, X, self.B, 0.0, self.AB, overwrite_c=1)
+            else:
+                self._refined_x_b()
             t3 = time.perf_counter()
             last = step == k - 1  # the residuals after this call need the previous U and Q
             project_set_and_update(self.AB, self.U, self.L1, self.YV, self.omega, eps_s,
@@ -133,6 +154,31 @@ class NetTrimADMM:
             tm["products"] += (t1 - t0) + (t3 - t2)
             tm["solves"] += t2 - t1
             tm["kernels"] += t4 - t3
+
+    def _refined_xt_t(self) -> None:
+        """R += X^T T in refine mode (R holds Q - L2); refreshes the references when due."""
+        ref = self.refine
+        if ref["age"] is None or ref["age"] >= REFINE_REFRESH:
+            ref["T"] = np.array(self.T, order="F")
+            ref["XtT"] = self.gemm(1.0, self.X, ref["T"], trans_a=1)
+            ref["B"] = None  # B's reference follows at the next X B
+            ref["age"] = 0
+            self.R += ref["XtT"]
+            return
+        ref["age"] += 1
+        D = np.subtract(self.T, ref["T"], order="F").astype(np.float32, order="F")
+        self.R += ref["XtT"]
+        self.R += ref["sgemm"](1.0, ref["X32"], D, trans_a=1)
+
+    def _refined_x_b(self) -> None:
+        ref = self.refine
+        if ref["B"] is None:
+            ref["B"] = np.array(self.B, order="F")
+            ref["XB"] = self.gemm(1.0, self.X, ref["B"])
+            np.copyto(self.AB, ref["XB"])
+            return
+        D = np.subtract(self.B, ref["B"], order="F").astype(np.float32, order="F")
+        np.add(ref["XB"], ref["sgemm"](1.0, ref["X32"], D), out=self.AB)
 
     def start_refit(self, mask: np.ndarray) -> None:
         """Switch to the refit program on the support ``mask`` (m x d): minimise
@@ -153,8 +199,12 @@ class NetTrimADMM:
         p = B.shape[0]
         r = float(np.sqrt(np.sum((AB - U) ** 2, dtype=np.float64)
                           + np.sum((B - Q) ** 2, dtype=np.float64)))
-        dz = self.gemm(1.0, X, U - self.U_old, 1.0, np.asfortranarray(Q - self.Q_old),
-                       trans_a=1)
+        dQ = np.asfortranarray(Q - self.Q_old)
+        if self.refine is None:
+            dz = self.gemm(1.0, X, U - self.U_old, 1.0, dQ, trans_a=1)
+        else:  # a product with a difference: float32 is accurate relative to it
+            dU = np.subtract(U, self.U_old, order="F").astype(np.float32, order="F")
+            dz = dQ + self.refine["sgemm"](1.0, self.refine["X32"], dU, trans_a=1)
         s = self.rho * _norm(dz)
         ax = np.sqrt(np.sum(AB**2, dtype=np.float64) + np.sum(B**2, dtype=np.float64))
         z = np.sqrt(np.sum(U**2, dtype=np.float64) + np.sum(Q**2, dtype=np.float64))
@@ -210,10 +260,16 @@ class NetTrimADMM:
     def violation(self, W: np.ndarray, eps) -> float:
         """Distance of Xa W^T to C relative to eps: sqrt(excess of the ball norm^2 + ||positive
         part off Omega||^2) / eps (per neuron: the worst neuron). The product runs in the
-        iteration's precision; the comparison in float64."""
+        iteration's precision (in refine mode: float32 on the difference from B's float64
+        reference); the comparison in float64."""
         t0 = time.perf_counter()
-        Z = self.gemm(self.c, self.X, np.asfortranarray(W.T, dtype=self.dtype))
-        Z = np.asarray(Z, dtype=np.float64)
+        ref = self.refine
+        if ref is not None and ref.get("B") is not None:  # X W^T = X B_ref + X (W^T - B_ref)
+            D = np.subtract(W.T, ref["B"], order="F").astype(np.float32, order="F")
+            Z = self.c * (ref["XB"] + ref["sgemm"](1.0, ref["X32"], D))
+        else:
+            Z = self.gemm(self.c, self.X, np.asfortranarray(W.T, dtype=self.dtype))
+            Z = np.asarray(Z, dtype=np.float64)
         out = relative_violation(Z, self.t, eps)
         self.timing["checks"] += time.perf_counter() - t0
         return out

@@ -155,6 +155,32 @@ def test_a_certified_gap_stops_where_the_dual_residual_cannot():
     assert not r.certificate["converged"] and r.status == "max_iter"
 
 
+def test_refine_mode_follows_float64_past_the_float32_floor():
+    """From the same float32 state, float64 iterations with float32 products on differences
+    (refine) must track plain float64 iterations, and both must get far below the accuracy
+    that float32 iterations stall at."""
+    W, X, b = layer(9, d=30, m=10, n=400)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    t = parallel_rule(Xa, np.hstack([W, b[:, None]]), True, 0.08)
+    rho, fit = default_penalties(W, t)
+    single, plain, refined = (NetTrimADMM(Xa, t, W.shape[1], rho=rho, rho_fit=fit,
+                                          dtype=np.float32) for _ in range(3))
+    for e in (single, plain, refined):  # deterministic: the same float32 state
+        e.iterate(300, t.eps)
+    np.testing.assert_array_equal(plain.Q, refined.Q)
+    plain.to_float64()
+    refined.to_float64(refine=True)
+    assert refined.refine is not None and plain.refine is None
+    for e in (single, plain, refined):
+        e.iterate(3000, t.eps)
+    viol = {name: e.violation(e.weights(), t.eps)
+            for name, e in (("single", single), ("plain", plain), ("refined", refined))}
+    assert viol["plain"] < 1e-9 and viol["refined"] < 1e-9
+    assert viol["single"] > 100 * max(viol["plain"], 1e-12)  # float32's floor is real
+    Wp, Wr = plain.weights(), refined.weights()
+    np.testing.assert_allclose(Wr, Wp, rtol=0, atol=1e-7 * np.abs(Wp).max())
+
+
 def test_refit_matches_the_reference_refit():
     W, X, b = layer(8)
     ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08,
