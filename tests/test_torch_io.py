@@ -106,11 +106,20 @@ def test_cli_prune_and_inspect_end_to_end(tmp_path):
     for args, msg in [(["--out", tmp_path / "in.safetensors"], "overwrite the input"),
                       (["--out", out, "--sparsity", "1.5"], "sparsity"),
                       (["--out", out, "--method", "nettrim", "--option", "max_samples=0"],
-                       "max_samples")]:
+                       "max_samples"),
+                      (["--out", out, "--gram-dtype", "float16"], "--gram-dtype")]:
         base = ["prune", tmp_path / "in.safetensors", "--arch", ARCH, "--calib",
                 tmp_path / "calib.npz", "--sparsity", "0.5", "--executor", "serial"]
         r = cli(*base, *args, cwd=root)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # float32 Gram products, from the CLI
+    r = cli("prune", tmp_path / "in.safetensors", "--arch", ARCH, "--calib",
+            tmp_path / "calib.npz", "--sparsity", "0.5", "--method", "sparsegpt",
+            "--gram-dtype", "float32", "--executor", "serial", "--out",
+            tmp_path / "f32.safetensors", "--report", tmp_path / "f32.json", cwd=root)
+    assert r.returncode == 0, r.stderr
+    f32 = json.loads((tmp_path / "f32.json").read_text())
+    assert f32["totals"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     # Net-Trim on the whole model, from the gain alone (the authors' cascade rule)
     r = cli("prune", tmp_path / "in.safetensors", "--arch", ARCH, "--calib",
             tmp_path / "calib.npz", "--method", "nettrim", "--option", "gain=0.1",
