@@ -39,6 +39,8 @@ def progress_bar(desc: str, *, lines: bool = False) -> Progress:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, desc=desc, unit="layer", file=sys.stderr)
+        elif bar.total != total:
+            bar.total = total
         bar.update(done - bar.n)
         bar.set_postfix_str(key)
         if lines:

@@ -238,7 +238,10 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
-    total = sum(bridge.groups(n) for n in names)
+    # the progress count covers the solved groups: a per-sample layer allotted no sparsity is
+    # left dense without a job (``per_sample_jobs``)
+    total = sum(bridge.groups(n) for n in names
+                if not (per_sample and policy[n] is not None and policy[n] <= 0))
 
     def jobs_for(grams: dict[str, list[Gram]], layer_names: list[str]) -> list[LayerJob]:
         jobs = []
@@ -278,8 +281,9 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         finished = sum(job_key(n, g) in done for n in layer_names
                        for g in range(bridge.groups(n)))
         results = {**done, **run_jobs(ex, jobs, method=method, checkpoint=ckpt,
-                                      progress=progress, start=len(report.layers) + finished,
-                                      total=total)}
+                                      progress=progress, total=total,
+                                      start=finished + sum(r.status != "dense"
+                                                           for r in report.layers))}
         clock["solve_s"] += time.perf_counter() - t
         t = time.perf_counter()
         for name in layer_names:

@@ -148,9 +148,12 @@ def test_gain_rule_and_dense_layers():
     np.testing.assert_allclose(net[0].weight.detach().numpy(), first.W, atol=1e-12)
     assert all(r.sparsity > 0 for r in rep.layers)
     net2 = copy.deepcopy(ref)
+    calls = []
     rep = lt.prune_model(net2, data, sparsity={"0": 0.0, "2": 0.5, "4": 0.5},
-                         method="nettrim", schedule="cascade", executor="serial")
+                         method="nettrim", schedule="cascade", executor="serial",
+                         progress=lambda done, total, key, res: calls.append((done, total)))
     assert rep.layers[0].status == "dense"
+    assert calls == [(1, 2), (2, 2)]  # the progress count skips the layer left dense
     torch.testing.assert_close(net2[0].weight, ref[0].weight, rtol=0, atol=0)
     assert abs(rep.layers[1].sparsity - 0.5) <= 0.01
 
