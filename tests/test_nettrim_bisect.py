@@ -22,6 +22,21 @@ def smooth(g: float) -> float:  # a logistic curve in log(gain), as the l1 path 
     return 1.0 / (1.0 + math.exp(-1.3 * (math.log(g) + 2.0)))
 
 
+def two_kinds(kinds: list, bias: float = 0.0):
+    """(solve_at, search_at) on the smooth curve that log which kind ran; the cheap search's
+    sparsity is off by ``bias``."""
+
+    def solve_at(g):
+        kinds.append("accurate")
+        return w_with(smooth(g))
+
+    def search_at(g):
+        kinds.append("search")
+        return w_with(min(smooth(g) + bias, 1.0)), False
+
+    return solve_at, search_at
+
+
 def test_secant_search_hits_the_band_in_few_steps():
     calls = []
 
@@ -40,16 +55,8 @@ def test_secant_search_hits_the_band_in_few_steps():
 def test_cheap_search_is_confirmed_by_an_accurate_solve():
     """A biased cheap solve (+0.015 of sparsity) is confirmed; the miss sends the search on
     with accurate solves, and the result is an accurate one inside the band."""
-    kinds = []
-
-    def solve_at(g):
-        kinds.append("accurate")
-        return w_with(smooth(g))
-
-    def search_at(g):
-        kinds.append("search")
-        return w_with(min(smooth(g) + 0.015, 1.0)), False
-
+    kinds: list = []
+    solve_at, search_at = two_kinds(kinds, bias=0.015)
     out, g, steps = bisect_gain(solve_at, 0.05, 0.6, 30, D, search_at=search_at)
     assert abs(1 - np.count_nonzero(out) / D - 0.6) <= 0.01
     assert steps[-1]["accurate"] and kinds[-1] == "accurate" and "search" in kinds
@@ -82,16 +89,8 @@ def test_a_floor_on_the_gain_stops_the_search():
 
 def test_steps_running_out_in_the_cheap_search_end_with_an_accurate_solve():
     """max_bisect spent on cheap solves: the result is still an accurate solve."""
-    kinds = []
-
-    def solve_at(g):
-        kinds.append("accurate")
-        return w_with(smooth(g))
-
-    def search_at(g):
-        kinds.append("search")
-        return w_with(smooth(g)), False
-
+    kinds: list = []
+    solve_at, search_at = two_kinds(kinds)
     out, g, steps = bisect_gain(solve_at, 0.05, 0.9, 2, D, search_at=search_at)
     assert kinds == ["search", "search", "accurate"] and steps[-1]["accurate"]
     assert g == steps[1]["gain"] and np.array_equal(out, w_with(smooth(g)))
