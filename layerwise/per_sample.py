@@ -29,12 +29,17 @@ from layertrim.solvers.nettrim_cvx import augmented_inputs
 from layertrim.solvers.nettrim_rules import cascade_rule
 
 
+def left_dense(policy: dict, name: str) -> bool:
+    """A layer allotted no sparsity is left as it is: no samples, no job (None is the gain
+    rule, which does solve)."""
+    return policy[name] is not None and policy[name] <= 0
+
+
 def per_sample_jobs(bridge, names: list[str], policy: dict, method: str, cascade: bool,
                     options: dict) -> tuple[list[LayerJob], list[tuple[str, int]]]:
     """The jobs for ``names``, and the (layer, group) pairs left dense (sparsity 0)."""
-    dense = [(n, g) for n in names if policy[n] is not None and policy[n] <= 0
-             for g in range(bridge.groups(n))]
-    names = [n for n in names if policy[n] is None or policy[n] > 0]  # sampled only if solved
+    dense = [(n, g) for n in names if left_dense(policy, n) for g in range(bridge.groups(n))]
+    names = [n for n in names if not left_dense(policy, n)]  # sampled only if solved
     if not names:
         return [], dense
     samples = bridge.samples(names, cross=cascade)

@@ -201,7 +201,7 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
          allocation: str, checkpoint, resume: bool, progress: Progress | None,
          solver_options: dict) -> PruneReport:
     from layertrim.layerwise.checkpoint import Checkpoint, jsonable
-    from layertrim.layerwise.per_sample import per_sample_jobs
+    from layertrim.layerwise.per_sample import left_dense, per_sample_jobs
 
     per_sample = _per_sample(method, bridge)
     names = bridge.layer_names()
@@ -238,10 +238,8 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
-    # the progress count covers the solved groups: a per-sample layer allotted no sparsity is
-    # left dense without a job (``per_sample_jobs``)
-    total = sum(bridge.groups(n) for n in names
-                if not (per_sample and policy[n] is not None and policy[n] <= 0))
+    # the progress count covers the solved groups: a per-sample layer left dense has no job
+    total = sum(bridge.groups(n) for n in names if not (per_sample and left_dense(policy, n)))
 
     def jobs_for(grams: dict[str, list[Gram]], layer_names: list[str]) -> list[LayerJob]:
         jobs = []
