@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+PIECE = 1 << 20  # entries of one piece of a batch's sample matrix (TorchLayer.items_per_piece)
 
 
 @dataclass
@@ -66,14 +68,38 @@ class TorchLayer:
 
     def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The layer's input as one (rows, d) matrix per group."""
-        return [p.transpose(1, 2).reshape(-1, p.shape[1]) for p in self.patches(x)]
+        return [A.T for A in self.columns(x, x.dtype)]
 
-    def patches(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The layer's input as one (N, d, L) tensor per group (batch, inputs, positions),
-        without the copy that turning it into rows costs."""
+    def columns(self, x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The layer's input as one d x rows sample matrix per group, in ``dtype``: a
+        convolution's patches are copied (and converted) once, straight from a strided view of
+        its input into this layout, the rows ordered (image, position)."""
         mod = self.module
         if isinstance(mod, nn.Linear):
-            return [x.reshape(-1, mod.in_features).T.unsqueeze(0)]
+            return [x.reshape(-1, mod.in_features).T.to(dtype)]
+        V = self._patch_view(x)  # (C, kh, kw, N, OH, OW)
+        A = torch.empty(V.shape, dtype=dtype, device=x.device)
+        A.copy_(V)
+        A = A.view(self.d * self.groups, -1)
+        return [A[g * self.d:(g + 1) * self.d] for g in range(self.groups)]
+
+    def items_per_piece(self, x: torch.Tensor) -> int:
+        """How many of a batch's leading items to take at a time so that a piece's sample
+        matrix has about PIECE entries: several-MB temporaries, allocated afresh for every
+        batch, cost more in page faults than their GEMM (2-2.5x on LeNet's convolutions).
+        An unbatched input is one piece."""
+        conv = not isinstance(self.module, nn.Linear)
+        if x.dim() < (self.module.weight.dim() if conv else 2) or len(x) == 0:
+            return max(len(x), 1) if x.dim() > 0 else 1
+        V = self._patch_view(x[:1]) if conv else None
+        per_item = V.shape[4] * V.shape[5] if V is not None else x[0].numel() // self.d
+        return max(1, PIECE // (per_item * self.d * self.groups))
+
+    def _patch_view(self, x: torch.Tensor) -> torch.Tensor:
+        """A convolution's input patches as a strided view (C, kh, kw, N, OH, OW) of its
+        (padded) input: no copy. Entry (c, i, j, n, p, q) is the input the weight
+        (., c, i, j) meets at output position (p, q) of image n."""
+        mod = self.module
         if x.dim() == mod.weight.dim() - 1:  # an unbatched input
             x = x.unsqueeze(0)
         if isinstance(mod.padding, str) or any(mod.padding) or mod.padding_mode != "zeros":
@@ -82,9 +108,15 @@ class TorchLayer:
         ks, st, dl = mod.kernel_size, mod.stride, mod.dilation
         if isinstance(mod, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
             x, ks, st, dl = x.unsqueeze(2), (1, ks[0]), (1, st[0]), (1, dl[0])
-        patches = F.unfold(x, ks, dilation=dl, stride=st)  # (N, C*k, L), channel-major
-        per_group = patches.shape[1] // self.groups
-        return [patches[:, g * per_group:(g + 1) * per_group, :] for g in range(self.groups)]
+        N, C, H, W = x.shape
+        out = [(size - d * (k - 1) - 1) // s + 1
+               for size, k, s, d in zip((H, W), ks, st, dl, strict=True)]
+        if min(out) < 1:
+            raise InvalidInputError(f"an input of spatial size {(H, W)} (padded) is smaller "
+                                    f"than the kernel {tuple(ks)} with dilation {tuple(dl)}")
+        sN, sC, sH, sW = x.stride()
+        return x.as_strided((C, ks[0], ks[1], N, out[0], out[1]),
+                            (sC, dl[0] * sH, dl[1] * sW, sN, st[0] * sH, st[1] * sW))
 
 
 def _patterns(spec) -> list[re.Pattern]:
@@ -148,56 +180,18 @@ def batches(calib) -> Iterable[torch.Tensor]:
         yield x
 
 
-GRAM_CHUNK = 32768  # rows per float32 product: bounds the rounding of its sums (see below)
-GRAM_DTYPES = ("float64", "float32")
-
-
-def _gram_products(A: torch.Tensor, A0: torch.Tensor | None, float32: bool = False):
-    """(A A^T, A's row sums, A A0^T, A0's row sums) as float64 numpy arrays for column-sample
-    matrices A (d x rows) and A0 (d0 x rows, or None: then the last two are None).
-
-    By default everything is multiplied in float64. With ``float32`` (``gram_dtype="float32"``),
-    float32 inputs on the CPU are multiplied and summed in float32, a chunk of GRAM_CHUNK rows
-    at a time, and the chunks are added in float64: every product of two float32 numbers is
-    exact, so the only rounding is float32's inside one chunk's sums (about 1e-7 relative on the
-    MNIST networks, bench/calibration.py), and float32 GEMMs run 1.5-2x faster. That rounding
-    is not positive semidefinite: where the inputs are rank-deficient (fewer rows than inputs,
-    collinear inputs) it exceeds a solver's tiny ridge (1e-8 of mean(diag H)), so it is opt-in.
-    Other dtypes and devices always multiply in float64 (a CUDA float32 product may run in
-    TF32)."""
-    fast = float32 and A.dtype == torch.float32 and A.device.type == "cpu"
-    if not fast:
-        A = A.double()
-        A0 = None if A0 is None else A0.double()
-    step = GRAM_CHUNK if fast else max(A.shape[1], 1)
-    out: list = [None] * 4
-    for s in range(0, max(A.shape[1], 1), step):
-        a = A[:, s:s + step]
-        parts = [a @ a.T, a.sum(1)]
-        if A0 is not None:
-            a0 = A0[:, s:s + step]
-            parts += [a @ a0.T, a0.sum(1)]
-        for i, v in enumerate(parts):
-            v = v.double()
-            out[i] = v if out[i] is None else out[i] + v
-    H = out[0]
-    out[0] = (H + H.T) / 2  # a float32 GEMM need not round (i, j) and (j, i) alike
-    return [None if v is None else v.cpu().numpy() for v in out]
-
-
-def accumulate(layer: TorchLayer, grams: list[Gram], x_in: torch.Tensor,
-               x_ref: torch.Tensor | None, max_rows: int | None,
-               gen: torch.Generator, float32: bool = False) -> None:
+def accumulate(layer: TorchLayer, sums: list[GramSum], x_in: torch.Tensor,
+               x_ref: torch.Tensor | None, max_rows: int | None, gen: torch.Generator) -> None:
     """Add one batch of a layer's inputs (and the dense reference's, for the cross term) to
-    its per-group Grams, which sum in float64 (``_gram_products``)."""
-    if max_rows is None:  # (N, d, L) blocks laid out as d x (N L) sample columns
-        refs = layer.patches(x_ref) if x_ref is not None else None
-        for g, P in enumerate(layer.patches(x_in)):
-            A = P.transpose(0, 1).reshape(P.shape[1], -1)
-            A0 = None if refs is None else refs[g].transpose(0, 1).reshape(
-                refs[g].shape[1], -1)
-            H, total, C, total0 = _gram_products(A, A0, float32)
-            grams[g].add_stats(H, total, A.shape[1], C, total0)
+    its per-group running sums."""
+    if max_rows is None:
+        step = layer.items_per_piece(x_in)
+        dtype = sums[0].product_dtype(x_in)
+        for s in range(0, max(len(x_in), 1), step):
+            xs, xr = x_in[s:s + step], None if x_ref is None else x_ref[s:s + step]
+            refs = None if xr is None else layer.columns(xr, dtype)
+            for g, A in enumerate(layer.columns(xs, dtype)):
+                sums[g].add(A, None if refs is None else refs[g])
         return
     refs = layer.rows(x_ref) if x_ref is not None else None
     for g, rows in enumerate(layer.rows(x_in)):
@@ -206,14 +200,15 @@ def accumulate(layer: TorchLayer, grams: list[Gram], x_in: torch.Tensor,
             keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
             rows = rows[keep]
             r0 = None if r0 is None else r0[keep]
-        H, total, C, total0 = _gram_products(rows.T, None if r0 is None else r0.T, float32)
-        grams[g].add_stats(H, total, rows.shape[0], C, total0)
+        sums[g].add(rows.T, None if r0 is None else r0.T)
 
 
-def check_gram_dtype(gram_dtype) -> str:
-    if gram_dtype not in GRAM_DTYPES:
-        raise InvalidInputError(f"gram_dtype must be one of {GRAM_DTYPES}, got {gram_dtype!r}")
-    return gram_dtype
+def finish(name: str, sums: list[GramSum]) -> list[Gram]:
+    """The layer's float64 Grams; a NaN or Inf in its inputs is named by the layer."""
+    try:
+        return [s.to_gram() for s in sums]
+    except InvalidInputError as e:
+        raise InvalidInputError(f"layer {name}: {e}") from None
 
 
 def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
@@ -231,20 +226,19 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         X_hat and the reference's X (the cascade statistics).
     progress : show a progress bar over the batches (tqdm, on stderr).
     gram_dtype : "float64" (the default) or "float32": the precision of each batch's products
-        for a float32 model on the CPU (``_gram_products``); the sums over batches are float64.
+        for a float32 model on the CPU (``torch_gram.GramSum``); the sums over batches are float64.
     """
     float32 = check_gram_dtype(gram_dtype) == "float32"
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
                                  or max_rows < 1):
         raise InvalidInputError(f"max_rows must be a positive integer, got {max_rows!r}")
-    d0 = (lambda la: la.d) if reference is not None else (lambda la: None)
-    grams = {la.name: [Gram(la.d, d0(la)) for _ in range(la.groups)] for la in layers}
+    sums = {la.name: [GramSum(la.d, la.d if reference is not None else None, float32)
+                      for _ in range(la.groups)] for la in layers}
     gen = torch.Generator().manual_seed(seed)
     calibrate(model, layers, calib,
-              lambda la, x, x_ref: accumulate(la, grams[la.name], x, x_ref, max_rows, gen,
-                                              float32),
+              lambda la, x, x_ref: accumulate(la, sums[la.name], x, x_ref, max_rows, gen),
               reference=reference, progress=progress)
-    return grams
+    return {name: finish(name, s) for name, s in sums.items()}
 
 
 def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
@@ -295,7 +289,7 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                     if reference is not None:
                         reference(x)
                     model(x)
-                except InvalidInputError as e:  # raised by a Gram inside a hook
+                except InvalidInputError as e:  # raised by on_batch inside a hook
                     raise InvalidInputError(f"layer {current['layer']}: {e}") from None
                 except (RuntimeError, ValueError, TypeError) as e:
                     where = f" at layer {current['layer']}" if current["layer"] else ""
@@ -409,15 +403,15 @@ class TorchBridge:
                 raise InvalidInputError(f"a calibration batch does not fit the model before "
                                         f"layer {name}: {e}") from None
         self._front = (i, xp, xr)
-        grams = [Gram(layer.d, layer.d) for _ in range(layer.groups)]
+        sums = [GramSum(layer.d, layer.d, self.gram_dtype == "float32")
+                for _ in range(layer.groups)]
         gen = torch.Generator().manual_seed(self.seed)
         for x, x0 in zip(xp, xr, strict=True):
             try:
-                accumulate(layer, grams, x, x0, self.max_rows, gen,
-                           self.gram_dtype == "float32")
+                accumulate(layer, sums, x, x0, self.max_rows, gen)
             except InvalidInputError as e:
                 raise InvalidInputError(f"layer {name}: {e}") from None
-        return grams
+        return finish(name, sums)
 
     def samples(self, names: list[str], cross: bool = False):
         """Each layer's sampled input rows per group, paired with the dense network's."""

@@ -141,7 +141,7 @@ def test_float32_grams_match_exact_float64_sums():
     """With gram_dtype="float32", a float32 CPU model's Grams come from float32 products summed
     in float64, a chunk of GRAM_CHUNK rows at a time: they must match the exact (float64) sums
     of the same inputs to float32 accuracy, also when a batch spans several chunks."""
-    import layertrim.adapters.torch as lt_torch
+    import layertrim.adapters.torch_gram as lt_torch
 
     torch.manual_seed(3)
     net = Net()  # float32
