@@ -53,12 +53,12 @@ from layertrim.adapters.training import (
     check_fraction,
     check_model,
     check_positive_float,
-    check_positive_int,
     make_optimizer,
     run_epochs,
     weight_sparsity,
 )
 from layertrim.errors import InvalidInputError
+from layertrim.validate import check_int
 
 
 class SoftThreshold(nn.Module):
@@ -134,7 +134,7 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
     from layertrim.adapters.torch import find_layers
 
     check_model(model)
-    epochs = check_positive_int("epochs", epochs)
+    epochs = check_int("epochs", epochs)
     knots = check_beta(beta)
     lam = check_positive_float("lam", lam, allow_zero=True)
     t0 = check_positive_float("t0", t0)

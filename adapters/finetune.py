@@ -18,12 +18,12 @@ from layertrim.adapters.training import (
     Timer,
     TrainReport,
     check_model,
-    check_positive_int,
     make_optimizer,
     run_epochs,
     weight_sparsity,
 )
 from layertrim.errors import InvalidInputError
+from layertrim.validate import check_int
 
 
 def current_masks(model: nn.Module, layers=None, exclude=None) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def finetune(model: nn.Module, loader, masks: dict | None = None, *, epochs: int
         ``details["masked_weights"]`` counts the weights held at zero.
     """
     check_model(model)
-    epochs = check_positive_int("epochs", epochs)
+    epochs = check_int("epochs", epochs)
     pairs = check_masks(model, current_masks(model) if masks is None else masks)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     report = TrainReport("finetune")

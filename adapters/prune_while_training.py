@@ -29,12 +29,12 @@ from layertrim.adapters.training import (
     TrainReport,
     check_fraction,
     check_model,
-    check_positive_int,
     make_optimizer,
     run_epochs,
     weight_sparsity,
 )
 from layertrim.errors import InvalidInputError
+from layertrim.validate import check_int
 
 CRITERIA = ("l1", "activation", "random")
 
@@ -136,12 +136,12 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
     fraction = check_fraction("fraction", fraction)
     if criterion not in CRITERIA:
         raise InvalidInputError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
-    epochs = check_positive_int("epochs", epochs)
-    interval = check_positive_int("interval", interval)
-    first_prune = check_positive_int("first_prune", first_prune)
+    epochs = check_int("epochs", epochs)
+    interval = check_int("interval", interval)
+    first_prune = check_int("first_prune", first_prune)
     if last_prune is None:
         last_prune = max(first_prune, epochs - 1)
-    last_prune = check_positive_int("last_prune", last_prune)
+    last_prune = check_int("last_prune", last_prune)
     if not first_prune <= last_prune <= epochs:
         raise InvalidInputError(f"pruning epochs must satisfy first_prune <= last_prune <= "
                                 f"epochs, got {first_prune}, {last_prune}, {epochs}")

@@ -24,6 +24,7 @@ from torch import nn
 from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
+from layertrim.validate import check_int
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 PIECE = 1 << 20  # entries of one piece of a batch's sample matrix (TorchLayer.items_per_piece)
@@ -229,9 +230,7 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         for a float32 model on the CPU (``torch_gram.GramSum``); the sums over batches are float64.
     """
     float32 = check_gram_dtype(gram_dtype) == "float32"
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
-                                 or max_rows < 1):
-        raise InvalidInputError(f"max_rows must be a positive integer, got {max_rows!r}")
+    check_int("max_rows", max_rows, allow_none=True)
     sums = {la.name: [GramSum(la.d, la.d if reference is not None else None, float32)
                       for _ in range(la.groups)] for la in layers}
     gen = torch.Generator().manual_seed(seed)

@@ -24,6 +24,7 @@ from torch import nn
 
 from layertrim.adapters.torch import TorchLayer, calibrate
 from layertrim.errors import InvalidInputError
+from layertrim.validate import check_int
 
 
 class _Reservoir:
@@ -67,8 +68,7 @@ def collect_samples(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     For each layer name, one ``(X, X_ref)`` pair per group: float64 arrays of shape
     (n, d), ``X_ref`` None without a reference.
     """
-    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-        raise InvalidInputError(f"max_samples must be a positive integer, got {max_samples!r}")
+    check_int("max_samples", max_samples)
     pools = {la.name: [_Reservoir(max_samples) for _ in range(la.groups)] for la in layers}
     # one key stream per layer and group, so the rows kept do not depend on how the data is
     # split into batches

@@ -42,12 +42,6 @@ class TrainReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def check_positive_float(name: str, value, *, allow_zero: bool = False) -> float:
     try:
         v = float(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from layertrim.errors import InvalidInputError
-from layertrim.validate import real_finite_array
+from layertrim.validate import check_int, real_finite_array
 
 
 def _as_batch(name: str, X, d: int) -> np.ndarray:
@@ -42,12 +42,8 @@ class Gram:
     """
 
     def __init__(self, d: int, d0: int | None = None) -> None:
-        for name, v in (("d", d), ("d0", d0)):
-            ok = v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
-            if not ok or (v is not None and v <= 0):
-                raise InvalidInputError(
-                    f"Gram dimension {name} must be a positive integer, got {v!r}"
-                )
+        check_int("Gram dimension d", d)
+        check_int("Gram dimension d0", d0, allow_none=True)
         self.d = int(d)
         self.d0 = None if d0 is None else int(d0)
         self.n = 0

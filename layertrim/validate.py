@@ -1,4 +1,4 @@
-"""The one array check at the boundary: real, numeric, finite, of the expected rank."""
+"""Checks at the boundary: real, finite arrays of the expected rank; integer options."""
 
 from __future__ import annotations
 
@@ -20,3 +20,14 @@ def real_finite_array(name: str, A, ndim: int) -> np.ndarray:
     if not np.all(np.isfinite(A)):
         raise InvalidInputError(f"{name} contains NaN or Inf")
     return A
+
+
+def check_int(name: str, value, minimum: int = 1, *, allow_none: bool = False) -> int | None:
+    """An integer option (a Python or numpy integer, not a bool) of at least ``minimum``,
+    returned as ``int``; None passes through when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InvalidInputError(f"{name} must be {what}, got {value!r}")
+    return int(value)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
+from layertrim.validate import check_int
 
 EXECUTORS = ("serial", "local", "ray")
 DEFAULT_RETRIES = 2
@@ -73,13 +74,6 @@ def solver_module(method: str) -> str | None:
 
     mod = getattr(get_solver(method).fn, "__module__", None)
     return None if mod is None or mod.startswith("layertrim.") else mod
-
-
-def _check_count(name: str, value, minimum: int, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class Executor:
@@ -177,9 +171,9 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int | None = None, *, retries: int = DEFAULT_RETRIES,
                  blas_threads: int | None = None) -> None:
-        _check_count("workers", workers, 1)
-        _check_count("retries", retries, 0, allow_none=False)
-        _check_count("blas_threads", blas_threads, 1)
+        check_int("workers", workers, allow_none=True)
+        check_int("retries", retries, 0)
+        check_int("blas_threads", blas_threads, allow_none=True)
         cores = usable_cores()
         self.workers = workers or cores
         self.retries = retries

@@ -29,8 +29,8 @@ from layertrim.layerwise.executors import (
     Executor,
     LayerJob,
     WorkerDiedError,
-    _check_count,
 )
+from layertrim.validate import check_int
 
 CONNECT_TIMEOUT_S = 5.0
 # flops of one m x d x d product above which a job asks for 2 / 4 CPUs (BLAS threads)
@@ -102,8 +102,8 @@ class RayExecutor(Executor):
             raise InvalidInputError(f"a Ray address is 'auto' or host:port, got {address!r}")
         if address not in (None, "auto"):
             _host_port(address)
-        _check_count("workers", workers, 1)
-        _check_count("retries", retries, 0, allow_none=False)
+        check_int("workers", workers, allow_none=True)
+        check_int("retries", retries, 0)
         try:
             import ray  # noqa: F401
         except ImportError:

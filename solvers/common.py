@@ -9,6 +9,7 @@ import numpy as np
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
+from layertrim.validate import check_int
 
 
 def finalize(
@@ -64,9 +65,11 @@ def check_damp(damp) -> None:
 
 def check_positive(name: str, value, *, integer: bool = False, allow_none: bool = False) -> None:
     """A solver option that must be a finite number (or integer) > 0, or None if allowed."""
+    if integer:
+        check_int(name, value, allow_none=allow_none)
+        return
     if value is None and allow_none:
         return
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    kinds = (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, kinds) or not (0 < value < np.inf):
-        what = "an integer" if integer else "a number"
-        raise InvalidInputError(f"{name} must be {what} > 0, got {value!r}")
+        raise InvalidInputError(f"{name} must be a number > 0, got {value!r}")

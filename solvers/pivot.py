@@ -27,7 +27,7 @@ from layertrim.result import LayerResult
 from layertrim.solvers.common import check_damp, finalize
 from layertrim.solvers.masks import layer_topk
 from layertrim.solvers.registry import register
-from layertrim.validate import real_finite_array
+from layertrim.validate import check_int, real_finite_array
 
 STARTS = ("degree", "spectral", "rcm")
 
@@ -35,11 +35,8 @@ STARTS = ("degree", "spectral", "rcm")
 def padded_shape(shape, block: int, pad_to: int | None = None) -> tuple[int, int]:
     """``shape`` rounded up to multiples of ``pad_to`` (default ``block``); ``block`` must divide
     the result."""
-    for name, v in (("block", block), ("pad_to", pad_to)):
-        if v is None and name == "pad_to":
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
+    check_int("block", block)
+    check_int("pad_to", pad_to, allow_none=True)
     p = block if pad_to is None else pad_to
     out = tuple(-(-int(s) // p) * p for s in shape)
     if out[0] % block or out[1] % block:
