@@ -54,6 +54,7 @@ from layertrim.adapters.training import (
     check_model,
     check_positive_float,
     make_optimizer,
+    n_batches,
     run_epochs,
     weight_sparsity,
 )
@@ -140,11 +141,10 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
     t0 = check_positive_float("t0", t0)
     target = None if sparsity is None else check_fraction("sparsity", sparsity)
     found = find_layers(model, include=layers, exclude=exclude)
-    try:
-        steps_per_epoch = len(loader)
-    except TypeError:
+    steps_per_epoch = n_batches(loader)
+    if steps_per_epoch is None:
         raise InvalidInputError("diff_threshold needs a loader with a length (its beta "
-                                "schedule is spread over the training steps)") from None
+                                "schedule is spread over the training steps)")
     total_steps = max(1, epochs * steps_per_epoch)
     gates = {}
     for la in found:
