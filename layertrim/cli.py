@@ -7,7 +7,6 @@ import argparse
 import ast
 import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +103,7 @@ def _prune(args) -> int:
     from layertrim.adapters.torch import prune_model
     from layertrim.adapters.torch_io import load_calibration, load_model, save_model
     from layertrim.atomic import atomic_write_text
+    from layertrim.layerwise.checkpoint import Checkpoint
 
     model, fmt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
     calib = load_calibration(args.calib, args.batch_size)
@@ -137,7 +137,7 @@ def _prune(args) -> int:
         print(f"layertrim: error: {e}. No model written{where}", file=sys.stderr)
         return 1
     except InvalidInputError:
-        if default_ckpt and not any(Path(checkpoint, "layers").glob("*.npz")):
+        if default_ckpt and not Checkpoint(checkpoint).has_layers:
             shutil.rmtree(checkpoint, ignore_errors=True)  # nothing saved: leave no clutter
         raise
     print(report)

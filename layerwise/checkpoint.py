@@ -86,6 +86,11 @@ class Checkpoint:
         self.layer_dir = self.dir / "layers"
         self.manifest: dict | None = None
 
+    @property
+    def has_layers(self) -> bool:
+        """Whether any finished layer is saved here."""
+        return any(self.layer_dir.glob("*.npz"))
+
     def open(self, manifest: dict) -> dict[str, LayerResult]:
         """Write (fresh run) or check (resume) the manifest; returns the finished layers by
         key. Refuses an unwritable directory before any work is done."""
@@ -100,7 +105,7 @@ class Checkpoint:
             except (OSError, ValueError) as e:
                 raise InvalidInputError(f"cannot read {path}: {e}") from None
             self._check_same(old, manifest)
-        elif any(self.layer_dir.glob("*.npz")):
+        elif self.has_layers:
             raise InvalidInputError(
                 f"{self.dir} already holds a checkpoint: resume it with --resume {self.dir} "
                 f"(resume=...), or remove it to start over")
