@@ -12,6 +12,7 @@ Only this package imports torch; the solvers see numpy arrays.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -240,6 +241,19 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     return {name: finish(name, s) for name, s in sums.items()}
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode inside; afterwards every submodule's own training flag as it was (a frozen
+    BatchNorm inside a model in training mode stays frozen)."""
+    modes = [(mod, mod.training) for mod in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for mod, training in modes:
+            mod.training = training
+
+
 def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
               on_batch: Callable[[TorchLayer, torch.Tensor, torch.Tensor | None], None], *,
               reference: nn.Module | None = None, progress: bool = False) -> int:
@@ -253,6 +267,11 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
 
     def ref_hook(layer):
         def fn(_mod, inputs, _out):
+            if layer.name in ref_in:  # the calls of the two networks could not be paired
+                raise InvalidInputError(
+                    f"module {layer.name} runs more than once per forward pass (shared or "
+                    f"recurrent): the cascade's cross term needs one call per layer; use the "
+                    f"parallel schedule or leave it out (exclude=...)")
             ref_in[layer.name] = inputs[0].detach()
         return fn
 
@@ -262,33 +281,35 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
             on_batch(layer, inputs[0].detach(), x_ref)
         return fn
 
-    handles = [la.module.register_forward_hook(hook(la)) for la in layers]
-    if reference is not None:
-        ref_modules = dict(reference.named_modules())
-        for la in layers:
-            ref_la = TorchLayer(la.name, ref_modules[la.name])
-            handles.append(ref_la.module.register_forward_hook(ref_hook(ref_la)))
-        reference.eval()
+    handles: list = []
     current = {"layer": None}  # the prunable layer last entered, to name it in an error
-    for net in (model, reference) if reference is not None else (model,):
-        for la in find_layers(net):
-            handles.append(la.module.register_forward_pre_hook(
-                lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
-    was_training = model.training
-    model.eval()
     seen = 0
     total = len(calib) if hasattr(calib, "__len__") and not isinstance(
         calib, (torch.Tensor, np.ndarray)) else None
-    try:
-        with torch.no_grad():
+    try:  # every hook is removed, whatever fails
+        handles += [la.module.register_forward_hook(hook(la)) for la in layers]
+        if reference is not None:
+            ref_modules = dict(reference.named_modules())
+            for la in layers:
+                if la.name not in ref_modules:
+                    raise InvalidInputError(f"the reference model has no module {la.name}")
+                handles.append(ref_modules[la.name].register_forward_hook(ref_hook(la)))
+        for net in (model, reference) if reference is not None else (model,):
+            for la in find_layers(net):
+                handles.append(la.module.register_forward_pre_hook(
+                    lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
+        with torch.no_grad(), eval_mode(model), contextlib.ExitStack() as stack:
+            if reference is not None:
+                stack.enter_context(eval_mode(reference))
             for x in tqdm(batches(calib), total=total, desc="calibration", unit="batch",
                           leave=False, disable=not progress):
                 current["layer"] = None
+                ref_in.clear()
                 try:
                     if reference is not None:
                         reference(x)
                     model(x)
-                except InvalidInputError as e:  # raised by on_batch inside a hook
+                except InvalidInputError as e:  # raised by a hook
                     raise InvalidInputError(f"layer {current['layer']}: {e}") from None
                 except (RuntimeError, ValueError, TypeError) as e:
                     where = f" at layer {current['layer']}" if current["layer"] else ""
@@ -299,7 +320,6 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if seen == 0:
         raise InvalidInputError("the calibration data is empty")
     return seen
@@ -355,7 +375,10 @@ class TorchBridge:
         self.reference = copy.deepcopy(model) if keep_reference else None
         # a sequential chain whose pruned layers are its own children: the cascade keeps the
         # activations at the frontier (both networks) instead of re-running the prefix
-        children = dict(model.named_children()) if isinstance(model, nn.Sequential) else {}
+        # (exactly nn.Sequential: a subclass may have its own forward or constructor, which
+        # slicing would call; and no module listed twice, which named_children skips)
+        plain = type(model) is nn.Sequential and len({id(c) for c in model}) == len(model)
+        children = dict(model.named_children()) if plain else {}
         self.position = {n: list(children).index(n) for n in self.by_name if n in children}
         self.frontier_ok = frontier and len(self.position) == len(self.by_name)
         self._front: tuple[int, list, list] | None = None
@@ -392,9 +415,7 @@ class TorchBridge:
             return collect_grams(self.model, [layer], self.calib, max_rows=self.max_rows,
                                  seed=self.seed, reference=self.reference,
                                  gram_dtype=self.gram_dtype)
-        self.model.eval()
-        self.reference.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model), eval_mode(self.reference):
             try:
                 xp = [self.model[j:i](x) for x in xp]
                 xr = [self.reference[j:i](x) for x in xr]
@@ -485,6 +506,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     executor : "local" (processes; the default), "serial", "ray", or an executor object
         (``LocalExecutor(workers=...)``, ``RayExecutor(address=...)``).
     max_rows : subsample at most this many input rows (patches) per batch and layer.
+    seed : seeds that subsampling, the per-sample solvers' row samples, and a seeded solver
+        (``random``), which gets a per-layer seed derived from it.
     gram_dtype : "float64" (exact products) or "float32" (a float32 CPU model's batch products
         in float32, summed in float64: 1.5-2x faster calibration, Grams within ~1e-7
         relative; avoid it when a layer has fewer calibration rows than inputs).
@@ -501,7 +524,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         layer finishes (the calibration bars are then shown too).
     solver_options : passed to the solver.
     """
-    from layertrim.layerwise.runner import progress_bar
+    from layertrim.layerwise.runner import progress_bar, takes_seed
     from layertrim.layerwise.schedule import run_schedule
     from layertrim.solvers import get_solver
 
@@ -514,6 +537,13 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         raise InvalidInputError(f"method {method!r} runs the calibration data more than once: "
                                 f"pass a list, a tensor or a DataLoader, not a one-shot iterator")
     for la in found:
+        if hasattr(la.module, "weight_orig") or "weight" in getattr(
+                la.module, "parametrizations", {}):
+            raise InvalidInputError(
+                f"layer {la.name}: its weight is computed (torch.nn.utils.prune's weight_orig * "
+                f"weight_mask, or a parametrization), so written-back weights would not stick: "
+                f"make it a plain parameter first (prune.remove(module, 'weight') or "
+                f"parametrize.remove_parametrizations)")
         for pname, p in (("weight", la.module.weight), ("bias", la.module.bias)):
             if p is not None and not bool(torch.isfinite(p).all()):
                 raise InvalidInputError(f"layer {la.name}: its {pname} contains NaN or Inf")
@@ -528,6 +558,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                          keep_reference=schedule == "cascade", frontier=frontier,
                          max_samples=max_samples, progress=bool(progress),
                          gram_dtype=gram_dtype)
+    if takes_seed(method):  # the same seed drives the solver's own randomness
+        solver_options["seed"] = seed
     bar = progress_bar(f"{method} {schedule}") if progress is True else (progress or None)
     report = run_schedule(bridge, sparsity=sparsity, method=method, schedule=schedule,
                           pattern=pattern, executor=executor, allocation=allocation,

@@ -77,7 +77,11 @@ def load_model(path, *, arch: str | None = None,
                     f"{path} is not a plain state_dict (weights-only loading failed: "
                     f"{str(e).splitlines()[0]}); if it is a pickled module you trust, pass "
                     f"--trust-pickle (unpickling runs code)") from None
-            model = torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                model = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as e2:
+                raise InvalidInputError(f"cannot read {path} as a state_dict or as a pickled "
+                                        f"module: {str(e2).splitlines()[0]}") from None
             if not isinstance(model, nn.Module):
                 raise InvalidInputError(
                     f"{path} holds a {type(model).__name__}, not a module") from None
@@ -128,6 +132,9 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
     else its only array), split into batches."""
     import numpy as np
 
+    from layertrim.validate import check_int
+
+    check_int("the batch size", batch_size)
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"cannot read {path}: no such file")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from layertrim.adapters.torch import TorchLayer, calibrate
+from layertrim.adapters.torch import TorchLayer, calibrate, eval_mode
 from layertrim.errors import InvalidInputError
 from layertrim.validate import check_int
 
@@ -112,13 +112,10 @@ def relu_layers(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tensor)
                if isinstance(mod, nn.ReLU)]
     handles += [la.module.register_forward_hook(
         lambda _m, _i, out, name=la.name: outputs.__setitem__(name, out)) for la in layers]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return fed

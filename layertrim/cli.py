@@ -7,6 +7,7 @@ import argparse
 import ast
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,7 +114,18 @@ def _prune(args) -> int:
     out_fmt = fmt if args.format == "same" else args.format
     protect = (args.model, args.calib)
     check_not_input(args.out, protect)  # refuse before the work, and again when writing
+    for side in (args.report, args.plot):
+        if side is not None:
+            check_not_input(side, (*protect, args.out))
+    if args.report is not None and args.plot is not None:
+        check_not_input(args.plot, (args.report,))
+    options = _parse_options(args.option)
+    reserved = sorted(set(options) & PRUNE_OWN_KEYS)
+    if reserved:
+        raise InvalidInputError(f"--option {reserved[0]}=... is set by prune's own flags, "
+                                f"not by a solver option")
     checkpoint, default_ckpt = _checkpoint_dir(args)
+    ours = default_ckpt and not Path(checkpoint).exists()  # removable on an early failure
     executor = get_executor(args.executor, workers=args.workers, address=args.address,
                             retries=args.retries)
     try:
@@ -125,7 +137,7 @@ def _prune(args) -> int:
                                  resume=args.resume, gram_dtype=args.gram_dtype,
                                  progress=progress_bar(f"{args.method} {args.schedule}",
                                                        lines=True),
-                                 **_parse_options(args.option))
+                                 **options)
     except KeyboardInterrupt:
         where = f"; the finished layers are in {checkpoint}, continue with --resume " \
                 f"{checkpoint}" if checkpoint else ""
@@ -137,11 +149,12 @@ def _prune(args) -> int:
         print(f"layertrim: error: {e}. No model written{where}", file=sys.stderr)
         return 1
     except InvalidInputError:
-        if default_ckpt and not Checkpoint(checkpoint).has_layers:
+        if ours and not Checkpoint(checkpoint).has_layers:
             shutil.rmtree(checkpoint, ignore_errors=True)  # nothing saved: leave no clutter
         raise
     print(report)
     print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")
+
     if default_ckpt:
         shutil.rmtree(checkpoint, ignore_errors=True)  # served its purpose
     if args.report:
@@ -208,6 +221,12 @@ def _solve(args) -> int:
         path = atomic_savez(args.out, protect=(args.layer,), **arrays)
         print(f"wrote {path}")
     return 0
+
+
+# prune_model's arguments that `layertrim prune` sets from its own flags; other prune_model
+# keywords (allocation, seed, max_rows, max_samples, frontier, ...) may come as --option
+PRUNE_OWN_KEYS = {"model", "calib", "sparsity", "method", "schedule", "pattern", "layers",
+                  "exclude", "executor", "checkpoint", "resume", "gram_dtype", "progress"}
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:

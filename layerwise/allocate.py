@@ -102,8 +102,16 @@ def owl_allocation(scores: Sequence[np.ndarray], target: float, *, m: float = 5.
     D = np.array([float(np.mean(s > m * np.mean(s))) for s in scores])
     spread = D.max() - D.min()
     s = np.full(len(scores), target) if spread == 0 else target - lam * (D - D.mean()) / spread
-    s += target - float(np.sum(s * sizes) / sizes.sum())  # hit the target exactly
-    return np.clip(s, 0.0, 0.99)
+    # one shift c for all layers, found by bisection, so that the weighted mean of the clipped
+    # sparsities clip(s + c, 0, 0.99) is the target (shifting before clipping would miss it)
+    def mean(c: float) -> float:
+        return float(np.sum(np.clip(s + c, 0.0, 0.99) * sizes) / sizes.sum())
+
+    lo, hi = -1.0 - lam, 1.0 + lam
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
+    return np.clip(s + (lo + hi) / 2, 0.0, 0.99)
 
 
 def trim_overshoot(s: np.ndarray, curves: np.ndarray, sizes: Sequence[int], target: float, *,

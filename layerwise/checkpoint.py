@@ -109,6 +109,9 @@ class Checkpoint:
             raise InvalidInputError(
                 f"{self.dir} already holds a checkpoint: resume it with --resume {self.dir} "
                 f"(resume=...), or remove it to start over")
+        elif self.dir.is_dir() and not path.is_file() and any(self.dir.iterdir()):
+            raise InvalidInputError(f"{self.dir} is a non-empty directory that is not a "
+                                    f"layertrim checkpoint: choose another checkpoint directory")
         try:
             self.layer_dir.mkdir(parents=True, exist_ok=True)
             probe = self.dir / f".probe.{os.getpid()}"

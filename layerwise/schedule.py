@@ -23,6 +23,7 @@ from layertrim.gram import Gram
 from layertrim.layerwise.executors import LayerJob, get_executor, job_key, solver_module
 from layertrim.layerwise.report import LayerRecord, PruneReport
 from layertrim.layerwise.runner import Progress, layer_seed, run_jobs, takes_seed
+from layertrim.pattern import Pattern
 from layertrim.problem import LayerProblem
 
 SCHEDULES = ("parallel", "cascade")
@@ -231,7 +232,9 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         return out
 
     dense_grams = None
-    if allocation != "uniform" and sparsity is not None and not isinstance(sparsity, dict):
+    fixed = Pattern.parse(pattern).kind == "nm"  # N:M fixes every layer's sparsity
+    if (allocation != "uniform" and not fixed and sparsity is not None
+            and not isinstance(sparsity, dict)):
         dense_grams = grams_of(names)
         t = time.perf_counter()
         sparsity = allocate(bridge, names, sparsity, allocation, dense_grams)
@@ -296,9 +299,10 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
                     continue
                 r = results[key]
                 bridge.write_back(name, g, r.W, r.bias)
+                nnz = int(np.count_nonzero(r.W))  # also zeros the solver kept in its mask
                 report.layers.append(LayerRecord(
-                    name=name, group=g, m=W0.shape[0], d=W0.shape[1], nnz=r.nnz,
-                    sparsity=r.sparsity, rel_error=r.rel_error, time_s=r.wall_time,
+                    name=name, group=g, m=W0.shape[0], d=W0.shape[1], nnz=nnz,
+                    sparsity=1 - nnz / r.W.size, rel_error=r.rel_error, time_s=r.wall_time,
                     status=r.status, solver=r.solver, resumed=key in done))
         clock["writeback_s"] += time.perf_counter() - t
 
