@@ -59,8 +59,7 @@ def finalize(
 
 def check_damp(damp) -> None:
     """A dampening factor (relative to mean(diag H)) must be a finite number >= 0."""
-    if not isinstance(damp, (int, float, np.number)) or not (0 <= damp < np.inf):
-        raise InvalidInputError(f"damp must be a finite number >= 0, got {damp!r}")
+    check_nonnegative("damp", damp)
 
 
 def check_positive(name: str, value, *, integer: bool = False, allow_none: bool = False) -> None:
@@ -73,3 +72,10 @@ def check_positive(name: str, value, *, integer: bool = False, allow_none: bool 
     kinds = (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, kinds) or not (0 < value < np.inf):
         raise InvalidInputError(f"{name} must be a number > 0, got {value!r}")
+
+
+def check_nonnegative(name: str, value) -> None:
+    """A solver option that must be a finite number >= 0 (NaN and Inf refused)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not (0 <= value < np.inf):
+        raise InvalidInputError(f"{name} must be a finite number >= 0, got {value!r}")

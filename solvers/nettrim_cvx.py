@@ -16,7 +16,7 @@ import numpy as np
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.solvers.common import finalize
+from layertrim.solvers.common import check_nonnegative, check_positive, finalize
 from layertrim.solvers.nettrim_rules import (
     NetTrimTargets,
     _check_gain,
@@ -28,7 +28,7 @@ from layertrim.solvers.nettrim_rules import (
 from layertrim.solvers.registry import register
 from layertrim.validate import real_finite_array
 
-_SOLVERS = ("CLARABEL", "SCS", "OSQP")
+_SOLVERS = ("CLARABEL", "SCS")  # conic: the ε-ball is a second-order cone, no QP solver
 
 
 def augmented_inputs(problem: LayerProblem) -> np.ndarray:
@@ -42,6 +42,7 @@ def targets_for(problem: LayerProblem, Xa: np.ndarray, gain: float, *, Y=None, V
                 eps=None, omega_tol: float = 0.0, per_neuron: bool = False) -> NetTrimTargets:
     """The parallel rule, or user-given Y (and V, eps) as the cascade rule produces them."""
     relu = problem.activation == "relu"
+    check_nonnegative("omega_tol", omega_tol)
     if Y is None:
         t = parallel_rule(Xa, problem.W0a, relu, gain, omega_tol=omega_tol,
                           per_neuron=per_neuron)
@@ -63,8 +64,7 @@ def targets_for(problem: LayerProblem, Xa: np.ndarray, gain: float, *, Y=None, V
         e = gain * (np.linalg.norm(R, axis=0) if per_neuron else float(np.linalg.norm(R)))
         t = NetTrimTargets(Yv, omega, Vv, e)
     if eps is not None:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or eps < 0:
-            raise InvalidInputError(f"eps must be a number >= 0, got {eps!r}")
+        check_nonnegative("eps", eps)
         t.eps = float(eps)
     return t
 
@@ -142,7 +142,8 @@ def solve(
         ``target_sparsity`` can drive the gain without making the program infeasible.
     omega_tol : Omega = {Y > omega_tol}.
     zero_tol : final hard threshold, relative to max|W0|.
-    solver : "CLARABEL" (default), "SCS" or "OSQP" (OSQP only solves QP-able forms).
+    solver : "CLARABEL" (default) or "SCS". (OSQP is not offered: every Net-Trim program has
+        the second-order-cone ε-ball, which a QP solver cannot take.)
     refit : re-solve on the found support minimising the fit error, keeping the constraints.
 
     Returns
@@ -159,6 +160,8 @@ def solve(
     eps_min = check_eps_min(eps_min)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
+    check_nonnegative("zero_tol", zero_tol)
+    check_positive("max_bisect", max_bisect, integer=True)
     t = targets_for(problem, Xa, gain, Y=Y, V=V, eps=eps, omega_tol=omega_tol,
                     per_neuron=per_neuron)
     prob, Wv, eps_par = _build(cp, Xa, t, d, m)

@@ -47,6 +47,11 @@ GAIN_RANGE = (1e-6, 1.0)  # at gain 1 the ball holds W = 0 (Net-Trim's radius is
 _STEP_OUT = math.log(4.0)  # factor of the gain's steps until the target is bracketed
 
 
+def within(sparsity: float, target: float, tol: float = 0.01) -> bool:
+    """|sparsity - target| <= tol, with room for rounding: 1 - 0.99 is 0.0100000000000000089."""
+    return abs(sparsity - target) <= tol + 1e-12
+
+
 def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *,
                 search_at=None, tol: float = 0.01, min_gain: float = GAIN_RANGE[0]):
     """Find a gain whose solution prunes within ``tol`` of ``target`` (the pruned fraction
@@ -89,7 +94,7 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
         steps.append({"gain": g_out, "sparsity": f + target, "accurate": was_accurate})
         if was_accurate and (best is None or abs(f) <= best[0]):
             best = (abs(f), out, g_out)
-        if abs(f) <= (tol if was_accurate else tol / 2):
+        if within(f + target, target, tol if was_accurate else tol / 2):
             if was_accurate:
                 break
             accurate = confirming = True  # confirm at the same gain

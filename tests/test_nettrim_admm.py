@@ -181,6 +181,16 @@ def test_refine_mode_follows_float64_past_the_float32_floor():
     np.testing.assert_allclose(Wr, Wp, rtol=0, atol=1e-7 * np.abs(Wp).max())
 
 
+@pytest.mark.parametrize("seed", [106, 271, 162])
+def test_float32_converged_means_feasible_in_float64(seed):
+    """Seeds where float32's own violation check rounded under feas_tol while the float64
+    product of the returned W was 5-10% over it, and converged=True was reported."""
+    W, X, b = layer(seed, d=60, m=20, n=500)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.005,
+                       precision="float32")
+    assert not r.certificate["converged"] or r.certificate["violation_rel"] <= 1e-5
+
+
 def test_refit_matches_the_reference_refit():
     W, X, b = layer(8)
     ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08,
@@ -255,7 +265,10 @@ def test_bad_input():
                     ({"Y": np.full((len(X), W.shape[0]), np.nan)}, "Y"),
                     ({"Y": -np.ones((len(X), W.shape[0]))}, "no positive entry"),
                     ({"warm_start": np.ones((2, 2))}, "warm_start"),
-                    ({"eps": 1.0, "target_sparsity": 0.5}, "not both")]:
+                    ({"eps": 1.0, "target_sparsity": 0.5}, "not both"),
+                    ({"eps": np.nan}, "eps must be a finite"), ({"eps": np.inf}, "eps"),
+                    ({"omega_tol": -1.0}, "omega_tol"), ({"omega_tol": np.nan}, "omega_tol"),
+                    ({"zero_tol": np.nan}, "zero_tol"), ({"zero_tol": -1e-3}, "zero_tol")]:
         with pytest.raises(InvalidInputError, match=msg):
             run(**kw)
     Xn = X.copy()

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from layertrim.solvers.nettrim_rules import bisect_gain
+from layertrim.solvers.nettrim_rules import bisect_gain, within
 
 D = 1000  # weights in the synthetic W (one row)
 
@@ -48,7 +48,7 @@ def test_secant_search_hits_the_band_in_few_steps():
         calls.clear()
         out, g, steps = bisect_gain(solve_at, 0.05, target, 30, D)
         sp = 1 - np.count_nonzero(out) / D
-        assert abs(sp - target) <= 0.01 and abs(smooth(g) - sp) <= 1e-3
+        assert within(sp, target) and abs(smooth(g) - sp) <= 1e-3
         assert len(calls) <= 7, (target, len(calls))  # halving [1e-4, 1] takes ~10-12
 
 
@@ -58,7 +58,7 @@ def test_cheap_search_is_confirmed_by_an_accurate_solve():
     kinds: list = []
     solve_at, search_at = two_kinds(kinds, bias=0.015)
     out, g, steps = bisect_gain(solve_at, 0.05, 0.6, 30, D, search_at=search_at)
-    assert abs(1 - np.count_nonzero(out) / D - 0.6) <= 0.01
+    assert within(1 - np.count_nonzero(out) / D, 0.6)
     assert steps[-1]["accurate"] and kinds[-1] == "accurate" and "search" in kinds
 
 
@@ -94,3 +94,8 @@ def test_steps_running_out_in_the_cheap_search_end_with_an_accurate_solve():
     out, g, steps = bisect_gain(solve_at, 0.05, 0.9, 2, D, search_at=search_at)
     assert kinds == ["search", "search", "accurate"] and steps[-1]["accurate"]
     assert g == steps[1]["gain"] and np.array_equal(out, w_with(smooth(g)))
+
+
+def test_a_sparsity_on_the_band_edge_is_within_it():
+    assert within(1.0, 0.99) and within(0.51, 0.5) and within(0.49, 0.5)
+    assert not within(0.5101, 0.5) and not within(0.4899, 0.5)

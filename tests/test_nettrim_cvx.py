@@ -117,7 +117,11 @@ def test_bad_input(relu_layer):
              ({"Y": -np.ones((n, m))}, "no positive entry"),
              ({"Y": np.full((n, m), np.nan)}, "NaN"),
              ({"Y": np.ones((n + 1, m))}, "shape mismatch"),
-             ({"solver": "GUROBI"}, "solver")]
+             ({"solver": "GUROBI"}, "solver"),
+             ({"solver": "OSQP"}, "solver"),  # a QP solver: the ε-ball is a cone
+             ({"eps": np.nan}, "eps must be a finite"),
+             ({"omega_tol": -1.0}, "omega_tol"), ({"zero_tol": -1.0}, "zero_tol"),
+             ({"target_sparsity": 0.5, "max_bisect": 0}, "max_bisect")]
     for opts, words in cases:
         with pytest.raises(InvalidInputError, match=words):
             lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", **opts)
