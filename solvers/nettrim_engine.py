@@ -210,7 +210,11 @@ class NetTrimADMM:
         z = np.sqrt(np.sum(U**2, dtype=np.float64) + np.sum(Q**2, dtype=np.float64))
         eps_pri = np.sqrt((n + p) * m) * abstol + reltol * max(ax, z)
         dual_reltol = reltol if dual_reltol is None else dual_reltol
-        eps_dual = np.sqrt(p * m) * abstol + dual_reltol * self.rho * _norm(self.L2)
+        L2 = self.L2
+        if self.support is not None:  # the refit: off the support, L2 prices the constraint
+            L2 = L2.copy()            # W = 0 there, not the fit; it says nothing about the
+            L2[: self.d][~self.support] = 0.0  # dual residual's scale
+        eps_dual = np.sqrt(p * m) * abstol + dual_reltol * self.rho * _norm(L2)
         self.timing["checks"] += time.perf_counter() - t0
         return {"primal": r, "dual": s, "eps_primal": float(eps_pri),
                 "eps_dual": float(eps_dual), "rho": self.rho}

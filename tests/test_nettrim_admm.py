@@ -191,6 +191,24 @@ def test_float32_converged_means_feasible_in_float64(seed):
     assert not r.certificate["converged"] or r.certificate["violation_rel"] <= 1e-5
 
 
+def test_linear_refit_is_least_squares_on_the_support():
+    """A linear layer's refit has no constraint left but the support: each neuron's weights
+    must be the least-squares fit on its kept inputs (numpy's lstsq as the reference). The
+    refit used to stop at its first check, 29% above it, because the dual tolerance counted
+    the multipliers of W = 0 off the support."""
+    W, X, b = layer(0, d=30, m=12, n=400)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="linear", gain=0.03,
+                       refit=True)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    Z0 = Xa @ np.hstack([W, b[:, None]]).T
+    got = Xa @ np.hstack([r.W, r.bias[:, None]]).T
+    for j in range(W.shape[0]):
+        cols = np.r_[np.flatnonzero(r.mask[j]), X.shape[1]]
+        coef = np.linalg.lstsq(Xa[:, cols], Z0[:, j], rcond=None)[0]
+        best = np.linalg.norm(Xa[:, cols] @ coef - Z0[:, j])
+        assert np.linalg.norm(got[:, j] - Z0[:, j]) <= best * (1 + 1e-6) + 1e-9
+
+
 def test_refit_matches_the_reference_refit():
     W, X, b = layer(8)
     ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08,
