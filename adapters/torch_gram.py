@@ -44,9 +44,10 @@ class GramSum:
 
     By default every product is taken in float64. With ``float32`` (``gram_dtype="float32"``),
     float32 CPU inputs are multiplied and summed in float32 into a partial sum that is added
-    to the float64 totals every GRAM_CHUNK rows: every product of two float32 numbers is exact,
-    so the only rounding is float32's inside one partial sum (about 1e-7 relative on the MNIST
-    networks, bench/calibration.py), and float32 GEMMs run 2-3x faster. That rounding is not
+    to the float64 totals every GRAM_CHUNK rows, so float32's rounding (of the products and of
+    the sums) is confined to one partial sum: about 1e-7 relative on the MNIST networks
+    (bench/calibration.py), a few 1e-6 on a narrow layer with tens of thousands of rows; and
+    float32 GEMMs run 2-3x faster. That rounding is not
     positive semidefinite: where the inputs are rank-deficient (fewer rows than inputs,
     collinear inputs) it exceeds a solver's tiny ridge (1e-8 of mean(diag H)), so it is opt-in.
     Other dtypes and devices always multiply in float64 (a CUDA float32 product may run in
