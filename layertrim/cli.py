@@ -154,7 +154,6 @@ def _prune(args) -> int:
         raise
     print(report)
     print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")
-
     if default_ckpt:
         shutil.rmtree(checkpoint, ignore_errors=True)  # served its purpose
     if args.report:
