@@ -161,11 +161,11 @@ def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer
 def batches(calib) -> Iterable[torch.Tensor]:
     """Model inputs from a tensor (one batch), or an iterable of tensors or of (x, ...) tuples
     (a DataLoader over a labelled dataset)."""
-    if isinstance(calib, torch.Tensor):
-        yield calib
-        return
     if isinstance(calib, np.ndarray):
-        yield torch.from_numpy(calib)
+        calib = torch.from_numpy(calib)
+    if isinstance(calib, torch.Tensor):
+        if calib.dim() == 0 or len(calib) > 0:  # a tensor of no rows holds no batch
+            yield calib
         return
     try:
         it = iter(calib)
@@ -207,6 +207,10 @@ def accumulate(layer: TorchLayer, sums: list[GramSum], x_in: torch.Tensor,
 
 def finish(name: str, sums: list[GramSum]) -> list[Gram]:
     """The layer's float64 Grams; a NaN or Inf in its inputs is named by the layer."""
+    if all(s.n == 0 for s in sums):
+        raise InvalidInputError(f"layer {name} never ran in the forward pass over the "
+                                f"calibration data (unused, or called outside forward): leave "
+                                f"it out (exclude=...)")
     try:
         return [s.to_gram() for s in sums]
     except InvalidInputError as e:

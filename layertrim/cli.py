@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="allow loading a pickled module (unpickling runs code)")
     pr.add_argument("--calib", required=True, help="calibration inputs: .pt tensor or .npz 'x'")
     pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--sparsity", type=float, help="fraction of weights to remove per layer")
+    pr.add_argument("--sparsity", type=float,
+                    help="fraction of all prunable weights to remove (split across layers by "
+                         "the global allocation; --option allocation=uniform for per layer)")
     pr.add_argument("--method", default="l0-admm",
                     help="solver name: Gram-based, or nettrim / nettrim-cvx on sampled inputs")
     pr.add_argument("--schedule", default="cascade", choices=["cascade", "parallel"])

@@ -148,3 +148,24 @@ def test_a_foreign_directory_is_not_taken_for_a_checkpoint(tmp_path):
     with pytest.raises(InvalidInputError, match="not a layertrim checkpoint"):
         Checkpoint(tmp_path).open({"model": "x"})
     assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_a_layer_that_never_runs_is_named():
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(12, 4)
+            self.unused = nn.Linear(4, 4)  # e.g. a head not used in this forward
+
+        def forward(self, x):
+            return self.body(x)
+
+    with pytest.raises(InvalidInputError, match="layer unused never ran"):
+        lt.prune_model(Head(), data(), sparsity=0.5, method="magnitude", executor="serial")
+    lt.prune_model(Head(), data(), sparsity=0.5, method="magnitude", executor="serial",
+                   exclude=["unused"])
+
+
+def test_an_empty_calibration_tensor_is_empty():
+    with pytest.raises(InvalidInputError, match="calibration data is empty"):
+        collect_grams(mlp(), find_layers(mlp()), torch.zeros(0, 12))
