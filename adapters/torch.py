@@ -302,9 +302,8 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
             for la in find_layers(net):
                 handles.append(la.module.register_forward_pre_hook(
                     lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
-        with torch.no_grad(), eval_mode(model), contextlib.ExitStack() as stack:
-            if reference is not None:
-                stack.enter_context(eval_mode(reference))
+        ref_mode = eval_mode(reference) if reference is not None else contextlib.nullcontext()
+        with torch.no_grad(), eval_mode(model), ref_mode:
             for x in tqdm(batches(calib), total=total, desc="calibration", unit="batch",
                           leave=False, disable=not progress):
                 current["layer"] = None
