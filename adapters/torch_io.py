@@ -37,8 +37,25 @@ def build_arch(spec: str) -> nn.Module:
     return model
 
 
+def _first_line(e: Exception) -> str:
+    """The gist of a loader's error (some come without a message)."""
+    lines = str(e).splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By content, not by name: 8 bytes little-endian header length, then a JSON header that
+    fits in the file (a model saved as safetensors under a .pt name still loads)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") <= size - 8
+
+
 def detect_format(path: Path) -> str:
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         return "safetensors"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
@@ -75,13 +92,13 @@ def load_model(path, *, arch: str | None = None,
             if not trust_pickle:
                 raise InvalidInputError(
                     f"{path} is not a plain state_dict (weights-only loading failed: "
-                    f"{str(e).splitlines()[0]}); if it is a pickled module you trust, pass "
+                    f"{_first_line(e)}); if it is a pickled module you trust, pass "
                     f"--trust-pickle (unpickling runs code)") from None
             try:
                 model = torch.load(path, map_location="cpu", weights_only=False)
             except Exception as e2:
                 raise InvalidInputError(f"cannot read {path} as a state_dict or as a pickled "
-                                        f"module: {str(e2).splitlines()[0]}") from None
+                                        f"module: {_first_line(e2)}") from None
             if not isinstance(model, nn.Module):
                 raise InvalidInputError(
                     f"{path} holds a {type(model).__name__}, not a module") from None
@@ -148,7 +165,7 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise InvalidInputError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+            raise InvalidInputError(f"cannot read {path}: {_first_line(e)}") from None
         x = obj.get("x") if isinstance(obj, dict) else obj
         if not isinstance(x, torch.Tensor):
             raise InvalidInputError(f"{path}: expected a tensor (or a dict with 'x')")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -57,9 +58,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="allow loading a pickled module (unpickling runs code)")
     pr.add_argument("--calib", required=True, help="calibration inputs: .pt tensor or .npz 'x'")
     pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--sparsity", type=float,
-                    help="fraction of all prunable weights to remove (split across layers by "
-                         "the global allocation; --option allocation=uniform for per layer)")
+    amount = pr.add_mutually_exclusive_group()
+    amount.add_argument("--sparsity", type=float,
+                        help="fraction of all prunable weights to remove, split across layers "
+                             "by --allocation")
+    amount.add_argument("--layer-sparsity", action="append", metavar="NAME=S",
+                        help="one layer's sparsity, repeatable; the layers named are the ones "
+                             "pruned (names as `layertrim inspect` lists them)")
+    pr.add_argument("--allocation", default="global", choices=["global", "owl", "uniform"],
+                    help="how --sparsity is split: global (error curves under one budget, "
+                         "default), owl (outlier-weighted) or uniform (the same in every layer)")
     pr.add_argument("--method", default="l0-admm",
                     help="solver name: Gram-based, or nettrim / nettrim-cvx on sampled inputs")
     pr.add_argument("--schedule", default="cascade", choices=["cascade", "parallel"])
@@ -122,6 +130,12 @@ def _prune(args) -> int:
     if args.report is not None and args.plot is not None:
         check_not_input(args.plot, (args.report,))
     options = _parse_options(args.option)
+    sparsity: Any = args.sparsity
+    layers = args.layers
+    if args.layer_sparsity:
+        sparsity = _layer_sparsities(args.layer_sparsity)
+        if layers is None:  # the named layers are the pruned ones; the others stay dense
+            layers = [re.escape(name) for name in sparsity]
     reserved = sorted(set(options) & PRUNE_OWN_KEYS)
     if reserved:
         raise InvalidInputError(f"--option {reserved[0]}=... is set by prune's own flags, "
@@ -132,9 +146,10 @@ def _prune(args) -> int:
                             retries=args.retries)
     try:
         with executor:
-            report = prune_model(model, calib, sparsity=args.sparsity, method=args.method,
+            report = prune_model(model, calib, sparsity=sparsity, method=args.method,
                                  schedule=args.schedule, pattern=args.pattern,
-                                 layers=args.layers, exclude=args.exclude, executor=executor,
+                                 allocation=args.allocation,
+                                 layers=layers, exclude=args.exclude, executor=executor,
                                  checkpoint=None if args.resume else checkpoint,
                                  resume=args.resume, gram_dtype=args.gram_dtype,
                                  progress=progress_bar(f"{args.method} {args.schedule}",
@@ -173,7 +188,10 @@ def _checkpoint_dir(args) -> tuple[str | None, bool]:
                                     "resumed run checkpoints into the one it resumes")
         if args.no_checkpoint:
             raise InvalidInputError("--resume needs a checkpoint; drop --no-checkpoint")
-        return args.resume, False
+        # resuming the default checkpoint next to --out: removed after success, as it would
+        # have been by the run that made it
+        default = Path(args.resume).resolve() == Path(f"{args.out}.ckpt").resolve()
+        return args.resume, default
     if args.no_checkpoint:
         if args.checkpoint:
             raise InvalidInputError("--checkpoint and --no-checkpoint contradict each other")
@@ -225,9 +243,28 @@ def _solve(args) -> int:
 
 
 # prune_model's arguments that `layertrim prune` sets from its own flags; other prune_model
-# keywords (allocation, seed, max_rows, max_samples, frontier, ...) may come as --option
+# keywords (seed, max_rows, max_samples, frontier, ...) may come as --option
 PRUNE_OWN_KEYS = {"model", "calib", "sparsity", "method", "schedule", "pattern", "layers",
-                  "exclude", "executor", "checkpoint", "resume", "gram_dtype", "progress"}
+                  "exclude", "executor", "checkpoint", "resume", "gram_dtype", "progress",
+                  "allocation"}
+
+
+def _layer_sparsities(items: list[str]) -> dict[str, float]:
+    """--layer-sparsity NAME=S pairs -> {name: sparsity}; a name given twice is refused."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, raw = item.rpartition("=")
+        if not sep or not name:
+            raise InvalidInputError(f"--layer-sparsity needs NAME=S, got {item!r}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInputError(f"--layer-sparsity {item!r}: {raw!r} is not a number") \
+                from None
+        if name in out:
+            raise InvalidInputError(f"--layer-sparsity names layer {name!r} twice")
+        out[name] = value
+    return out
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:

@@ -62,7 +62,8 @@ def per_sample_jobs(bridge, names: list[str], policy: dict, method: str, cascade
                 Z0 = (X0 if b is None else np.hstack([X0, np.ones((len(X0), 1))])) @ problem.W0a.T
                 try:
                     t = cascade_rule(augmented_inputs(problem), problem.W0a,
-                                     np.maximum(Z0, 0.0) if act == "relu" else Z0, act == "relu")
+                                     np.maximum(Z0, 0.0) if act == "relu" else Z0, act == "relu",
+                                     per_neuron=bool(options.get("per_neuron", False)))
                 except InvalidInputError as e:
                     raise InvalidInputError(f"layer {name}: {e}") from None
                 opts.update(Y=t.Y, V=t.V)

@@ -47,6 +47,7 @@ from layertrim.solvers.nettrim_rules import (
     _check_gain,
     bisect_gain,
     check_eps_min,
+    floor_gain,
     radius_at,
     within,
 )
@@ -208,7 +209,6 @@ def solve(
     t0 = time.perf_counter()
     gain = _check_gain(gain)
     target = check_target_sparsity(target_sparsity, eps)
-    eps_min = check_eps_min(eps_min)
     check_positive("rho", rho, allow_none=True)
     check_positive("rho_fit", rho_fit, allow_none=True)
     for name, v in (("abstol", abstol), ("reltol", reltol), ("dual_reltol", dual_reltol),
@@ -225,6 +225,7 @@ def solve(
         raise InvalidInputError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
+    eps_min = check_eps_min(eps_min, m, per_neuron)
     t = targets_for(problem, Xa, gain, Y=Y, V=V, eps=eps, omega_tol=omega_tol,
                     per_neuron=per_neuron)
     base_eps = np.asarray(t.eps, dtype=np.float64) / gain
@@ -280,7 +281,7 @@ def solve(
         (W, conv, its, hist, e), gain, bisect = bisect_gain(
             solve_at, gain, target, max_bisect, d,
             search_at=search_at,
-            min_gain=eps_min / float(np.max(base_eps)) if eps_min > 0 else 0.0)
+            min_gain=floor_gain(base_eps, eps_min))
         for rec, step in zip(bisect, steps, strict=True):
             rec.update(step)
         total = sum(s["iterations"] for s in bisect)
@@ -309,8 +310,8 @@ def solve(
         out_of_time = time_limit is not None and time.perf_counter() - t0 >= time_limit
         status = "time_limit" if out_of_time else "max_iter"
     settings = {"gain": gain, "target_sparsity": target, "per_neuron": per_neuron,
-                "eps_min": eps_min, "omega_tol": omega_tol, "zero_tol": zero_tol,
-                "rho": rho, "rho_fit": rho_fit,
+                "eps_min": np.asarray(eps_min).tolist(), "omega_tol": omega_tol,
+                "zero_tol": zero_tol, "rho": rho, "rho_fit": rho_fit,
                 "alpha": alpha, "adaptive_rho": adaptive_rho, "abstol": abstol,
                 "reltol": reltol, "dual_reltol": dual_reltol, "feas_tol": feas_tol,
                 "gap_tol": gap_tol,

@@ -22,6 +22,7 @@ from layertrim.solvers.nettrim_rules import (
     _check_gain,
     bisect_gain,
     check_eps_min,
+    check_radius,
     parallel_rule,
     radius_at,
 )
@@ -43,6 +44,10 @@ def targets_for(problem: LayerProblem, Xa: np.ndarray, gain: float, *, Y=None, V
     """The parallel rule, or user-given Y (and V, eps) as the cascade rule produces them."""
     relu = problem.activation == "relu"
     check_nonnegative("omega_tol", omega_tol)
+    if V is not None and (Y is None or not relu):
+        raise InvalidInputError(
+            "V bounds a ReLU layer's outputs off Omega under the cascade rule: it needs Y, and "
+            "this layer is " + ("linear" if not relu else "given no Y"))
     if Y is None:
         t = parallel_rule(Xa, problem.W0a, relu, gain, omega_tol=omega_tol,
                           per_neuron=per_neuron)
@@ -64,8 +69,13 @@ def targets_for(problem: LayerProblem, Xa: np.ndarray, gain: float, *, Y=None, V
         e = gain * (np.linalg.norm(R, axis=0) if per_neuron else float(np.linalg.norm(R)))
         t = NetTrimTargets(Yv, omega, Vv, e)
     if eps is not None:
-        check_nonnegative("eps", eps)
-        t.eps = float(eps)
+        e = check_radius("eps", eps, problem.m)
+        if np.ndim(e) != (1 if per_neuron else 0):
+            raise InvalidInputError(
+                "per_neuron=True needs eps as one radius per neuron (m of them), not one for "
+                "the layer" if per_neuron else
+                "eps holds one radius per neuron: pass per_neuron=True, or a single eps")
+        t.eps = e
     return t
 
 
@@ -138,8 +148,10 @@ def solve(
     target_sparsity : bisect on the gain until the kept fraction is within 1% of 1 - target.
     per_neuron : one radius per neuron, eps_j = gain * ||Y_Omega,j||.
     Y, V, eps : cascade data (see ``nettrim_rules.cascade_rule``); default: the parallel rule.
+        V (ReLU layers only) needs Y; eps is one radius, or m of them with ``per_neuron``.
     eps_min : a floor under gain * ||Y_Omega||: with the cascade rule's eps as the floor, a
-        ``target_sparsity`` can drive the gain without making the program infeasible.
+        ``target_sparsity`` can drive the gain without making the program infeasible (m
+        floors with ``per_neuron``).
     omega_tol : Omega = {Y > omega_tol}.
     zero_tol : final hard threshold, relative to max|W0|.
     solver : "CLARABEL" (default) or "SCS". (OSQP is not offered: every Net-Trim program has
@@ -157,9 +169,9 @@ def solve(
         raise InvalidInputError(f"solver must be one of {_SOLVERS}, got {solver!r}")
     gain = _check_gain(gain)
     target = check_target_sparsity(target_sparsity, eps)
-    eps_min = check_eps_min(eps_min)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
+    eps_min = check_eps_min(eps_min, m, per_neuron)
     check_nonnegative("zero_tol", zero_tol)
     check_positive("max_bisect", max_bisect, integer=True)
     t = targets_for(problem, Xa, gain, Y=Y, V=V, eps=eps, omega_tol=omega_tol,
@@ -200,7 +212,8 @@ def solve(
     cert = {"cvx_status": status, "l1": l1, "gain": gain, "solver": solver.upper(),
             **certificate(Xa, W, t)}
     settings = {"gain": gain, "target_sparsity": target, "per_neuron": per_neuron,
-                "eps_min": eps_min, "omega_tol": omega_tol, "zero_tol": zero_tol,
+                "eps_min": np.asarray(eps_min).tolist(), "omega_tol": omega_tol,
+                "zero_tol": zero_tol,
                 "solver": solver.upper(),
                 "refit": refit}
     return finalize(problem, W, mask, solver="nettrim-cvx", settings=settings, t0=t0,

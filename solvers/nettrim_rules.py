@@ -146,11 +146,44 @@ def radius_at(base_eps, gain: float, eps_min: float) -> np.ndarray:
     return np.maximum(np.asarray(base_eps, dtype=np.float64) * gain, eps_min)
 
 
-def check_eps_min(eps_min) -> float:
-    if (isinstance(eps_min, bool) or not isinstance(eps_min, (int, float, np.number))
-            or not np.isfinite(eps_min) or eps_min < 0):
-        raise InvalidInputError(f"eps_min must be a finite number >= 0, got {eps_min!r}")
-    return float(eps_min)
+def check_radius(name: str, value, m: int) -> float | np.ndarray:
+    """eps or eps_min: one finite number >= 0 for the whole layer, or m of them (per neuron)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            arr = np.array([np.nan])
+        if arr.shape != (m,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise InvalidInputError(f"{name} must be a finite number >= 0 or {m} of them (one "
+                                    f"per neuron), got an array of shape {arr.shape}"
+                                    + ("" if arr.shape != (m,) else " with a negative or "
+                                       "non-finite entry"))
+        return arr
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+            or not np.isfinite(value) or value < 0):
+        raise InvalidInputError(f"{name} must be a finite number >= 0 (or {m} of them, one per "
+                                f"neuron), got {value!r}")
+    return float(value)
+
+
+def check_eps_min(eps_min, m: int, per_neuron_eps: bool) -> float | np.ndarray:
+    """A floor per neuron only under per-neuron radii (else it would make them per neuron)."""
+    out = check_radius("eps_min", eps_min, m)
+    if np.ndim(out) == 1 and not per_neuron_eps:
+        raise InvalidInputError("eps_min has one floor per neuron but the radius is one for the "
+                                "whole layer: pass per_neuron=True, or a single eps_min")
+    return out
+
+
+def floor_gain(base_eps, eps_min) -> float:
+    """The gain below which every radius sits on its floor eps_min (the bisection need not
+    search lower); 0 when some radius has no floor."""
+    base = np.atleast_1d(np.asarray(base_eps, dtype=np.float64))
+    floor = np.broadcast_to(np.asarray(eps_min, dtype=np.float64), base.shape)
+    if not np.all(floor > 0):
+        return 0.0
+    ratios = np.where(base > 0, floor / np.where(base > 0, base, 1.0), np.inf)
+    return float(np.min(ratios)) if np.isfinite(np.min(ratios)) else 0.0
 
 
 def _check_gain(gain) -> float:
@@ -186,12 +219,14 @@ def parallel_rule(Xa: np.ndarray, W0a: np.ndarray, relu: bool, gain: float, *,
 
 
 def cascade_rule(Xa_hat: np.ndarray, W0a: np.ndarray, Y, relu: bool, *,
-                 gamma: float = CASCADE_GAMMA, omega_tol: float = 0.0) -> NetTrimTargets:
+                 gamma: float = CASCADE_GAMMA, omega_tol: float = 0.0,
+                 per_neuron: bool = False) -> NetTrimTargets:
     """Layer l sees the pruned network's input X_hat but must match the original output Y.
 
     ReLU (hidden layer): Omega = {Y > omega_tol}, V = X_hat W0^T off Omega and
     eps = gamma ||(X_hat W0^T - Y)_Omega||_F. Linear (last layer, Y = Z0 the original logits):
     eps = gamma ||X_hat W0^T - Z0||_F. The first layer has X_hat = X: use ``parallel_rule``.
+    ``per_neuron``: the same rule neuron by neuron (column norms), so W0 stays feasible.
     """
     Y = real_finite_array("Y", Y, 2).astype(np.float64)
     if Y.shape != (Xa_hat.shape[0], W0a.shape[0]):
@@ -199,9 +234,9 @@ def cascade_rule(Xa_hat: np.ndarray, W0a: np.ndarray, Y, relu: bool, *,
                                 f"(n, m) = ({Xa_hat.shape[0]}, {W0a.shape[0]})")
     Z_hat = Xa_hat @ W0a.T
     if not relu:
-        return NetTrimTargets(Y, None, None, gamma * float(np.linalg.norm(Z_hat - Y)))
+        return NetTrimTargets(Y, None, None, _radius(Z_hat - Y, gamma, per_neuron))
     omega = Y > omega_tol
     if not omega.any():
         raise InvalidInputError("Y has no positive entry: this ReLU layer is off on every sample")
-    eps = gamma * float(np.linalg.norm(np.where(omega, Z_hat - Y, 0.0)))
-    return NetTrimTargets(Y, omega, Z_hat, eps)
+    return NetTrimTargets(Y, omega, Z_hat,
+                          _radius(np.where(omega, Z_hat - Y, 0.0), gamma, per_neuron))

@@ -70,6 +70,27 @@ def test_cascade_data_and_per_neuron_radii_match_cvxpy():
     assert r.certificate["violation_rel"] <= 1e-6
 
 
+def test_per_neuron_cascade_radii_and_floors_match_cvxpy():
+    """Cascade data with one radius per neuron (eps as m radii), and a target sparsity driving
+    the gain over per-neuron floors: the engine meets the reference and every floor holds."""
+    W, X, b = layer(5)
+    rng = np.random.default_rng(5)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    W0a = np.hstack([W, b[:, None]])
+    X_hat = X + 0.1 * rng.standard_normal(X.shape)
+    t = cascade_rule(np.hstack([X_hat, np.ones((len(X), 1))]), W0a, np.maximum(Xa @ W0a.T, 0),
+                     True, per_neuron=True)
+    opts = dict(bias=b, activation="relu", Y=t.Y, V=t.V, per_neuron=True)
+    ref = lt.solve_layer(W, X_hat, method="nettrim-cvx", eps=t.eps, **opts)
+    r = lt.solve_layer(W, X_hat, method="nettrim", eps=t.eps, **opts, **tight())
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    assert r.certificate["violation_rel"] <= 1e-6
+    assert np.allclose(r.certificate["eps"], t.eps)
+    r = lt.solve_layer(W, X_hat, method="nettrim", eps_min=t.eps, target_sparsity=0.6, **opts)
+    assert np.all(np.asarray(r.certificate["eps"]) >= t.eps * (1 - 1e-12))
+    assert r.certificate["violation_rel"] <= 1e-5
+
+
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_precisions(precision):
     W, X, b = layer(1)
@@ -286,9 +307,19 @@ def test_bad_input():
                     ({"eps": 1.0, "target_sparsity": 0.5}, "not both"),
                     ({"eps": np.nan}, "eps must be a finite"), ({"eps": np.inf}, "eps"),
                     ({"omega_tol": -1.0}, "omega_tol"), ({"omega_tol": np.nan}, "omega_tol"),
-                    ({"zero_tol": np.nan}, "zero_tol"), ({"zero_tol": -1e-3}, "zero_tol")]:
+                    ({"zero_tol": np.nan}, "zero_tol"), ({"zero_tol": -1e-3}, "zero_tol"),
+                    ({"eps": 1.0, "per_neuron": True}, "one radius per neuron"),
+                    ({"eps": np.ones(W.shape[0])}, "pass per_neuron=True"),
+                    ({"eps": np.ones(W.shape[0] + 1), "per_neuron": True}, "shape"),
+                    ({"eps": -np.ones(W.shape[0]), "per_neuron": True}, "negative"),
+                    ({"eps_min": np.ones(W.shape[0])}, "pass per_neuron=True"),
+                    ({"eps_min": "x"}, "eps_min must be"),
+                    ({"V": np.zeros((len(X), W.shape[0]))}, "needs Y")]:
         with pytest.raises(InvalidInputError, match=msg):
             run(**kw)
+    with pytest.raises(InvalidInputError, match="linear"):  # V is a ReLU layer's bound
+        lt.solve_layer(W, X, bias=b, method="nettrim", activation="linear",
+                       Y=X @ W.T, V=np.zeros((len(X), W.shape[0])))
     Xn = X.copy()
     Xn[0, 0] = np.nan
     with pytest.raises(InvalidInputError, match="NaN|finite"):

@@ -25,7 +25,8 @@ def augment(X):
 def feasible(Xa, W, t, tol=1e-9):
     Z = Xa @ W.T
     fit = Z - t.Y if t.omega is None else np.where(t.omega, Z - t.Y, 0.0)
-    ok = np.linalg.norm(fit) <= np.max(t.eps) * (1 + tol) + tol
+    norm = np.linalg.norm(fit, axis=0) if np.ndim(t.eps) == 1 else np.linalg.norm(fit)
+    ok = bool(np.all(norm <= np.asarray(t.eps) * (1 + tol) + tol))
     if t.omega is not None:
         ok &= bool(np.all(Z[~t.omega] <= t.V[~t.omega] + tol))
     return ok
@@ -46,6 +47,13 @@ def test_w0_is_feasible_under_both_rules(seed, relu):
     t = cascade_rule(Xa_hat, W0a, Y, relu)
     assert feasible(Xa_hat, W0a, t)
     assert np.max(t.eps) > 0
+    for tol in (0.0, 0.1):  # per neuron: every neuron's own radius holds W0
+        tp = parallel_rule(Xa, W0a, relu, 0.05, omega_tol=tol, per_neuron=True)
+        assert np.shape(tp.eps) == (5,) and feasible(Xa, W0a, tp)
+    tn = cascade_rule(Xa_hat, W0a, Y, relu, per_neuron=True)
+    assert np.shape(tn.eps) == (5,) and feasible(Xa_hat, W0a, tn)
+    # the per-neuron radii are the whole-layer radius split by neuron
+    assert np.linalg.norm(tn.eps) == pytest.approx(t.eps, rel=1e-12)
 
 
 @pytest.mark.parametrize("activation", ["relu", "linear"])

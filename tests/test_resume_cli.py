@@ -83,9 +83,9 @@ def reference(tmp_path):
 def test_ctrl_c_then_sigkill_then_resume_gives_the_uninterrupted_bits(files, tmp_path):
     ref = reference(tmp_path)
     out = tmp_path / "out.pt"
-    ck = Path(f"{out}.ckpt")  # the default checkpoint, next to --out
+    ck = tmp_path / "ck"  # named, so kept after success: its log is checked at the end
     run = [*files, "--method", "test-slow", "--option", "delay=0.5", "--executor", "local",
-           "--workers", "2", "--out", out]
+           "--workers", "2", "--out", out, "--checkpoint", ck]
 
     # 1. Ctrl-C after two layers: exit 130, a hint, no worker left behind, no model
     p = start(*run)

@@ -42,6 +42,24 @@ def test_round_trip(tmp_path, fmt, name):
     assert same_outputs(model, loaded)
 
 
+@pytest.mark.parametrize("fmt,name", [("safetensors", "m.pt"), ("state_dict", "m.bin"),
+                                      ("safetensors", "noext")])
+def test_the_format_comes_from_the_content_not_the_name(tmp_path, fmt, name):
+    model = small_cnn()
+    path = save_model(model, tmp_path / name, fmt)
+    loaded, got = load_model(path, arch=ARCH)
+    assert got == fmt
+    assert same_outputs(model, loaded)
+
+
+def test_a_short_or_odd_file_is_not_taken_for_safetensors(tmp_path):
+    for i, data in enumerate([b"", b"\x01\x00", (10**6).to_bytes(8, "little") + b"{}"]):
+        path = tmp_path / f"odd{i}.pt"
+        path.write_bytes(data)
+        with pytest.raises(InvalidInputError, match="not a plain state_dict"):
+            load_model(path, arch=ARCH)
+
+
 def test_pickles_need_trust_and_weights_need_an_arch(tmp_path):
     model = small_cnn()
     save_model(model, tmp_path / "m.pkl", "pickle")
