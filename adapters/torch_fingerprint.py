@@ -18,9 +18,14 @@ def _update(h, name: str, t: torch.Tensor) -> None:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over every entry of the state_dict (names, dtypes, shapes, values): the layers
-    that are not pruned shape the Grams too."""
+    """sha256 over the architecture (every submodule's name, class and settings, as its
+    ``extra_repr`` states them: an activation or a stride changes the Grams while the
+    state_dict stays the same) and every entry of the state_dict (names, dtypes, shapes,
+    values): the layers that are not pruned shape the Grams too."""
     h = hashlib.sha256()
+    for name, mod in model.named_modules():
+        cls = type(mod)
+        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{mod.extra_repr()}\n".encode())
     for name, t in model.state_dict().items():
         if isinstance(t, torch.Tensor):
             _update(h, name, t)

@@ -135,7 +135,7 @@ class Checkpoint:
 
     @staticmethod
     def _check_same(old: dict, new: dict) -> None:
-        what = {"model": "the model (its weights hash)",
+        what = {"model": "the model (its architecture and weights hash)",
                 "calibration": "the calibration data (its fingerprint)",
                 "layers": "the layer list"}
         for k, label in what.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -200,7 +201,8 @@ class LocalExecutor(Executor):
             return
         attempts = [0] * len(jobs)
         todo = list(range(len(jobs)))
-        while todo:
+        started = False  # whether any worker ever returned: a pool that never did, in an
+        while todo:  # unguarded script, is the spawn bootstrap failing (see _unguarded_main)
             pool = self._get_pool()
             broken = False
             try:
@@ -211,8 +213,18 @@ class LocalExecutor(Executor):
                     for f in finished:
                         i = running.pop(f)
                         try:
-                            yield i, f.result()
+                            out = f.result()
+                            started = True
+                            yield i, out
                         except BrokenProcessPool:
+                            script = None if started else _unguarded_main()
+                            if script is not None:
+                                raise InvalidInputError(
+                                    f"the local executor's worker processes could not start: "
+                                    f"they are spawned and import {script}, which runs the "
+                                    f"prune again at import; put the call under "
+                                    f"`if __name__ == \"__main__\":`, or use "
+                                    f"executor=\"serial\"") from None
                             broken = True
                             attempts[i] += 1
                             if attempts[i] > self.retries:
@@ -222,6 +234,7 @@ class LocalExecutor(Executor):
                             else:
                                 todo.append(i)
                         except Exception as e:  # noqa: BLE001 -- the job's own error
+                            started = True
                             yield i, e
             except BaseException:  # Ctrl-C, or the consumer stopped early: stop the workers
                 self._pool = None
@@ -231,6 +244,20 @@ class LocalExecutor(Executor):
                 self._pool = None
                 pool.shutdown(wait=False, cancel_futures=True)
                 todo.sort()
+
+
+def _unguarded_main() -> str | None:
+    """The main script's path when it is a file without an ``if __name__ == "__main__"``
+    guard (spawned workers import it, and its top level then runs in them too)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return None
+    return None if "__main__" in source else path
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:

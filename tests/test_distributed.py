@@ -212,3 +212,43 @@ def test_executor_bad_input():
         with pytest.raises(InvalidInputError, match="'auto' or host:port"):
             RayExecutor(bad)
     assert faulty_solvers.mlp  # the test solvers are registered
+
+
+UNGUARDED = """
+import torch
+import layertrim as lt
+from tests.faulty_solvers import mlp
+
+model = mlp(4)
+calib = [torch.randn(32, 24, generator=torch.Generator().manual_seed(0))]
+lt.prune_model(model, calib, sparsity=None, pattern="2:4", method="sparsegpt",
+               schedule="parallel", executor="local")
+print("pruned")
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, guarded):
+    """Spawned workers import the main script: unguarded, each re-runs the prune at import and
+    the pool never starts. Said plainly at once (not as retried worker deaths); guarded, the
+    same script runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    body = UNGUARDED
+    if guarded:
+        body = "def main():\n" + "".join(f"    {line}\n" for line in body.strip().splitlines())
+        body += 'if __name__ == "__main__":\n    main()\n'
+    script = tmp_path / "prune_it.py"
+    script.write_text(body)
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    if guarded:
+        assert r.returncode == 0 and "pruned" in r.stdout, r.stderr
+    else:
+        assert r.returncode != 0
+        last = r.stderr.strip().splitlines()[-1]
+        assert "InvalidInputError" in last and "__main__" in last and str(script) in last, last
+        assert "died" not in last

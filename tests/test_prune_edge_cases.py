@@ -169,3 +169,24 @@ def test_a_layer_that_never_runs_is_named():
 def test_an_empty_calibration_tensor_is_empty():
     with pytest.raises(InvalidInputError, match="calibration data is empty"):
         collect_grams(mlp(), find_layers(mlp()), torch.zeros(0, 12))
+
+
+def test_resume_refuses_another_architecture_with_the_same_state_dict(tmp_path):
+    """Tanh instead of ReLU leaves the state_dict as it was but changes every Gram after the
+    first layer: a checkpoint of the ReLU model must not be resumed into it."""
+    ck = tmp_path / "ck"
+    lt.prune_model(mlp(), data(), sparsity=0.5, method="magnitude", executor="serial",
+                   allocation="uniform", checkpoint=ck)
+    other = mlp(relu=nn.Tanh())
+    assert other.state_dict().keys() == mlp().state_dict().keys()
+    before = weights(other)
+    with pytest.raises(InvalidInputError, match="architecture"):
+        lt.prune_model(other, data(), sparsity=0.5, method="magnitude", executor="serial",
+                       allocation="uniform", resume=ck)
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(other), strict=True))
+    # the same architecture resumes (and finds every layer done)
+    same = mlp()
+    rep = lt.prune_model(same, data(), sparsity=0.5, method="magnitude", executor="serial",
+                         allocation="uniform", resume=ck)
+    assert rep.sparsity == pytest.approx(0.5, abs=0.01)
+    assert all(r.resumed for r in rep.layers)
