@@ -205,6 +205,9 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
     from layertrim.layerwise.per_sample import left_dense, per_sample_jobs
 
     per_sample = _per_sample(method, bridge)
+    if per_sample and Pattern.parse(pattern).kind != "layer":
+        raise InvalidInputError(f"method {method!r} prunes without structure (its l1 program "
+                                f"picks the support); pattern {pattern} needs another method")
     names = bridge.layer_names()
     ckpt = None
     if checkpoint is not None:

@@ -73,6 +73,8 @@ def run(
         raise InvalidInputError(
             f"missing sparsity target: method {method!r} needs sparsity (fraction) or nnz (count)"
         )
+    if not entry.needs_target and takes_option(entry, "target_sparsity"):
+        _target_as_option(problem, method, options)
     if refit is not None and takes_option(entry, "refit"):
         options["refit"] = refit
         refit = None
@@ -89,6 +91,20 @@ def run(
     refitted.iterations += result.iterations
     refitted.settings = {**result.settings, "refit": refitted.settings}
     return refitted
+
+
+def _target_as_option(problem: LayerProblem, method: str, options: dict) -> None:
+    """Net-Trim's l1 program sets the sparsity through its radius: a sparsity (or nnz) given
+    with the problem becomes its ``target_sparsity`` search, never silently ignored; a
+    structured pattern, which the program cannot keep, is refused."""
+    if problem.pattern.kind != "layer":
+        raise InvalidInputError(
+            f"method {method!r} prunes without structure (its l1 program picks the support); "
+            f"pattern {problem.pattern} needs another method")
+    if problem.has_target:
+        if options.get("target_sparsity") is not None:
+            raise InvalidInputError("give sparsity (or nnz) or target_sparsity, not both")
+        options["target_sparsity"] = problem.sparsity
 
 
 # Below this many flops per m x d x d product, waking BLAS threads costs more than it saves

@@ -166,6 +166,31 @@ def test_per_sample_bad_input():
         lt.prune_model(net, data, sparsity=0.5, method="nettrim", max_samples=-1)
     with pytest.raises(InvalidInputError, match="eps_min"):
         lt.solve_layer(np.ones((2, 3)), np.ones((5, 3)), method="nettrim", eps_min=-1.0)
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(InvalidInputError, match="pattern 2:4 needs another method"):
+        lt.prune_model(net, data, sparsity=None, pattern="2:4", method="nettrim",
+                       executor="serial")
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", ["nettrim", "nettrim-cvx"])
+def test_a_sparsity_given_to_net_trim_is_its_target(method):
+    """solve_layer(..., sparsity=s) or nnz=k with Net-Trim searches the gain for that
+    sparsity (within 1%), as target_sparsity does; a structured pattern is refused, not
+    silently ignored."""
+    rng = np.random.default_rng(0)
+    W, X = rng.standard_normal((12, 40)), rng.standard_normal((200, 40))
+    for kw, want in (({"sparsity": 0.6}, 0.6), ({"nnz": 120}, 0.75)):
+        r = lt.solve_layer(W, X, method=method, activation="relu", **kw)
+        assert abs(r.sparsity - want) <= 0.01 + 1e-12, (kw, r.sparsity)
+        assert r.settings["target_sparsity"] == pytest.approx(want, abs=1 / W.size)
+    with pytest.raises(InvalidInputError, match="not both"):
+        lt.solve_layer(W, X, method=method, activation="relu", sparsity=0.5,
+                       target_sparsity=0.5)
+    for pattern in ("2:4", "row"):
+        with pytest.raises(InvalidInputError, match=f"pattern {pattern} needs another"):
+            lt.solve_layer(W, X, method=method, activation="relu", sparsity=0.5,
+                           pattern=pattern)
 
 
 def test_per_sample_resume_checks_the_sample_count(tmp_path):
