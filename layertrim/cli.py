@@ -16,6 +16,7 @@ import numpy as np
 from layertrim.adapters.npz import load_layer
 from layertrim.api import methods, solve_layer
 from layertrim.atomic import atomic_savez, check_not_input
+from layertrim.compare import DEFAULT_METHODS
 from layertrim.errors import InvalidInputError
 from layertrim.layerwise.executors import get_executor
 from layertrim.layerwise.runner import LayerJobsFailed, progress_bar
@@ -100,6 +101,24 @@ def _parser() -> argparse.ArgumentParser:
                     help="output format (default: the input's)")
     pr.add_argument("--report", help="write the per-layer report as JSON")
     pr.add_argument("--plot", help="write a PNG of per-layer sparsity and error")
+
+    be = sub.add_parser("bench", help="compare solvers on one layer .npz: error and time at "
+                                      "each sparsity, against a baseline method")
+    be.add_argument("layer", help="input .npz with W (m x d), X (n x d) or H (d x d), optional b")
+    be.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                    help="comma-separated solver names (default: %(default)s)")
+    be.add_argument("--sparsity", default="0.5,0.7,0.9",
+                    help="comma-separated fractions to remove (default: %(default)s)")
+    be.add_argument("--pattern", default="layer", help="layer | row | N:M")
+    be.add_argument("--activation", default="linear", choices=["linear", "relu"],
+                    help="relu adds the error after the activation (needs X)")
+    be.add_argument("--baseline", help="method the ratios are taken against (default: the "
+                                       "first)")
+    be.add_argument("--repeats", type=int, default=1, help="runs per cell; the best time counts")
+    be.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="solver setting, repeatable; each method gets those it takes")
+    be.add_argument("--json", help="write the rows as JSON (atomically)")
+    be.add_argument("--plot", help="write a PNG of error and time against sparsity")
 
     ins = sub.add_parser("inspect", help="list a model's prunable layers and their sizes")
     ins.add_argument("model")
@@ -199,6 +218,50 @@ def _checkpoint_dir(args) -> tuple[str | None, bool]:
     if args.checkpoint:
         return args.checkpoint, False
     return f"{args.out}.ckpt", True
+
+
+def _bench(args) -> int:
+    import json
+
+    from layertrim.atomic import atomic_write_text
+    from layertrim.compare import compare_methods, format_rows, plot_rows, rows_to_dicts
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sparsities = []
+    for item in args.sparsity.split(","):
+        try:
+            sparsities.append(float(item))
+        except ValueError:
+            raise InvalidInputError(f"--sparsity: {item.strip()!r} is not a number") from None
+    for side in (args.json, args.plot):
+        if side is not None:
+            check_not_input(side, (args.layer,))
+    if args.json is not None and args.plot is not None:
+        check_not_input(args.plot, (args.json,))
+    data = load_layer(args.layer)
+    baseline = args.baseline or (methods[0] if methods else None)
+
+    def show(row):
+        state = "failed" if row.error else f"{row.time_s:.2f} s"
+        print(f"  {row.method} at {row.target:g}: {state}", file=sys.stderr, flush=True)
+
+    rows = compare_methods(data["W"], data["X"], gram=data["H"], bias=data["b"],
+                           methods=methods, sparsities=sparsities, pattern=args.pattern,
+                           activation=args.activation, repeats=args.repeats,
+                           baseline=baseline, options=_parse_options(args.option),
+                           progress=show)
+    m, d = data["W"].shape
+    print(f"{args.layer}: {m} x {d}" + (" + bias" if data["b"] is not None else "")
+          + (f", n = {data['X'].shape[0]}" if data["X"] is not None else ", Gram only"))
+    print(format_rows(rows, baseline))
+    if args.json:
+        doc = {"layer": str(args.layer), "m": m, "d": d, "baseline": baseline,
+               "pattern": args.pattern, "activation": args.activation,
+               "repeats": args.repeats, "rows": rows_to_dicts(rows)}
+        print(f"wrote {atomic_write_text(args.json, json.dumps(doc, indent=1))}")
+    if args.plot:
+        print(f"wrote {plot_rows(rows, args.plot)}")
+    return 1 if any(r.error for r in rows) else 0
 
 
 def _inspect(args) -> int:
@@ -302,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prune(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "bench":
+            return _bench(args)
         return _solve(args)
     except InvalidInputError as e:
         print(f"layertrim: error: {e}", file=sys.stderr)
