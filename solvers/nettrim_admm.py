@@ -89,6 +89,10 @@ def _feasible64(eng: NetTrimADMM, W: np.ndarray, eps, feas_tol: float, res: dict
     return v <= feas_tol
 
 
+class _TimeUp(Exception):
+    """time_limit ran out between two solves of the sparsity search."""
+
+
 def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, reltol: float,
              dual_reltol: float, feas_tol: float, max_iter: int, check_every: int,
              adaptive_rho: bool, deadline: float | None, gap_tol: float | None = None,
@@ -253,21 +257,27 @@ def solve(
                    **{k: None if opts[k] is None else max(v, opts[k])
                       for k, v in SEARCH_TOLERANCES.items()}}
 
+    last: list = []  # the latest solve and its gain: what a search out of time returns
+
     def solve_at(g, search: bool = False):
+        if last and opts["deadline"] is not None and time.perf_counter() > opts["deadline"]:
+            raise _TimeUp  # no new solve once time_limit has run out
         e = radius_at(base_eps, g, eps_min) if eps is None else np.asarray(t.eps)
         if precision == "mixed":
             eng.to_float32()  # a new radius: the bulk of the work in float32 again
         W, conv, its, hist = run_admm(eng, e, **(search_opts if search else opts))
         if target is not None:
-            steps.append({"iterations": its, "converged": conv})
+            steps.append({"gain": g, "iterations": its, "converged": conv})
+        last[:] = [(W, conv, its, hist, e), g]
         return W, conv, its, hist, e
 
     def search_at(g):  # a capped search solve that did not converge is not to be trusted:
         out = solve_at(g, search=True)  # it goes on to the accurate stop, warm
         if out[1]:
             return out, False
-        its = steps.pop()["iterations"]
-        out = solve_at(g)
+        its = steps[-1]["iterations"]
+        out = solve_at(g)  # (out of time, it raises and the search's record stands)
+        del steps[-2]
         steps[-1]["iterations"] += its
         return out, True
 
@@ -278,12 +288,16 @@ def solve(
         W, conv, its, hist, e = solve_at(gain)
         total = its
     else:  # warm-started: the engine carries its state from one gain to the next
-        (W, conv, its, hist, e), gain, bisect = bisect_gain(
-            solve_at, gain, target, max_bisect, d,
-            search_at=search_at,
-            min_gain=floor_gain(base_eps, eps_min))
-        for rec, step in zip(bisect, steps, strict=True):
-            rec.update(step)
+        try:
+            (W, conv, its, hist, e), gain, bisect = bisect_gain(
+                solve_at, gain, target, max_bisect, d,
+                search_at=search_at,
+                min_gain=floor_gain(base_eps, eps_min))
+            for rec, step in zip(bisect, steps, strict=True):
+                rec.update(step)
+        except _TimeUp:  # the latest solve, unconverged: the result says time_limit
+            (W, _, its, hist, e), gain = last
+            conv, bisect = False, steps
         total = sum(s["iterations"] for s in bisect)
     t.eps = e
     mask = W[:, :d] != 0

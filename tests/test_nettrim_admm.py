@@ -272,6 +272,21 @@ def test_time_limit_is_reported():
     assert r.certificate["converged"] is False
 
 
+def test_time_limit_stops_the_sparsity_search():
+    """Out of time, the search starts no new solve: one short solve, then the result says
+    time_limit (it used to go on solving a chunk at every remaining step of the search)."""
+    W, X, b = layer(0, d=40, m=20, n=2000)
+    full = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu",
+                          target_sparsity=0.6)
+    assert full.status == "solved" and len(full.certificate["bisection"]) > 2
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", target_sparsity=0.6,
+                       time_limit=1e-3, check_every=1)
+    assert r.status == "time_limit" and r.certificate["converged"] is False
+    steps = r.certificate["bisection"]
+    assert len(steps) == 1 and steps[0]["iterations"] == r.certificate["iterations"] == 1
+    assert r.W.shape == W.shape and np.all(np.isfinite(r.W))
+
+
 def test_target_sparsity_is_hit_within_one_percent():
     W, X, b = layer(4, d=20, m=10, n=200)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", target_sparsity=0.6)
