@@ -8,10 +8,10 @@ O(max_samples * d) per layer whatever the calibration size, and the result does 
 how the data is split into batches. With a dense ``reference`` the same rows are kept from
 both networks, paired, as the cascade rule needs.
 
-Whether a layer feeds a ReLU is read off one forward pass: its output tensor must be the very
-input of an ``nn.ReLU`` module. A ReLU applied functionally (``F.relu`` in a custom forward) is
-not seen, and the layer is then treated as linear, which is always a valid, if less sparse,
-Net-Trim program.
+Whether a layer feeds a ReLU is read off one forward pass under a torch function mode: every
+call that reads the layer's output must be a ReLU (an ``nn.ReLU`` module or ``F.relu``). An
+output read by anything else too (a skip connection, the model's return) makes the layer
+linear, which is always a valid, if less sparse, Net-Trim program.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from layertrim.adapters.torch import TorchLayer, calibrate, eval_mode
 from layertrim.errors import InvalidInputError
@@ -97,25 +99,89 @@ def collect_samples(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     return out
 
 
+# calls that read a tensor's metadata, not its values: not a use of the layer's output
+_METADATA = {"size", "dim", "numel", "nelement", "ndimension", "__len__", "__get__", "stride",
+             "is_floating_point", "is_contiguous", "element_size", "data_ptr", "is_complex"}
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+def _is_relu(func, args, kwargs) -> tuple[bool, bool]:
+    """(whether ``func`` is a ReLU, whether it works in place)."""
+    if func in (F.relu, torch.relu, torch.Tensor.relu):
+        inplace = func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1
+                                                     else False))
+        return True, inplace
+    if func in (torch.relu_, torch.Tensor.relu_):
+        return True, True
+    return False, False
+
+
+class _Consumers(TorchFunctionMode):
+    """Records, for each tracked layer output, whether every call that reads its values is a
+    ReLU. A call that hands the very tensor back (dropout in eval mode) passes it on; an
+    in-place ReLU ends the tracking (what reads the tensor afterwards reads ReLU outputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[str, torch.Tensor] = {}  # held until the pass ends: no id is reused
+        self.ended: list[torch.Tensor] = []
+        self.relu: set[str] = set()
+        self.other: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name_of = getattr(func, "__name__", "")
+        if name_of in _METADATA or not self.live:
+            return out
+        used = {id(t) for t in _tensors((args, kwargs))}
+        relu, inplace = _is_relu(func, args, kwargs)
+        for name, t in list(self.live.items()):
+            if id(t) not in used:
+                continue
+            if relu:
+                self.relu.add(name)
+                if inplace:
+                    self.ended.append(self.live.pop(name))
+            elif out is t and not name_of.endswith("_"):
+                continue  # handed back unchanged: the next call reads the same values
+            else:
+                self.other.add(name)
+        return out
+
+
 def relu_layers(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tensor) -> set[str]:
-    """The names of the layers whose output goes straight into an ``nn.ReLU`` module, read off
-    one forward pass of the batch ``x``."""
-    outputs: dict[str, torch.Tensor] = {}  # held until the pass ends, so no id is reused
-    fed: set[str] = set()
+    """The names of the layers whose output is read by ReLUs only, traced through one forward
+    pass of the batch ``x`` (every torch function call, modules and functional ``F.relu``
+    alike). An output also read by anything else (a skip connection, a normalisation, the
+    model's return) is not: Net-Trim's ReLU program would let the values those readers see
+    drift, so such a layer gets the linear program."""
+    rec = _Consumers()
 
-    def relu_hook(_mod, inputs, _out):
-        for name, out in outputs.items():
-            if inputs[0] is out:
-                fed.add(name)
+    def track(name):
+        def hook(_mod, _inputs, out):
+            if isinstance(out, torch.Tensor):
+                rec.live[name] = out
+        return hook
 
-    handles = [mod.register_forward_hook(relu_hook) for mod in model.modules()
-               if isinstance(mod, nn.ReLU)]
-    handles += [la.module.register_forward_hook(
-        lambda _m, _i, out, name=la.name: outputs.__setitem__(name, out)) for la in layers]
+    handles = [la.module.register_forward_hook(track(la.name)) for la in layers]
     try:
         with torch.no_grad(), eval_mode(model):
-            model(x)
+            with rec:
+                y = model(x)
     finally:
         for h in handles:
             h.remove()
-    return fed
+    returned = {id(t) for t in _tensors(y)}
+    rec.other.update(n for n, t in rec.live.items() if id(t) in returned)
+    return rec.relu - rec.other

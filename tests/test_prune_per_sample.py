@@ -42,8 +42,52 @@ class Functional(nn.Module):
 def test_relu_detection_follows_the_tensors():
     net = mlp()
     assert relu_layers(net, find_layers(net), calib()[0]) == {"0", "2"}
-    f = Functional().eval()  # F.relu is not a module; the ReLU module sees bn's output
-    assert relu_layers(f, find_layers(f), torch.randn(3, 4)) == set()
+    f = Functional().eval()  # F.relu counts as much as a module; b's output is returned
+    assert relu_layers(f, find_layers(f), torch.randn(3, 4)) == {"a"}
+
+
+class Skip(nn.Module):  # a's output feeds a ReLU *and* the skip connection
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.relu = nn.Linear(6, 6), nn.Linear(6, 6), nn.ReLU()
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(self.relu(h)) + h
+
+
+class AddInPlace(nn.Module):  # the ReLU reads h + 1, not a's output
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.add_(1.0)
+        return self.b(torch.relu(h))
+
+
+class ReluInPlaceThenReuse(nn.Module):  # after an in-place ReLU every reader sees ReLU values
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        F.relu(h, inplace=True)
+        return self.b(h) + h.sum()
+
+
+@pytest.mark.parametrize("net,want", [
+    (Skip(), set()),
+    (AddInPlace(), set()),
+    (ReluInPlaceThenReuse(), {"a"}),
+    (nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.2), nn.ReLU(), nn.Linear(6, 2)), {"0"}),
+    (nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), {"0"}),  # the last: returned
+])
+def test_only_outputs_read_by_relus_alone_are_relu_layers(net, want):
+    net = net.eval()
+    assert relu_layers(net, find_layers(net), torch.randn(5, 6)) == want
 
 
 def test_samples_hold_the_real_rows():
