@@ -5,7 +5,6 @@ report every one of them returns.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from layertrim.errors import InvalidInputError
+from layertrim.validate import check_real
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -43,14 +43,8 @@ class TrainReport:
 
 
 def check_positive_float(name: str, value, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise InvalidInputError(f"{name} must be a finite {kind} number, got {value!r}")
-    return v
+    """A finite number > 0 (>= 0 with ``allow_zero``); strings and bools are refused."""
+    return float(check_real(name, value, strict=not allow_zero))
 
 
 def check_fraction(name: str, value) -> float:

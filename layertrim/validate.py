@@ -1,4 +1,5 @@
-"""Checks at the boundary: real, finite arrays of the expected rank; integer options."""
+"""Checks at the boundary: real, finite arrays of the expected rank; integer and real-number
+options."""
 
 from __future__ import annotations
 
@@ -31,3 +32,17 @@ def check_int(name: str, value, minimum: int = 1, *, allow_none: bool = False) -
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise InvalidInputError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def check_real(name: str, value, *, strict: bool = True, allow_none: bool = False
+               ) -> float | None:
+    """A real-number option (a Python or numpy number, not a bool or a string), finite and
+    > 0 (``strict``) or >= 0, returned as ``float``; None passes through when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    kinds = (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not np.isfinite(value) \
+            or value < 0 or (strict and value == 0):
+        raise InvalidInputError(f"{name} must be a finite number {'>' if strict else '>='} 0, "
+                                f"got {value!r}")
+    return float(value)

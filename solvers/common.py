@@ -6,10 +6,9 @@ import time
 
 import numpy as np
 
-from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
-from layertrim.validate import check_int
+from layertrim.validate import check_int, check_real
 
 
 def finalize(
@@ -67,15 +66,9 @@ def check_positive(name: str, value, *, integer: bool = False, allow_none: bool 
     if integer:
         check_int(name, value, allow_none=allow_none)
         return
-    if value is None and allow_none:
-        return
-    kinds = (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not (0 < value < np.inf):
-        raise InvalidInputError(f"{name} must be a number > 0, got {value!r}")
+    check_real(name, value, allow_none=allow_none)
 
 
 def check_nonnegative(name: str, value) -> None:
     """A solver option that must be a finite number >= 0 (NaN and Inf refused)."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not (0 <= value < np.inf):
-        raise InvalidInputError(f"{name} must be a finite number >= 0, got {value!r}")
+    check_real(name, value, strict=False)

@@ -80,3 +80,17 @@ def test_other_bad_arguments(setup):
         lt.finetune(model, [torch.randn(4, 6)], progress=False)
     with pytest.raises(InvalidInputError, match="torch.nn.Module"):
         lt.finetune("model", loader, progress=False)
+
+
+@pytest.mark.parametrize("kw,msg", [({"lr": "0.1"}, "lr must be a finite number > 0"),
+                                    ({"lr": True}, "lr"), ({"lr": float("nan")}, "lr"),
+                                    ({"weight_decay": -1.0}, "weight_decay must be a finite "
+                                                             "number >= 0")])
+def test_optimizer_settings_are_numbers(kw, msg):
+    """A numeric string or a bool is a mistake, not a learning rate."""
+    from layertrim.adapters.training import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    args = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.0, **kw}
+    with pytest.raises(InvalidInputError, match=msg):
+        make_optimizer(params, args.pop("optimizer"), **args)
