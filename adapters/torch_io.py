@@ -55,13 +55,18 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def detect_format(path: Path) -> str:
-    if path.suffix == ".safetensors" or _is_safetensors(path):
+    """From the content; the name decides only for a file that is none of them (so that a
+    broken .safetensors file is reported as such)."""
+    if _is_safetensors(path):
         return "safetensors"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
                 return "torchscript"
-    return "state_dict"  # or a pickled module: told apart when loading
+        return "state_dict"
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    return "state_dict"  # or a legacy pickle / pickled module: told apart when loading
 
 
 def load_model(path, *, arch: str | None = None,
@@ -87,7 +92,8 @@ def load_model(path, *, arch: str | None = None,
                 f"to rebuild the eager architecture; its weights are then loaded into it")
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:  # a file object: torch reads no meaning into the name
+                state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:
             if not trust_pickle:
                 raise InvalidInputError(
@@ -95,7 +101,8 @@ def load_model(path, *, arch: str | None = None,
                     f"{_first_line(e)}); if it is a pickled module you trust, pass "
                     f"--trust-pickle (unpickling runs code)") from None
             try:
-                model = torch.load(path, map_location="cpu", weights_only=False)
+                with open(path, "rb") as f:
+                    model = torch.load(f, map_location="cpu", weights_only=False)
             except Exception as e2:
                 raise InvalidInputError(f"cannot read {path} as a state_dict or as a pickled "
                                         f"module: {_first_line(e2)}") from None

@@ -34,6 +34,8 @@ def solve_layer(
         bias). Use it when the inputs do not fit in memory.
     bias : (m,) array, optional. Never pruned; solvers that compensate may update it.
     sparsity : fraction of weights to remove, in [0, 1). Or give ``nnz``, the count to keep.
+        Net-Trim (whose l1 program sets the sparsity through its radius) searches its gain for
+        that fraction and reaches it within 1%, not to the weight.
     method : a registered solver name, see :func:`methods`.
     pattern : ``"layer"`` (unstructured), ``"row"`` (same count per row) or ``"N:M"``.
     activation : the layer's activation kind; the least-squares solvers ignore it.

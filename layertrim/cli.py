@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import re
 import shutil
 import sys
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     amount.add_argument("--layer-sparsity", action="append", metavar="NAME=S",
                         help="one layer's sparsity, repeatable; the layers named are the ones "
                              "pruned (names as `layertrim inspect` lists them)")
-    pr.add_argument("--allocation", default="global", choices=["global", "owl", "uniform"],
+    pr.add_argument("--allocation", choices=["global", "owl", "uniform"],
                     help="how --sparsity is split: global (error curves under one budget, "
                          "default), owl (outlier-weighted) or uniform (the same in every layer)")
     pr.add_argument("--method", default="l0-admm",
@@ -150,6 +151,10 @@ def _prune(args) -> int:
         check_not_input(args.plot, (args.report,))
     options = _parse_options(args.option)
     sparsity: Any = args.sparsity
+    if args.allocation is not None and args.sparsity is None:
+        raise InvalidInputError("--allocation splits --sparsity across layers: give --sparsity "
+                                "(--layer-sparsity and an N:M pattern set the layers' "
+                                "sparsities themselves)")
     layers = args.layers
     if args.layer_sparsity:
         sparsity = _layer_sparsities(args.layer_sparsity)
@@ -167,7 +172,7 @@ def _prune(args) -> int:
         with executor:
             report = prune_model(model, calib, sparsity=sparsity, method=args.method,
                                  schedule=args.schedule, pattern=args.pattern,
-                                 allocation=args.allocation,
+                                 allocation=args.allocation or "global",
                                  layers=layers, exclude=args.exclude, executor=executor,
                                  checkpoint=None if args.resume else checkpoint,
                                  resume=args.resume, gram_dtype=args.gram_dtype,
@@ -175,11 +180,13 @@ def _prune(args) -> int:
                                                        lines=True),
                                  **options)
     except KeyboardInterrupt:
+        _mark_default(checkpoint, ours)
         where = f"; the finished layers are in {checkpoint}, continue with --resume " \
                 f"{checkpoint}" if checkpoint else ""
         print(f"layertrim: interrupted, no model written{where}", file=sys.stderr)
         return 130
     except LayerJobsFailed as e:
+        _mark_default(checkpoint, ours)
         where = f"; the other layers are saved in {checkpoint}: fix the cause and continue " \
                 f"with --resume {checkpoint}" if checkpoint else ""
         print(f"layertrim: error: {e}. No model written{where}", file=sys.stderr)
@@ -199,6 +206,18 @@ def _prune(args) -> int:
     return 0
 
 
+DEFAULT_MARK = "cli-default"  # in a checkpoint directory: `prune` made it as OUT.ckpt
+
+
+def _mark_default(checkpoint: str | None, ours: bool) -> None:
+    """A run stopped early leaves its default checkpoint for --resume; say it was the
+    default, so the resume that finishes the job removes it (a named one is kept)."""
+    if ours and checkpoint is not None and Path(checkpoint).is_dir():
+        with contextlib.suppress(OSError):
+            (Path(checkpoint) / DEFAULT_MARK).write_text("made by layertrim prune as the "
+                                                        "default checkpoint\n")
+
+
 def _checkpoint_dir(args) -> tuple[str | None, bool]:
     """(the checkpoint directory or None, whether it is the default one next to --out)."""
     if args.resume:
@@ -207,10 +226,9 @@ def _checkpoint_dir(args) -> tuple[str | None, bool]:
                                     "resumed run checkpoints into the one it resumes")
         if args.no_checkpoint:
             raise InvalidInputError("--resume needs a checkpoint; drop --no-checkpoint")
-        # resuming the default checkpoint next to --out: removed after success, as it would
-        # have been by the run that made it
-        default = Path(args.resume).resolve() == Path(f"{args.out}.ckpt").resolve()
-        return args.resume, default
+        # a default checkpoint left by an interrupted run (it says so: DEFAULT_MARK) goes
+        # after success, as it would have gone with the run that made it; a named one stays
+        return args.resume, (Path(args.resume) / DEFAULT_MARK).is_file()
     if args.no_checkpoint:
         if args.checkpoint:
             raise InvalidInputError("--checkpoint and --no-checkpoint contradict each other")

@@ -116,8 +116,10 @@ def compare_methods(W, X=None, *, gram=None, bias=None, methods: Sequence[str] =
     problems = {s: LayerProblem.create(W, X, gram=gram, bias=bias, sparsity=s, pattern=pattern,
                                        activation=activation) for s in levels}
     rows = []
+    warm = next((problems[s] for s in levels if s > 0), None)  # level 0 may take a shortcut
     for method in methods:
-        _warm_up(problems[levels[0]], method, routed[method])
+        if warm is not None:
+            _warm_up(warm, method, routed[method])
         for s in levels:
             row = BenchRow(method, s)
             try:
@@ -132,8 +134,9 @@ def compare_methods(W, X=None, *, gram=None, bias=None, methods: Sequence[str] =
                 row.out_error = _out_error(problems[s], result.W, result.bias)
                 row.time_s, row.iterations = best, int(result.iterations)
                 row.status = result.status
-            except (InvalidInputError, ValueError, np.linalg.LinAlgError) as e:
-                row.error = str(e) or type(e).__name__
+            except Exception as e:  # noqa: BLE001 -- one cell's failure, reported in its row
+                row.error = f"{type(e).__name__}: {e}" if not isinstance(
+                    e, InvalidInputError) else str(e)
             rows.append(row)
             if progress is not None:
                 progress(row)
@@ -150,18 +153,20 @@ def compare_methods(W, X=None, *, gram=None, bias=None, methods: Sequence[str] =
 
 
 def _warm_up(problem: LayerProblem, method: str, options: dict) -> None:
-    """One untimed run on a few rows of the layer (same d, so Numba's compiled kernels and
-    the BLAS/thread-pool set-up are ready): the first timed cell is not charged for them."""
+    """One untimed run on a few rows of the layer, with its pattern and a nonzero sparsity
+    (same d, so Numba's compiled kernels and the BLAS/thread-pool set-up are ready): the
+    first timed cell is not charged for them."""
     k = min(problem.m, 4)
+    nm = problem.pattern.kind == "nm"
     try:
         small = LayerProblem.create(problem.W0[:k], problem.X, gram=problem.H if problem.X is
                                     None else None,
                                     bias=None if problem.bias is None else problem.bias[:k],
-                                    sparsity=problem.sparsity, pattern="layer",
-                                    activation=problem.activation)
+                                    sparsity=None if nm else problem.sparsity,
+                                    pattern=str(problem.pattern), activation=problem.activation)
         run(small, method, **options)
-    except (InvalidInputError, ValueError, np.linalg.LinAlgError):
-        pass  # the timed run reports it
+    except Exception:  # noqa: BLE001 -- the timed run reports it
+        pass
 
 
 def rows_to_dicts(rows: Sequence[BenchRow]) -> list[dict]:

@@ -46,3 +46,11 @@ def check_real(name: str, value, *, strict: bool = True, allow_none: bool = Fals
         raise InvalidInputError(f"{name} must be a finite number {'>' if strict else '>='} 0, "
                                 f"got {value!r}")
     return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """A switch: True or False (numpy's too); a string such as "false" is refused, not read
+    as truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

@@ -29,7 +29,7 @@ from layertrim.atomic import atomic_savez, atomic_write_text
 from layertrim.errors import InvalidInputError
 from layertrim.result import LayerResult
 
-FORMAT = 1
+FORMAT = 2  # 2: the model hash covers the architecture (torch_fingerprint.py)
 MANIFEST = "manifest.json"
 _SCALARS = ("objective", "rel_error", "sparsity", "nnz", "iterations", "wall_time")
 
@@ -135,6 +135,10 @@ class Checkpoint:
 
     @staticmethod
     def _check_same(old: dict, new: dict) -> None:
+        if old.get("format") != new.get("format"):  # first: the hashes may differ in meaning
+            raise InvalidInputError(
+                f"cannot resume: the checkpoint was written in format {old.get('format')!r} "
+                f"(another layertrim version); this one reads format {new.get('format')!r}")
         what = {"model": "the model (its architecture and weights hash)",
                 "calibration": "the calibration data (its fingerprint)",
                 "layers": "the layer list"}
@@ -143,10 +147,10 @@ class Checkpoint:
                 raise InvalidInputError(f"cannot resume: {label} differs from the checkpoint's")
         a, b = old.get("settings", {}), new.get("settings", {})
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        if diff or old.get("format") != new.get("format"):
+        if diff:
             detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
             raise InvalidInputError(f"cannot resume: the settings differ from the checkpoint's "
-                                    f"({detail or 'checkpoint format'})")
+                                    f"({detail})")
 
     def save(self, key: str, result: LayerResult) -> Path:
         """Persist one finished layer atomically, then log it."""

@@ -14,6 +14,7 @@ Every executor has two entry points:
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import signal
@@ -247,17 +248,29 @@ class LocalExecutor(Executor):
 
 
 def _unguarded_main() -> str | None:
-    """The main script's path when it is a file without an ``if __name__ == "__main__"``
-    guard (spawned workers import it, and its top level then runs in them too)."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    """The main script's path when spawned workers re-run it and it has no
+    ``if __name__ == "__main__":`` block (its top level, the prune included, then runs in every
+    worker). A module run with ``python -m pkg`` (``pkg.__main__``) is not re-run, as
+    multiprocessing skips those; None whenever unsure, so worker deaths are retried."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.split(".")[-1] == "__main__":
+        return None
+    path = getattr(main, "__file__", None)
     if not path or not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            source = f.read()
-    except OSError:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
         return None
-    return None if "__main__" in source else path
+    for node in tree.body:  # `if __name__ == "__main__":` (either order) at the top level
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [node.test.left, *node.test.comparators]
+            if {getattr(n, "id", None) for n in names} & {"__name__"} and \
+                    {getattr(n, "value", None) for n in names} & {"__main__"}:
+                return None
+    return path
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:

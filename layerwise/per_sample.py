@@ -27,6 +27,7 @@ from layertrim.layerwise.executors import LayerJob
 from layertrim.problem import LayerProblem
 from layertrim.solvers.nettrim_cvx import augmented_inputs
 from layertrim.solvers.nettrim_rules import cascade_rule
+from layertrim.validate import check_bool
 
 
 def left_dense(policy: dict, name: str) -> bool:
@@ -63,7 +64,8 @@ def per_sample_jobs(bridge, names: list[str], policy: dict, method: str, cascade
                 try:
                     t = cascade_rule(augmented_inputs(problem), problem.W0a,
                                      np.maximum(Z0, 0.0) if act == "relu" else Z0, act == "relu",
-                                     per_neuron=bool(options.get("per_neuron", False)))
+                                     per_neuron=check_bool("per_neuron",
+                                                               options.get("per_neuron", False)))
                 except InvalidInputError as e:
                     raise InvalidInputError(f"layer {name}: {e}") from None
                 opts.update(Y=t.Y, V=t.V)

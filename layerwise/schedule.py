@@ -51,15 +51,23 @@ class ModelBridge(Protocol):
 
 
 def sparsity_policy(sparsity, names: list[str]) -> dict[str, float]:
-    """A float (uniform) or a dict by layer name covering every layer."""
+    """A float (uniform) or a dict by layer name covering every layer; each value None (the
+    solver's own rule, Net-Trim's gain) or a fraction in [0, 1)."""
     if isinstance(sparsity, dict):
         missing = [n for n in names if n not in sparsity]
         extra = [n for n in sparsity if n not in names]
         if missing or extra:
             raise InvalidInputError(f"the sparsity dict must name exactly the pruned layers: "
                                     f"missing {missing}, unknown {extra}")
-        return {n: sparsity[n] for n in names}
-    return {n: sparsity for n in names}
+        policy = {n: sparsity[n] for n in names}
+    else:
+        policy = {n: sparsity for n in names}
+    for n, s in policy.items():
+        ok = s is None or (isinstance(s, (int, float, np.integer, np.floating))
+                           and not isinstance(s, bool) and 0 <= s < 1)
+        if not ok:
+            raise InvalidInputError(f"layer {n}: sparsity {s!r} is outside [0, 1)")
+    return policy
 
 
 def _per_sample(method: str, bridge) -> bool:
@@ -234,6 +242,7 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         clock["calibration_s"] += time.perf_counter() - t
         return out
 
+    sparsity_policy(sparsity, names)  # a value outside [0, 1) is refused before any work
     dense_grams = None
     fixed = Pattern.parse(pattern).kind == "nm"  # N:M fixes every layer's sparsity
     if (allocation != "uniform" and not fixed and sparsity is not None

@@ -52,6 +52,7 @@ from layertrim.solvers.nettrim_rules import (
     within,
 )
 from layertrim.solvers.registry import register
+from layertrim.validate import check_bool
 
 RHO_W = 2.0  # rho = RHO_W / mean|W0|
 RHO_FIT = 25.0  # rho_fit = RHO_FIT * mean|W0| / mean(Y^2 on Omega)
@@ -227,6 +228,10 @@ def solve(
     alpha = _check_alpha(alpha)
     if precision not in _PRECISIONS:
         raise InvalidInputError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    per_neuron, refit = check_bool("per_neuron", per_neuron), check_bool("refit", refit)
+    adaptive_rho = check_bool("adaptive_rho", adaptive_rho)
+    per_neuron, refit = check_bool("per_neuron", per_neuron), check_bool("refit", refit)
+    adaptive_rho = check_bool("adaptive_rho", adaptive_rho)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
     eps_min = check_eps_min(eps_min, m, per_neuron)

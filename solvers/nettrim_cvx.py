@@ -27,7 +27,7 @@ from layertrim.solvers.nettrim_rules import (
     radius_at,
 )
 from layertrim.solvers.registry import register
-from layertrim.validate import real_finite_array
+from layertrim.validate import check_bool, real_finite_array
 
 _SOLVERS = ("CLARABEL", "SCS")  # conic: the ε-ball is a second-order cone, no QP solver
 
@@ -169,6 +169,7 @@ def solve(
         raise InvalidInputError(f"solver must be one of {_SOLVERS}, got {solver!r}")
     gain = _check_gain(gain)
     target = check_target_sparsity(target_sparsity, eps)
+    per_neuron, refit = check_bool("per_neuron", per_neuron), check_bool("refit", refit)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
     eps_min = check_eps_min(eps_min, m, per_neuron)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from layertrim.errors import InvalidInputError
@@ -73,8 +75,9 @@ def run(
         raise InvalidInputError(
             f"missing sparsity target: method {method!r} needs sparsity (fraction) or nnz (count)"
         )
-    if not entry.needs_target and takes_option(entry, "target_sparsity"):
-        _target_as_option(problem, method, options)
+    if not entry.needs_target and takes_option(entry, "target_sparsity") and \
+            _target_as_option(problem, method, options):
+        return _dense(problem, method)
     if refit is not None and takes_option(entry, "refit"):
         options["refit"] = refit
         refit = None
@@ -93,18 +96,32 @@ def run(
     return refitted
 
 
-def _target_as_option(problem: LayerProblem, method: str, options: dict) -> None:
+def _target_as_option(problem: LayerProblem, method: str, options: dict) -> bool:
     """Net-Trim's l1 program sets the sparsity through its radius: a sparsity (or nnz) given
-    with the problem becomes its ``target_sparsity`` search, never silently ignored; a
-    structured pattern, which the program cannot keep, is refused."""
+    with the problem becomes its ``target_sparsity`` search (reached within 1%), never
+    silently ignored; a structured pattern, which the program cannot keep, is refused.
+    Returns True for a sparsity of 0: the layer stays dense, as with every other method."""
     if problem.pattern.kind != "layer":
         raise InvalidInputError(
             f"method {method!r} prunes without structure (its l1 program picks the support); "
             f"pattern {problem.pattern} needs another method")
-    if problem.has_target:
-        if options.get("target_sparsity") is not None:
-            raise InvalidInputError("give sparsity (or nnz) or target_sparsity, not both")
-        options["target_sparsity"] = problem.sparsity
+    if not problem.has_target:
+        return False
+    for key in ("target_sparsity", "eps"):
+        if options.get(key) is not None:
+            raise InvalidInputError(f"give sparsity (or nnz) or {key}, not both")
+    if problem.sparsity == 0:
+        return True
+    options["target_sparsity"] = problem.sparsity
+    return False
+
+
+def _dense(problem: LayerProblem, method: str) -> LayerResult:
+    """The layer as it is: what a sparsity of 0 asks for."""
+    from layertrim.solvers.common import finalize
+
+    return finalize(problem, problem.W0a, np.ones(problem.W0.shape, dtype=bool), solver=method,
+                    settings={"target_sparsity": 0.0}, t0=time.perf_counter(), iterations=0)
 
 
 # Below this many flops per m x d x d product, waking BLAS threads costs more than it saves

@@ -116,3 +116,17 @@ def test_cli_bad_input_exits_2(layer, tmp_path, capsys, flags, msg):
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
     assert np.array_equal(np.load(path)["W"], W)  # the input is untouched
+
+
+def test_a_cell_that_raises_anything_is_a_failed_row_and_net_trim_rows_run(layer):
+    """A solver's unexpected exception (here an overflow from an absurd SLR setting) fails its
+    own cells only; Net-Trim gets the sparsity as its target and lands within 1%."""
+    W, X, b = layer
+    rows = compare_methods(W, X, bias=b, methods=["magnitude", "slr", "nettrim"],
+                           sparsities=[0.0, 0.6], activation="relu", options={"r": 1e300})
+    by = {(r.method, r.target): r for r in rows}
+    assert by[("slr", 0.6)].error.startswith("OverflowError")
+    assert by[("magnitude", 0.6)].error is None
+    nt = by[("nettrim", 0.6)]
+    assert nt.error is None and abs(nt.sparsity - 0.6) <= 0.01 + 1e-12
+    assert by[("nettrim", 0.0)].sparsity == 0.0 and by[("nettrim", 0.0)].rel_error == 0.0

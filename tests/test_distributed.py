@@ -252,3 +252,30 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, guarded):
         last = r.stderr.strip().splitlines()[-1]
         assert "InvalidInputError" in last and "__main__" in last and str(script) in last, last
         assert "died" not in last
+
+
+def test_only_a_script_without_a_main_guard_is_blamed(tmp_path, monkeypatch):
+    """python -m pkg (pkg.__main__) is never re-run by spawned workers; a script with a
+    guard is fine; only a script file without one is named (else worker deaths are retried)."""
+    import sys
+    import types
+
+    from layertrim.layerwise.executors import _unguarded_main
+
+    def main_module(source, spec_name=None):
+        path = tmp_path / f"m{abs(hash((source, spec_name)))}.py"
+        path.write_text(source)
+        mod = types.ModuleType("__main__")
+        mod.__file__ = str(path)
+        mod.__spec__ = None if spec_name is None else types.SimpleNamespace(name=spec_name)
+        monkeypatch.setitem(sys.modules, "__main__", mod)
+        return str(path)
+
+    path = main_module("import layertrim\nlayertrim.prune_model(None, None, sparsity=0.5)\n")
+    assert _unguarded_main() == path
+    main_module("def main():\n    pass\nif __name__ == '__main__':\n    main()\n")
+    assert _unguarded_main() is None
+    main_module("def main():\n    pass\nif '__main__' == __name__:\n    main()\n")
+    assert _unguarded_main() is None
+    main_module("print('no guard')\n", spec_name="layertrim.__main__")  # python -m layertrim
+    assert _unguarded_main() is None

@@ -73,7 +73,9 @@ def test_layer_sparsity_prunes_the_named_layers_only(files, tmp_path, capsys):
     (["--layer-sparsity", "0=half"], ["'half' is not a number"]),
     (["--layer-sparsity", "0"], ["NAME=S"]),
     (["--layer-sparsity", "0=0.5", "--layer-sparsity", "0=0.6"], ["twice"]),
-    (["--layer-sparsity", "0=1.5"], ["0", "sparsity"]),
+    (["--layer-sparsity", "0=1.5"], ["layer 0: sparsity 1.5 is outside [0, 1)"]),
+    (["--layer-sparsity", "0=-0.5"], ["layer 0: sparsity -0.5 is outside [0, 1)"]),
+    (["--allocation", "owl", "--layer-sparsity", "0=0.5"], ["--allocation splits --sparsity"]),
     (["--sparsity", "0.5", "--option", "allocation=owl"], ["prune's own flags"]),
 ])
 def test_bad_sparsity_flags_exit_2_and_name_the_problem(files, tmp_path, capsys, flags, words):
@@ -93,22 +95,32 @@ def test_contradicting_or_unknown_flags_are_usage_errors(files, tmp_path, capsys
     assert "usage" in capsys.readouterr().err
 
 
-def test_resuming_the_default_checkpoint_removes_it_after_success(files, tmp_path):
+def test_resuming_the_default_checkpoint_removes_it_after_success(files, tmp_path, capsys):
     out = tmp_path / "o.pt"
     ck = Path(f"{out}.ckpt")
     base = [f for f in files if f != "--no-checkpoint"]
-    # a kept checkpoint in the default place (as an interrupted run leaves it)
+    base[base.index("--method") + 1] = "test-raise-once"
+    fail = [*base, "--sparsity", "0.5", "--allocation", "uniform", "--option",
+            f"marker={tmp_path / 'raised'}", "--option", "m=4", "--out", str(out)]
+    # the last layer (4 outputs) fails once: the default checkpoint stays, for --resume
+    assert main(fail) == 1
+    assert f"--resume {ck}" in capsys.readouterr().err
+    assert ck.is_dir() and not out.exists()
+    assert main([*fail, "--resume", str(ck)]) == 0
+    assert out.exists() and not ck.exists()  # the default checkpoint served its purpose
+    ref = tmp_path / "ref.pt"
+    assert main([*base, "--sparsity", "0.5", "--allocation", "uniform", "--option",
+                 f"marker={tmp_path / 'raised'}", "--option", "m=4", "--no-checkpoint",
+                 "--out", str(ref)]) == 0
+    a, b = torch.load(out, weights_only=True), torch.load(ref, weights_only=True)
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_a_named_checkpoint_is_kept_after_a_resume_even_in_the_default_place(files, tmp_path):
+    out = tmp_path / "o.pt"
+    ck = Path(f"{out}.ckpt")
+    base = [f for f in files if f != "--no-checkpoint"]
     assert main([*base, "--sparsity", "0.5", "--checkpoint", str(ck), "--out", str(out)]) == 0
-    assert ck.is_dir()
-    first = torch.load(out, weights_only=True)
-    out.unlink()
+    assert ck.is_dir()  # named: kept after success
     assert main([*base, "--sparsity", "0.5", "--resume", str(ck), "--out", str(out)]) == 0
-    assert not ck.exists()
-    again = torch.load(out, weights_only=True)
-    assert all(np.array_equal(first[k].numpy(), again[k].numpy()) for k in first)
-    # a checkpoint elsewhere is the user's: kept
-    other = tmp_path / "mine"
-    assert main([*base, "--sparsity", "0.5", "--checkpoint", str(other), "--out",
-                 str(out)]) == 0
-    assert main([*base, "--sparsity", "0.5", "--resume", str(other), "--out", str(out)]) == 0
-    assert other.is_dir()
+    assert ck.is_dir()  # and after a resume of it

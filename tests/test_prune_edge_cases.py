@@ -190,3 +190,17 @@ def test_resume_refuses_another_architecture_with_the_same_state_dict(tmp_path):
                          allocation="uniform", resume=ck)
     assert rep.sparsity == pytest.approx(0.5, abs=0.01)
     assert all(r.resumed for r in rep.layers)
+
+
+def test_a_checkpoint_of_another_format_is_refused_by_its_format(tmp_path):
+    import json
+
+    ck = tmp_path / "ck"
+    lt.prune_model(mlp(), data(), sparsity=0.5, method="magnitude", executor="serial",
+                   allocation="uniform", checkpoint=ck)
+    manifest = json.loads((ck / "manifest.json").read_text())
+    manifest["format"] = 1  # as an older layertrim wrote it (another model hash)
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidInputError, match="written in format 1"):
+        lt.prune_model(mlp(), data(), sparsity=0.5, method="magnitude", executor="serial",
+                       allocation="uniform", resume=ck)

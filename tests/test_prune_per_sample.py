@@ -231,6 +231,13 @@ def test_a_sparsity_given_to_net_trim_is_its_target(method):
     with pytest.raises(InvalidInputError, match="not both"):
         lt.solve_layer(W, X, method=method, activation="relu", sparsity=0.5,
                        target_sparsity=0.5)
+    with pytest.raises(InvalidInputError, match="or eps, not both"):
+        lt.solve_layer(W, X, method=method, activation="relu", sparsity=0.5, eps=0.1)
+    for kw in ({"sparsity": 0.0}, {"nnz": W.size}):  # nothing to prune: the layer as it is
+        r = lt.solve_layer(W, X, method=method, activation="relu", **kw)
+        assert r.sparsity == 0.0 and r.rel_error == 0.0 and np.array_equal(r.W, W)
+    with pytest.raises(InvalidInputError, match="per_neuron must be True or False"):
+        lt.solve_layer(W, X, method=method, activation="relu", per_neuron="false")
     for pattern in ("2:4", "row"):
         with pytest.raises(InvalidInputError, match=f"pattern {pattern} needs another"):
             lt.solve_layer(W, X, method=method, activation="relu", sparsity=0.5,

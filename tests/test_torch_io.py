@@ -43,7 +43,8 @@ def test_round_trip(tmp_path, fmt, name):
 
 
 @pytest.mark.parametrize("fmt,name", [("safetensors", "m.pt"), ("state_dict", "m.bin"),
-                                      ("safetensors", "noext")])
+                                      ("safetensors", "noext"),
+                                      ("state_dict", "m.safetensors")])
 def test_the_format_comes_from_the_content_not_the_name(tmp_path, fmt, name):
     model = small_cnn()
     path = save_model(model, tmp_path / name, fmt)
