@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.common import check_positive
@@ -71,7 +72,7 @@ def solve(
     Parameters
     ----------
     rho : initial quadratic penalty (unit-diagonal H); grows as in ``l0-admm``.
-    s0, M, r : surrogate step-size rule (defaults of the authors' code).
+    s0, M, r : surrogate step-size rule (defaults of the authors' code); M > 1, 0 < r < 1.
     max_iter, patience, tol, time_budget, float32, refit : as for ``l0-admm``.
 
     Returns
@@ -82,6 +83,9 @@ def solve(
     t0 = time.perf_counter()
     for name, val in (("rho", rho), ("s0", s0), ("M", M), ("r", r), ("tol", tol)):
         check_positive(name, val)
+    if not (M > 1 and r < 1):  # the step-size rule's convergence conditions (else alpha_k
+        raise InvalidInputError(  # leaves (0, 1), or k**r overflows)
+            f"the step-size rule needs M > 1 and 0 < r < 1, got M={M!r}, r={r!r}")
     check_positive("max_iter", max_iter, integer=True)
     check_positive("patience", patience, integer=True)
     check_positive("time_budget", time_budget, allow_none=True)

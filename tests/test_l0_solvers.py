@@ -162,7 +162,8 @@ def test_bad_options(mid_layer):
     W, X, b = mid_layer
     bad = [("l0-admm", {"rho": 0}), ("l0-admm", {"max_iter": 2.5}), ("slr", {"s0": -1}),
            ("iht", {"swap_rounds_max": -1}), ("iht", {"tol": float("nan")}),
-           ("l0-admm", {"time_budget": 0}), ("l0-admm", {"no_such_option": 1})]
+           ("l0-admm", {"time_budget": 0}), ("l0-admm", {"no_such_option": 1}),
+           ("slr", {"r": 1e300}), ("slr", {"r": 1.0}), ("slr", {"M": 1.0})]
     for method, opts in bad:
         with pytest.raises(InvalidInputError):
             solve_layer(W, X, bias=b, sparsity=0.5, method=method, **opts)
