@@ -122,10 +122,59 @@ def load_model(path, *, arch: str | None = None,
                                 f"build the architecture")
     model = build_arch(arch)
     try:
+        masked = _reapply_masks(model, state)
         model.load_state_dict(state)
-    except RuntimeError as e:
+        _refresh_masked(masked)
+    except (RuntimeError, AttributeError, KeyError) as e:
         raise InvalidInputError(f"{path} does not fit --arch {arch}: {e}") from None
     return model, fmt
+
+
+def _reapply_masks(model: nn.Module, state: dict) -> list[nn.Module]:
+    """A state_dict saved in torch.nn.utils.prune's convention (``weight_orig`` and
+    ``weight_mask``, as ``prune --mask-convention`` writes it) loads into the plain
+    architecture once the same masks are set up on it; returns the masked modules."""
+    from torch.nn.utils import prune
+
+    masked = []
+    for key in state:
+        if not key.endswith("_mask"):
+            continue
+        owner, _, name = key[: -len("_mask")].rpartition(".")
+        if f"{key[: -len('_mask')]}_orig" not in state:
+            continue
+        module = model.get_submodule(owner)
+        if not hasattr(module, f"{name}_orig"):
+            prune.custom_from_mask(module, name, state[key].to(torch.bool))
+            masked.append(module)
+    return masked
+
+
+def _refresh_masked(modules: list[nn.Module]) -> None:
+    """The masked weight is an attribute computed by prune's forward pre-hook: recompute it
+    from the loaded ``*_orig`` and ``*_mask`` now, not at the first forward pass."""
+    from torch.nn.utils import prune
+
+    for module in modules:
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
+def has_masks(model: nn.Module) -> list[str]:
+    """The modules that carry torch.nn.utils.prune masks (a computed ``weight``)."""
+    return [n for n, m in model.named_modules() if hasattr(m, "weight_orig")]
+
+
+def bake_masks(model: nn.Module) -> list[str]:
+    """Make every pruned weight a plain parameter again (``prune.remove``), zeros kept;
+    returns the modules that had masks."""
+    from torch.nn.utils import prune
+
+    names = has_masks(model)
+    for n in names:
+        prune.remove(model.get_submodule(n), "weight")
+    return names
 
 
 def save_model(model: nn.Module, path, fmt: str, *, protect=()) -> Path:

@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", default="same", choices=["same", "state_dict", "safetensors",
                                                            "pickle"],
                     help="output format (default: the input's)")
+    pr.add_argument("--mask-convention", action="store_true",
+                    help="save in torch.nn.utils.prune's convention (weight_orig + "
+                         "weight_mask), to fine-tune with the masks kept")
     pr.add_argument("--report", help="write the per-layer report as JSON")
     pr.add_argument("--plot", help="write a PNG of per-layer sparsity and error")
 
@@ -132,11 +135,20 @@ def _prune(args) -> int:
     import torch
 
     from layertrim.adapters.torch import prune_model
-    from layertrim.adapters.torch_io import load_calibration, load_model, save_model
+    from layertrim.adapters.torch_io import (
+        bake_masks,
+        load_calibration,
+        load_model,
+        save_model,
+    )
     from layertrim.atomic import atomic_write_text
     from layertrim.layerwise.checkpoint import Checkpoint
 
     model, fmt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+    baked = bake_masks(model)  # a model saved with masks is pruned from its masked weights
+    if baked:
+        print(f"the input's pruning masks ({len(baked)} layers) are baked into its weights",
+              file=sys.stderr)
     calib = load_calibration(args.calib, args.batch_size)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     if dtype is not None:
@@ -176,6 +188,7 @@ def _prune(args) -> int:
                                  layers=layers, exclude=args.exclude, executor=executor,
                                  checkpoint=None if args.resume else checkpoint,
                                  resume=args.resume, gram_dtype=args.gram_dtype,
+                                 mask_convention=args.mask_convention,
                                  progress=progress_bar(f"{args.method} {args.schedule}",
                                                        lines=True),
                                  **options)
@@ -327,7 +340,7 @@ def _solve(args) -> int:
 # keywords (seed, max_rows, max_samples, frontier, ...) may come as --option
 PRUNE_OWN_KEYS = {"model", "calib", "sparsity", "method", "schedule", "pattern", "layers",
                   "exclude", "executor", "checkpoint", "resume", "gram_dtype", "progress",
-                  "allocation"}
+                  "allocation", "mask_convention"}
 
 
 def _layer_sparsities(items: list[str]) -> dict[str, float]:

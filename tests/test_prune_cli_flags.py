@@ -124,3 +124,34 @@ def test_a_named_checkpoint_is_kept_after_a_resume_even_in_the_default_place(fil
     assert ck.is_dir()  # named: kept after success
     assert main([*base, "--sparsity", "0.5", "--resume", str(ck), "--out", str(out)]) == 0
     assert ck.is_dir()  # and after a resume of it
+
+
+def test_mask_convention_output_loads_and_prunes_again(files, tmp_path, capsys):
+    """--mask-convention writes weight_orig + weight_mask; load_model sets the same masks up
+    on the plain architecture (so the file loads and fine-tunes with masks kept), and a
+    second prune bakes them in first."""
+    from layertrim.adapters.torch_io import has_masks, load_model
+
+    masked, plain = tmp_path / "masked.pt", tmp_path / "plain.pt"
+    common = [*files, "--sparsity", "0.5", "--allocation", "uniform"]
+    assert main([*common, "--mask-convention", "--out", str(masked)]) == 0
+    assert main([*common, "--out", str(plain)]) == 0
+    saved = torch.load(masked, weights_only=True)
+    assert "0.weight_orig" in saved and "0.weight_mask" in saved and "0.weight" not in saved
+    model, _ = load_model(masked, arch=ARCH)
+    ref, _ = load_model(plain, arch=ARCH)
+    assert len(has_masks(model)) == 10
+    for name, mod in model.named_modules():
+        if hasattr(mod, "weight_mask"):
+            ref_w = ref.get_submodule(name).weight
+            assert torch.equal(mod.weight, ref_w)
+            assert torch.equal(mod.weight_mask.bool(), ref_w != 0)
+    again = tmp_path / "again.pt"
+    from_masked = [files[0], str(masked), *files[2:]]  # the masked file as the input
+    assert main([*from_masked, "--sparsity", "0.7", "--allocation", "uniform",
+                 "--out", str(again)]) == 0
+    assert "masks (10 layers) are baked" in capsys.readouterr().err
+    got = layer_sparsities(again)
+    assert all(0.69 < s < 0.75 for s in got.values()), got
+    out_state = torch.load(again, weights_only=True)
+    assert not any(k.endswith("_orig") for k in out_state)
