@@ -185,24 +185,35 @@ def batches(calib) -> Iterable[torch.Tensor]:
 def accumulate(layer: TorchLayer, sums: list[GramSum], x_in: torch.Tensor,
                x_ref: torch.Tensor | None, max_rows: int | None, gen: torch.Generator) -> None:
     """Add one batch of a layer's inputs (and the dense reference's, for the cross term) to
-    its per-group running sums."""
-    if max_rows is None:
-        step = layer.items_per_piece(x_in)
-        dtype = sums[0].product_dtype(x_in)
-        for s in range(0, max(len(x_in), 1), step):
-            xs, xr = x_in[s:s + step], None if x_ref is None else x_ref[s:s + step]
-            refs = None if xr is None else layer.columns(xr, dtype)
-            for g, A in enumerate(layer.columns(xs, dtype)):
-                sums[g].add(A, None if refs is None else refs[g])
+    its per-group running sums. A convolution's patches are handed to the sums as strided
+    views of its input, a piece of whole images at a time, for GramSum.add to copy once; the
+    groups share a budget of PIECE buffered entries."""
+    for s in sums:
+        s.limit_buffer(PIECE // layer.groups)
+    if max_rows is not None:
+        refs = layer.rows(x_ref) if x_ref is not None else None
+        for g, rows in enumerate(layer.rows(x_in)):
+            r0 = None if refs is None else refs[g]
+            if rows.shape[0] > max_rows:
+                keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
+                rows = rows[keep]
+                r0 = None if r0 is None else r0[keep]
+            sums[g].add(rows.T, None if r0 is None else r0.T)
         return
-    refs = layer.rows(x_ref) if x_ref is not None else None
-    for g, rows in enumerate(layer.rows(x_in)):
-        r0 = None if refs is None else refs[g]
-        if rows.shape[0] > max_rows:
-            keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
-            rows = rows[keep]
-            r0 = None if r0 is None else r0[keep]
-        sums[g].add(rows.T, None if r0 is None else r0.T)
+    if isinstance(layer.module, nn.Linear):
+        d = sums[0].d  # (TorchLayer.d's np.prod costs as much as a small layer's GEMM)
+        sums[0].add(x_in.reshape(-1, d).T, None if x_ref is None else x_ref.reshape(-1, d).T)
+        return
+    if x_in.dim() == layer.module.weight.dim() - 1:  # an unbatched input: one image
+        x_in = x_in.unsqueeze(0)
+        x_ref = None if x_ref is None else x_ref.unsqueeze(0)
+    c = layer.module.in_channels // layer.groups
+    step = layer.items_per_piece(x_in)
+    for start in range(0, max(len(x_in), 1), step):  # an empty batch still meets the kernel
+        V = layer._patch_view(x_in[start:start + step])  # (C, kh, kw, N, OH, OW)
+        V0 = None if x_ref is None else layer._patch_view(x_ref[start:start + step])
+        for g, s in enumerate(sums):
+            s.add(V[g * c:(g + 1) * c], None if V0 is None else V0[g * c:(g + 1) * c])
 
 
 def finish(name: str, sums: list[GramSum]) -> list[Gram]:

@@ -3,9 +3,10 @@ plain forward pass over the same batches, for the 784-300-100-10 MLP and LeNet-5
 training images (batches of 256). Both Gram paths of adapters/torch.py run in the same process:
 float64 products (the default) and float32 products summed in float64 per chunk
 (``gram_dtype="float32"``). Each timing is the median of ``--repeats`` interleaved
-runs. Writes bench/results/calibration.json.
+runs. Writes bench/results/calibration.json. ``--batch 32`` exercises the buffer that gathers
+short batches before multiplying (adapters/torch_gram.py: batches under DIRECT_ROWS rows).
 
-    python bench/calibration.py [--repeats 7] [--out PATH]
+    python bench/calibration.py [--repeats 7] [--batch 256] [--out PATH]
 """
 
 from __future__ import annotations
@@ -78,16 +79,17 @@ def measure(model, calib, repeats: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--out", default=str(HERE / "results" / "calibration.json"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     torch.manual_seed(0)
     X = torch.from_numpy(load_mnist()["train"][0][:CALIB])
-    out = {"benchmark": "calibration", "images": CALIB, "batch": BATCH,
+    out = {"benchmark": "calibration", "images": CALIB, "batch": args.batch,
            "threads": torch.get_num_threads(), "models": {}}
     for name, model, shape in (("mlp 784-300-100-10", mlp(), (-1, 784)),
                                ("lenet-5 cnn", lenet(), (-1, 1, 28, 28))):
-        rec = measure(model, list(X.reshape(shape).split(BATCH)), args.repeats)
+        rec = measure(model, list(X.reshape(shape).split(args.batch)), args.repeats)
         out["models"][name] = rec
         print(name, {k: v for k, v in rec.items() if k not in ("times_s", "layers")},
               flush=True)

@@ -133,3 +133,144 @@ def test_input_smaller_than_the_kernel_is_refused():
 
     with pytest.raises(InvalidInputError, match="smaller than the kernel"):
         TorchLayer("c", nn.Conv2d(1, 1, 5)).columns(torch.zeros(1, 1, 3, 3), torch.float32)
+
+
+def _augmented_rows(layer, x: torch.Tensor) -> list[np.ndarray]:
+    """Brute force: each group's input rows with a ones column, [X, 1], in float64, from
+    torch's own F.unfold of the padded input (or the flattened input of a Linear)."""
+    mod = layer.module
+    if isinstance(mod, nn.Linear):
+        X = [x.reshape(-1, mod.in_features).double()]
+    else:
+        conv1d = isinstance(mod, nn.Conv1d)
+        xp = x.unsqueeze(2) if conv1d else x
+        pad = tuple(mod._reversed_padding_repeated_twice) + ((0, 0) if conv1d else ())
+        mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
+        xp = torch.nn.functional.pad(xp, pad, mode=mode)
+        two = (lambda t: (1, t[0])) if conv1d else tuple
+        U = torch.nn.functional.unfold(xp.double(), two(mod.kernel_size),
+                                       dilation=two(mod.dilation), stride=two(mod.stride))
+        U = U.transpose(1, 2).reshape(-1, U.shape[1])  # rows (image, position)
+        X = list(U.split(U.shape[1] // mod.groups, dim=1))
+    return [np.hstack([g.numpy(), np.ones((len(g), 1))]) for g in X]
+
+
+LAYERS = {
+    "linear": (lambda: nn.Linear(6, 4), (6,)),
+    "conv1d": (lambda: nn.Conv1d(3, 4, 3, stride=2, dilation=2, padding=1), (3, 19)),
+    "conv2d": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2),
+               (4, 11, 9)),
+    "conv2d-same": (lambda: nn.Conv2d(3, 5, (2, 3), padding="same", padding_mode="reflect"),
+                    (3, 7, 8)),
+}
+
+
+@pytest.mark.parametrize("gram_dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("direct_rows", [256, 1])
+def test_grams_equal_brute_force_augmented_grams(kind, gram_dtype, direct_rows, monkeypatch):
+    """Every statistic, the column sums and the reference's from the ones row included, equals
+    the float64 Gram of [X, 1] and the cross term [X, 1]^T [X0, 1], over batches of uneven
+    sizes: with short batches buffered (DIRECT_ROWS 256) and with every batch multiplied as it
+    comes (DIRECT_ROWS 1), for Linear, Conv1d and Conv2d with groups, padding (zeros, reflect,
+    'same'), stride and dilation."""
+    from layertrim.adapters.torch import TorchLayer
+
+    monkeypatch.setattr(tg, "DIRECT_ROWS", direct_rows)
+    build, shape = LAYERS[kind]
+    torch.manual_seed(0)
+    net, ref = nn.Sequential(build()), nn.Sequential(build())
+    calib = [torch.randn(b, *shape) for b in (5, 1, 9, 3)]
+    layer = TorchLayer("0", net[0])
+    got = collect_grams(net, [layer], calib, reference=ref, gram_dtype=gram_dtype)["0"]
+    rows = [_augmented_rows(layer, x) for x in calib]
+    with torch.no_grad():
+        rows0 = [_augmented_rows(TorchLayer("0", ref[0]), x) for x in calib]
+    tol = 1e-6 if gram_dtype == "float32" else 1e-12
+    assert len(got) == layer.groups
+    for g, G in enumerate(got):
+        Xa = np.vstack([r[g] for r in rows])
+        X0a = np.vstack([r[g] for r in rows0])
+        assert G.n == len(Xa)
+        assert np.array_equal(G.H, G.H.T)
+        for have, want in [(G.augmented(), Xa.T @ Xa), (G.cross, Xa[:, :-1].T @ X0a[:, :-1]),
+                           (G.sum0, X0a[:, :-1].sum(0))]:
+            np.testing.assert_allclose(have, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("float32", [False, True])
+def test_buffer_fills_across_uneven_batches(float32, monkeypatch):
+    """Short batches wait in a buffer of 8 rows, which is multiplied when a batch does not fit
+    and when full; longer ones (some longer than the buffer) go straight through (a matrix in
+    the product dtype) or through a temporary copy (a conversion, a patch view); a float64
+    batch in a float32 sum multiplies out the float32 buffer and makes a float64 one, and
+    back. Everything equals the exact float64 sums."""
+    monkeypatch.setattr(tg, "DIRECT_ROWS", 6)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((60, 7)).astype(np.float32)
+    X0 = rng.standard_normal((60, 3)).astype(np.float32)
+    s = GramSum(7, 3, float32=float32, buffer_entries=8 * 8)  # 8 rows of d + 1 = 8
+    assert s.capacity == 8
+    # 3, 4; 2 (no room: multiplied first); 5, 1 (full); 10 (> 8); 14 as a patch view; 4 in
+    # float64 (a float32 sum makes a float64 buffer), 3 in float32 again; 14
+    cuts = [0, 3, 7, 9, 14, 15, 25, 39, 43, 46, 60]
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        A, A0 = torch.from_numpy(X[a:b]).T, torch.from_numpy(X0[a:b]).T
+        if i == 6:
+            A, A0 = A.reshape(7, 2, 7), A0.reshape(3, 7, 2)  # not a matrix: copied once
+        elif i == 7:
+            A, A0 = A.double(), A0.double()
+        fill = s.capacity - s.room
+        s.add(A, A0)
+        assert s.n == b
+        if b - a < tg.DIRECT_ROWS:  # buffered: appended, or the buffer was multiplied first
+            assert s.capacity - s.room in ((fill + b - a) % 8, b - a)
+        else:  # multiplied at once: the buffer is left as it was
+            assert s.capacity - s.room == fill
+    g = s.to_gram()
+    Xd, X0d = X.astype(np.float64), X0.astype(np.float64)
+    tol = 1e-6 if float32 else 1e-13
+    for have, want in [(g.H, Xd.T @ Xd), (g.cross, Xd.T @ X0d), (g.sum, Xd.sum(0)),
+                       (g.sum0, X0d.sum(0))]:
+        np.testing.assert_allclose(have, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+def test_cross_term_inputs_must_match_d0():
+    with pytest.raises(InvalidInputError, match="exactly when d0"):
+        GramSum(3).add(torch.ones(3, 2), torch.ones(3, 2))
+    with pytest.raises(InvalidInputError, match="exactly when d0"):
+        GramSum(3, 2).add(torch.ones(3, 2))
+    with pytest.raises(InvalidInputError, match="2 rows for X but 3"):
+        GramSum(3, 2).add(torch.ones(3, 2), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [26, 151, 785])
+def test_upper_gram_panels_by_dtype(d, dtype):
+    """The default panels (shorter in float64, at least two from d = 128) cover the upper
+    triangle; the lower one is left alone and mirror_upper completes the symmetric Gram."""
+    A = torch.randn(d, 40, dtype=dtype)
+    H = torch.zeros(d, d, dtype=dtype)
+    add_upper_gram(H, A)
+    want = A.double().numpy() @ A.double().numpy().T
+    iu = np.triu_indices(d)
+    tol = 1e-4 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(H.double().numpy()[iu], want[iu], rtol=0, atol=tol)
+    if d >= 128:  # at least two panels, so some of the lower triangle was never written
+        assert (np.tril(H.numpy(), -1) == 0).any()
+    tg.mirror_upper(H)
+    np.testing.assert_allclose(H.double().numpy(), want, rtol=0, atol=tol)
+
+
+def test_grouped_layer_shares_the_buffer_budget(monkeypatch):
+    """The groups of a convolution share PIECE buffered entries, so a depthwise layer's
+    buffers stay as small as one ordinary layer's."""
+    import layertrim.adapters.torch as ta
+
+    monkeypatch.setattr(ta, "PIECE", 4096)
+    conv = nn.Conv2d(8, 8, 3, groups=8)
+    layer = ta.TorchLayer("c", conv)
+    sums = [GramSum(layer.d) for _ in range(layer.groups)]
+    ta.accumulate(layer, sums, torch.randn(2, 8, 5, 5), None, None, torch.Generator())
+    assert all(s.capacity == 4096 // 8 // (layer.d + 1) for s in sums)
+    assert sum(s.capacity * (s.d + 1) for s in sums) <= 4096
