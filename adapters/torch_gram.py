@@ -22,6 +22,8 @@ GRAM_DTYPES = ("float64", "float32")
 BLOCK_ROWS = 192  # float32 rows per panel of the upper-triangle product (add_upper_gram)
 BUFFER_ENTRIES = 1 << 20  # entries of a GramSum's sample buffer (and of the reference's)
 DIRECT_ROWS = 256  # batches of fewer rows are buffered (GramSum.add)
+BUFFER_ROWS = 4096  # at most this many rows buffered: long enough an inner dimension for a
+# GEMM at speed, without a narrow layer's buffer costing megabytes (every layer holds one)
 
 
 def check_gram_dtype(gram_dtype) -> str:
@@ -103,9 +105,11 @@ class GramSum:
     """One layer group's running statistics: X^T X, X's column sums, the row count, and with
     ``d0`` the cross term X^T X0 and X0's column sums.
 
-    Batches shorter than DIRECT_ROWS wait in a buffer of ``buffer_entries`` entries (as many
-    again for X0), multiplied when full and at the end; longer ones are multiplied as they
-    come. Memory is O(d^2 + buffer_entries + one batch), whatever the number of rows.
+    Batches shorter than DIRECT_ROWS wait in a buffer of at most ``buffer_entries`` entries and
+    BUFFER_ROWS rows (as many again for X0), multiplied when full and at the end; longer ones
+    are multiplied as they come, from their own memory or through a temporary copy of at most
+    about ``buffer_entries`` entries (a longer matrix is taken a piece at a time). Memory is
+    O(d^2 + buffer_entries), whatever the number of rows.
 
     By default every product is taken in float64. With ``float32``
     (``gram_dtype="float32"``), float32 CPU inputs are multiplied and summed in float32 into a
@@ -135,10 +139,10 @@ class GramSum:
 
     @property
     def capacity(self) -> int:
-        """Rows the buffer holds (never more than one float32 partial sum's)."""
+        """Rows the buffer holds (at most BUFFER_ROWS, fewer than a float32 partial sum's)."""
         if self._buf is not None:
             return self._buf[0].shape[1]
-        return max(1, min(GRAM_CHUNK, self.buffer_entries // (self.d + 1)))
+        return max(1, min(BUFFER_ROWS, self.buffer_entries // (self.d + 1)))
 
     @property
     def room(self) -> int:
@@ -171,6 +175,16 @@ class GramSum:
             return
         dtype = self.product_dtype(A)
         mats = [m for m in (A, A0) if m is not None]
+        direct = all(m.dim() == 2 and m.dtype == dtype and 1 in m.stride() for m in mats)
+        piece = max(DIRECT_ROWS, self.buffer_entries // (self.d + 1))
+        if not direct and rows > piece and all(m.dim() == 2 for m in mats):
+            # a big matrix to convert (a whole calibration set given as one tensor): copied a
+            # piece at a time, so the temporary stays O(buffer_entries), not O(rows * d)
+            for s in range(0, rows, piece):
+                e = min(rows, s + piece)
+                self._copy_and_multiply([m[:, s:e] for m in mats], dtype, A.device)
+            self.n += rows
+            return
         if rows < DIRECT_ROWS and rows <= self.capacity:
             self._ready(dtype, A.device)
             if rows > self.room:
@@ -180,14 +194,21 @@ class GramSum:
             self._fill += rows
             if self.room == 0:
                 self._multiply_buffer()
-        elif all(m.dim() == 2 and m.dtype == dtype and 1 in m.stride() for m in mats):
+        elif direct:
             self._multiply(mats, augmented=False)
         else:
-            temps = self._buffers(rows, dtype, A.device, A0 is not None)
-            for B, m in zip(temps, mats, strict=True):
-                B[:-1].view(m.shape).copy_(m)
-            self._multiply(temps)
+            self._copy_and_multiply(mats, dtype, A.device)
         self.n += rows
+
+    def _copy_and_multiply(self, mats: list[torch.Tensor], dtype: torch.dtype,
+                           device: torch.device) -> None:
+        """Multiply X (and X0) through one temporary copy in the product dtype, ones row
+        appended (freed at once: the allocator hands the same pages to the next batch)."""
+        rows = mats[0].numel() // self.d
+        temps = self._buffers(rows, dtype, device, len(mats) > 1)
+        for B, m in zip(temps, mats, strict=True):
+            B[:-1].view(m.shape).copy_(m)
+        self._multiply(temps)
 
     def _buffers(self, rows: int, dtype: torch.dtype, device: torch.device,
                  cross: bool) -> list[torch.Tensor]:

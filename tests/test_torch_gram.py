@@ -274,3 +274,48 @@ def test_grouped_layer_shares_the_buffer_budget(monkeypatch):
     ta.accumulate(layer, sums, torch.randn(2, 8, 5, 5), None, None, torch.Generator())
     assert all(s.capacity == 4096 // 8 // (layer.d + 1) for s in sums)
     assert sum(s.capacity * (s.d + 1) for s in sums) <= 4096
+
+
+def test_the_cross_term_pairs_the_pruned_input_with_the_dense_one():
+    """Layer 2 sees different inputs in the two networks (their first layers differ): the
+    cross term must be [X, 1]^T [X0, 1] of those two inputs, not of either one twice."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    ref = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    calib = [torch.randn(b, 6) for b in (7, 300, 2)]
+    from layertrim.adapters.torch import TorchLayer
+
+    G = collect_grams(net, [TorchLayer("2", net[2])], calib, reference=ref)["2"][0]
+    with torch.no_grad():
+        X = torch.cat([net[1](net[0](x)) for x in calib]).double().numpy()
+        X0 = torch.cat([ref[1](ref[0](x)) for x in calib]).double().numpy()
+    assert not np.allclose(X, X0)
+    np.testing.assert_allclose(G.cross, X.T @ X0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(G.sum0, X0.sum(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(G.H, X.T @ X, rtol=1e-12, atol=1e-12)
+
+
+def test_memory_is_bounded_by_the_buffer_not_the_rows(monkeypatch):
+    """A whole calibration set given as one float32 matrix, multiplied in float64: the copies
+    are taken a piece at a time (no temporary of rows x d); a narrow layer's short-batch
+    buffer holds at most BUFFER_ROWS rows."""
+    sizes = []
+    real = tg.GramSum._buffers
+
+    def spy(self, rows, dtype, device, cross):
+        sizes.append(rows * (self.d + 1))
+        return real(self, rows, dtype, device, cross)
+
+    monkeypatch.setattr(tg.GramSum, "_buffers", spy)
+    d, n = 300, 20000
+    X = torch.randn(d, n)  # float32: float64 products need a copy
+    s = tg.GramSum(d)
+    s.add(X)
+    assert s.n == n
+    assert max(sizes) <= (d + 1) * max(tg.DIRECT_ROWS, tg.BUFFER_ENTRIES // (d + 1))
+    np.testing.assert_allclose(s.to_gram().H, (X.double() @ X.double().T).numpy(),
+                               rtol=1e-12, atol=1e-9)
+    narrow = tg.GramSum(8)
+    for _ in range(3):
+        narrow.add(torch.randn(8, 16, dtype=torch.float64))
+    assert narrow.capacity == tg.BUFFER_ROWS and narrow._buf[0].shape[1] <= tg.BUFFER_ROWS
