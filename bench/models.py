@@ -38,12 +38,29 @@ from layertrim.demo import fit, lenet, train_mlp
 HERE = Path(__file__).parent
 LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95)
 CALIB = 2048
+MAIN = "layertrim l0-admm cascade, global"  # the default policy the target is about
+
+
+def predictions(model, X) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(b) for b in X.split(2000)]).argmax(1)
 
 
 def accuracy(model, X, y) -> float:
-    with torch.no_grad():
-        return float((torch.cat([model(b) for b in X.split(2000)]).argmax(1) == y)
-                     .float().mean())
+    return float((predictions(model, X) == y).float().mean())
+
+
+def paired_test(ours: torch.Tensor, base: torch.Tensor, y: torch.Tensor) -> dict:
+    """Exact McNemar test on the same test images: the images only one model gets right
+    decide; p is the two-sided chance of a split at least this uneven if both models were
+    equally accurate (a difference of a few images is noise, not a ranking)."""
+    from scipy.stats import binomtest
+
+    a, b = ours == y, base == y
+    only_ours, only_base = int((a & ~b).sum()), int((~a & b).sum())
+    k = only_ours + only_base
+    p = 1.0 if k == 0 else float(binomtest(only_ours, k, 0.5).pvalue)
+    return {"only_ours_right": only_ours, "only_torch_right": only_base, "p_value": p}
 
 
 def torch_global_magnitude(model, level):
@@ -67,18 +84,22 @@ def compare(name, model, calib, Xte, yte, levels, configs):
     for level in levels:
         t = time.perf_counter()
         base = torch_global_magnitude(model, level)
+        base_pred = predictions(base, Xte)
         rows.append({"model": name, "config": "torch global L1", "level": level,
-                     "accuracy": accuracy(base, Xte, yte), "sparsity": total_sparsity(base),
-                     "time_s": time.perf_counter() - t})
+                     "accuracy": float((base_pred == yte).float().mean()),
+                     "sparsity": total_sparsity(base), "time_s": time.perf_counter() - t})
         print(rows[-1], flush=True)
         for label, opts in configs:
             m = copy.deepcopy(model)
             t = time.perf_counter()
             rep = lt.prune_model(m, calib, sparsity=level, executor="serial", **opts)
+            spent = time.perf_counter() - t
+            pred = predictions(m, Xte)
             rows.append({"model": name, "config": label, "level": level,
-                         "accuracy": accuracy(m, Xte, yte), "sparsity": total_sparsity(m),
-                         "time_s": time.perf_counter() - t, "allocation": rep.allocation,
-                         "timing": rep.timing})
+                         "accuracy": float((pred == yte).float().mean()),
+                         "sparsity": total_sparsity(m), "time_s": spent,
+                         "allocation": rep.allocation, "timing": rep.timing,
+                         "vs_torch": paired_test(pred, base_pred, yte)})
             print({k: v for k, v in rows[-1].items() if k != "allocation"}, flush=True)
     return rows
 
@@ -156,6 +177,18 @@ def summary(out: dict) -> str:
                      for r in rs if r["config"] == cfg}
             lines.append(f"| {cfg} | " + " | ".join(cells.get(lv, "-") for lv in levels) + " |")
         lines.append("")
+        main_rows = {r["level"]: r for r in rs if r["config"] == MAIN}
+        if main_rows:
+            lines.append(f"{MAIN} against torch global L1, paired on the test images "
+                         f"(images only ours / only torch gets right, exact McNemar p): "
+                         + "; ".join(f"{lv:.0%}: {v['only_ours_right']}/"
+                                     f"{v['only_torch_right']}, "
+                                     + ("p<1e-10" if v["p_value"] < 1e-10
+                                        else f"p={v['p_value']:.2g}")
+                                     for lv, v in ((lv, main_rows[lv]["vs_torch"])
+                                                   for lv in levels if lv in main_rows))
+                         + ".")
+            lines.append("")
     cal = out["calibration"]
     lines.append(f"Calibration of LeNet-5 on {CALIB} images (all layers' Grams): "
                  f"{cal['calibration_s']:.2f} s, {cal['ratio']:.1f}x a plain forward pass "
