@@ -270,7 +270,7 @@ def _bench(args) -> int:
     if args.json is not None and args.plot is not None:
         check_not_input(args.plot, (args.json,))
     data = load_layer(args.layer)
-    baseline = args.baseline or (methods[0] if methods else None)
+    baseline = args.baseline or (methods[0] if methods else "")
 
     def show(row):
         state = "failed" if row.error else f"{row.time_s:.2f} s"
