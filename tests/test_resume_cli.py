@@ -84,7 +84,9 @@ def test_ctrl_c_then_sigkill_then_resume_gives_the_uninterrupted_bits(files, tmp
     ref = reference(tmp_path)
     out = tmp_path / "out.pt"
     ck = tmp_path / "ck"  # named, so kept after success: its log is checked at the end
-    run = [*files, "--method", "test-slow", "--option", "delay=0.5", "--executor", "local",
+    # 1.5 s a layer: on 2 busy cores this test process may wait a second or two to run, and
+    # the signal must still find the prune running
+    run = [*files, "--method", "test-slow", "--option", "delay=1.5", "--executor", "local",
            "--workers", "2", "--out", out, "--checkpoint", ck]
 
     # 1. Ctrl-C after two layers: exit 130, a hint, no worker left behind, no model
