@@ -26,6 +26,18 @@ def tight(**kw):  # well below the 1e-4 agreement asked of the engine, so the te
     return dict(reltol=1e-5, dual_reltol=1e-4, feas_tol=1e-6, max_iter=50000, **kw)
 
 
+def cascade_case(seed, per_neuron=False):
+    """A layer, inputs X_hat perturbed from its X, and the cascade rule's targets on them."""
+    W, X, b = layer(seed)
+    rng = np.random.default_rng(seed)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    W0a = np.hstack([W, b[:, None]])
+    X_hat = X + 0.1 * rng.standard_normal(X.shape)
+    t = cascade_rule(np.hstack([X_hat, np.ones((len(X), 1))]), W0a, np.maximum(Xa @ W0a.T, 0),
+                     True, per_neuron=per_neuron)
+    return W, X, b, X_hat, t
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("activation", ["relu", "linear"])
 def test_matches_cvxpy_objective_and_is_feasible(seed, activation):
@@ -51,13 +63,7 @@ def test_defaults_meet_the_advertised_tolerances():
 
 
 def test_cascade_data_and_per_neuron_radii_match_cvxpy():
-    W, X, b = layer(3)
-    rng = np.random.default_rng(3)
-    Xa = np.hstack([X, np.ones((len(X), 1))])
-    W0a = np.hstack([W, b[:, None]])
-    X_hat = X + 0.1 * rng.standard_normal(X.shape)
-    t = cascade_rule(np.hstack([X_hat, np.ones((len(X), 1))]), W0a, np.maximum(Xa @ W0a.T, 0),
-                     True)
+    W, X, b, X_hat, t = cascade_case(3)
     opts = dict(bias=b, activation="relu", Y=t.Y, V=t.V, eps=t.eps)
     ref = lt.solve_layer(W, X_hat, method="nettrim-cvx", **opts)
     r = lt.solve_layer(W, X_hat, method="nettrim", **opts, **tight())
@@ -73,13 +79,7 @@ def test_cascade_data_and_per_neuron_radii_match_cvxpy():
 def test_per_neuron_cascade_radii_and_floors_match_cvxpy():
     """Cascade data with one radius per neuron (eps as m radii), and a target sparsity driving
     the gain over per-neuron floors: the engine meets the reference and every floor holds."""
-    W, X, b = layer(5)
-    rng = np.random.default_rng(5)
-    Xa = np.hstack([X, np.ones((len(X), 1))])
-    W0a = np.hstack([W, b[:, None]])
-    X_hat = X + 0.1 * rng.standard_normal(X.shape)
-    t = cascade_rule(np.hstack([X_hat, np.ones((len(X), 1))]), W0a, np.maximum(Xa @ W0a.T, 0),
-                     True, per_neuron=True)
+    W, X, b, X_hat, t = cascade_case(5, per_neuron=True)
     opts = dict(bias=b, activation="relu", Y=t.Y, V=t.V, per_neuron=True)
     ref = lt.solve_layer(W, X_hat, method="nettrim-cvx", eps=t.eps, **opts)
     r = lt.solve_layer(W, X_hat, method="nettrim", eps=t.eps, **opts, **tight())
