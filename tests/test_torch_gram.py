@@ -64,7 +64,7 @@ def test_empty_sum_is_an_empty_gram():
 def test_batches_unfolded_in_pieces_give_the_same_grams(monkeypatch):
     """A batch is unfolded a few images at a time (PIECE entries); with pieces of one or two
     images the Grams, cross terms included, equal the one-piece result."""
-    import layertrim.adapters.torch as ta
+    import layertrim.adapters.torch_layers as tl
     from tests.test_torch_adapter import make
 
     net, calib = make()
@@ -75,7 +75,7 @@ def test_batches_unfolded_in_pieces_give_the_same_grams(monkeypatch):
     layers = find_layers(net)
     whole = collect_grams(net, layers, calib, reference=dense)
     assert layers[0].items_per_piece(calib[0]) >= len(calib[0])  # one piece by default
-    monkeypatch.setattr(ta, "PIECE", 1)
+    monkeypatch.setattr(tl, "PIECE", 1)
     assert layers[0].items_per_piece(calib[0]) == 1
     pieces = collect_grams(net, layers, calib, reference=dense)
     for la in layers:
@@ -266,8 +266,9 @@ def test_grouped_layer_shares_the_buffer_budget(monkeypatch):
     """The groups of a convolution share PIECE buffered entries, so a depthwise layer's
     buffers stay as small as one ordinary layer's."""
     import layertrim.adapters.torch as ta
+    import layertrim.adapters.torch_layers as tl
 
-    monkeypatch.setattr(ta, "PIECE", 4096)
+    monkeypatch.setattr(tl, "PIECE", 4096)
     conv = nn.Conv2d(8, 8, 3, groups=8)
     layer = ta.TorchLayer("c", conv)
     sums = [GramSum(layer.d) for _ in range(layer.groups)]

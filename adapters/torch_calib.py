@@ -1,0 +1,204 @@
+"""Calibration of PyTorch models: run the calibration batches through the model (eval mode, no
+grad) with forward hooks on the prunable layers, and stream each layer's inputs into its Gram
+accumulators (``torch_gram.GramSum``); with a dense reference model alongside, the cascade's
+cross term too. The inputs are never stored: memory beyond the model is the Grams plus one
+batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from layertrim.adapters import torch_layers
+from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
+from layertrim.adapters.torch_layers import TorchLayer, find_layers
+from layertrim.errors import InvalidInputError
+from layertrim.gram import Gram
+from layertrim.validate import check_int
+
+
+def batches(calib) -> Iterable[torch.Tensor]:
+    """Model inputs from a tensor (one batch), or an iterable of tensors or of (x, ...) tuples
+    (a DataLoader over a labelled dataset)."""
+    if isinstance(calib, np.ndarray):
+        calib = torch.from_numpy(calib)
+    if isinstance(calib, torch.Tensor):
+        if calib.dim() == 0 or len(calib) > 0:  # a tensor of no rows holds no batch
+            yield calib
+        return
+    try:
+        it = iter(calib)
+    except TypeError:
+        raise InvalidInputError(f"calibration data must be a tensor or an iterable of batches, "
+                                f"got {type(calib).__name__}") from None
+    for item in it:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInputError(f"a calibration batch must be a tensor, got "
+                                    f"{type(x).__name__}")
+        yield x
+
+
+def accumulate(layer: TorchLayer, sums: list[GramSum], x_in: torch.Tensor,
+               x_ref: torch.Tensor | None, max_rows: int | None, gen: torch.Generator) -> None:
+    """Add one batch of a layer's inputs (and the dense reference's, for the cross term) to
+    its per-group running sums. A convolution's patches are handed to the sums as strided
+    views of its input, a piece of whole images at a time, for GramSum.add to copy once; the
+    groups share a budget of PIECE buffered entries."""
+    for s in sums:
+        s.limit_buffer(torch_layers.PIECE // layer.groups)  # read at call time (tests lower it)
+    if max_rows is not None:
+        refs = layer.rows(x_ref) if x_ref is not None else None
+        for g, rows in enumerate(layer.rows(x_in)):
+            r0 = None if refs is None else refs[g]
+            if rows.shape[0] > max_rows:
+                keep = torch.randperm(rows.shape[0], generator=gen)[:max_rows]
+                rows = rows[keep]
+                r0 = None if r0 is None else r0[keep]
+            sums[g].add(rows.T, None if r0 is None else r0.T)
+        return
+    if isinstance(layer.module, nn.Linear):
+        d = sums[0].d  # (TorchLayer.d's np.prod costs as much as a small layer's GEMM)
+        sums[0].add(x_in.reshape(-1, d).T, None if x_ref is None else x_ref.reshape(-1, d).T)
+        return
+    if x_in.dim() == layer.module.weight.dim() - 1:  # an unbatched input: one image
+        x_in = x_in.unsqueeze(0)
+        x_ref = None if x_ref is None else x_ref.unsqueeze(0)
+    c = layer.module.in_channels // layer.groups
+    step = layer.items_per_piece(x_in)
+    for start in range(0, max(len(x_in), 1), step):  # an empty batch still meets the kernel
+        V = layer._patch_view(x_in[start:start + step])  # (C, kh, kw, N, OH, OW)
+        V0 = None if x_ref is None else layer._patch_view(x_ref[start:start + step])
+        for g, s in enumerate(sums):
+            s.add(V[g * c:(g + 1) * c], None if V0 is None else V0[g * c:(g + 1) * c])
+
+
+def finish(name: str, sums: list[GramSum]) -> list[Gram]:
+    """The layer's float64 Grams; a NaN or Inf in its inputs is named by the layer."""
+    if all(s.n == 0 for s in sums):
+        raise InvalidInputError(f"layer {name} never ran in the forward pass over the "
+                                f"calibration data (unused, or called outside forward): leave "
+                                f"it out (exclude=...)")
+    try:
+        return [s.to_gram() for s in sums]
+    except InvalidInputError as e:
+        raise InvalidInputError(f"layer {name}: {e}") from None
+
+
+def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
+                  max_rows: int | None = None, seed: int = 0,
+                  reference: nn.Module | None = None, progress: bool = False,
+                  gram_dtype: str = "float64") -> dict[str, list[Gram]]:
+    """Run ``calib`` through ``model`` (eval mode, no grad) and accumulate, for every layer and
+    group, the float64 Gram of its inputs. Memory beyond the model is the Grams themselves plus
+    one batch: the inputs are never stored.
+
+    max_rows : keep at most this many rows (patches) per batch and layer, drawn uniformly
+        without replacement (seeded); None keeps all.
+    reference : the original (dense) model, same module names. Each batch also runs through
+        it, and the Grams track the cross term X_hat^T X between this model's layer inputs
+        X_hat and the reference's X (the cascade statistics).
+    progress : show a progress bar over the batches (tqdm, on stderr).
+    gram_dtype : "float64" (the default) or "float32": the precision of each batch's products
+        for a float32 model on the CPU (``torch_gram.GramSum``); the sums over batches are float64.
+    """
+    float32 = check_gram_dtype(gram_dtype) == "float32"
+    check_int("max_rows", max_rows, allow_none=True)
+    sums = {la.name: [GramSum(la.d, la.d if reference is not None else None, float32)
+                      for _ in range(la.groups)] for la in layers}
+    gen = torch.Generator().manual_seed(seed)
+    calibrate(model, layers, calib,
+              lambda la, x, x_ref: accumulate(la, sums[la.name], x, x_ref, max_rows, gen),
+              reference=reference, progress=progress)
+    return {name: finish(name, s) for name, s in sums.items()}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode inside; afterwards every submodule's own training flag as it was (a frozen
+    BatchNorm inside a model in training mode stays frozen)."""
+    modes = [(mod, mod.training) for mod in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for mod, training in modes:
+            mod.training = training
+
+
+def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
+              on_batch: Callable[[TorchLayer, torch.Tensor, torch.Tensor | None], None], *,
+              reference: nn.Module | None = None, progress: bool = False) -> int:
+    """Run every calibration batch through ``model`` (eval mode, no grad) and hand each
+    layer's input for the batch to ``on_batch(layer, x, x_ref)``; ``x_ref`` is the same
+    layer's input in ``reference`` (run first on the same batch), or None. Errors name the
+    layer. ``progress`` shows a bar over the batches. Returns the batch count."""
+    from tqdm.auto import tqdm
+
+    ref_in: dict[str, torch.Tensor] = {}  # one batch of the reference's layer inputs
+
+    def ref_hook(layer):
+        def fn(_mod, inputs, _out):
+            if layer.name in ref_in:  # the calls of the two networks could not be paired
+                raise InvalidInputError(
+                    f"module {layer.name} runs more than once per forward pass (shared or "
+                    f"recurrent): the cascade's cross term needs one call per layer; use the "
+                    f"parallel schedule or leave it out (exclude=...)")
+            ref_in[layer.name] = inputs[0].detach()
+        return fn
+
+    def hook(layer):
+        def fn(_mod, inputs, _out):
+            x_ref = ref_in[layer.name] if reference is not None else None
+            on_batch(layer, inputs[0].detach(), x_ref)
+        return fn
+
+    handles: list = []
+    current = {"layer": None}  # the prunable layer last entered, to name it in an error
+    seen = 0
+    total = len(calib) if hasattr(calib, "__len__") and not isinstance(
+        calib, (torch.Tensor, np.ndarray)) else None
+    try:  # every hook is removed, whatever fails
+        handles += [la.module.register_forward_hook(hook(la)) for la in layers]
+        if reference is not None:
+            ref_modules = dict(reference.named_modules())
+            for la in layers:
+                if la.name not in ref_modules:
+                    raise InvalidInputError(f"the reference model has no module {la.name}")
+                handles.append(ref_modules[la.name].register_forward_hook(ref_hook(la)))
+        for net in (model, reference) if reference is not None else (model,):
+            for la in find_layers(net):
+                handles.append(la.module.register_forward_pre_hook(
+                    lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
+        ref_mode = eval_mode(reference) if reference is not None else contextlib.nullcontext()
+        with torch.no_grad(), eval_mode(model), ref_mode:
+            for x in tqdm(batches(calib), total=total, desc="calibration", unit="batch",
+                          leave=False, disable=not progress):
+                current["layer"] = None
+                ref_in.clear()
+                try:
+                    if reference is not None:
+                        reference(x)
+                    model(x)
+                except InvalidInputError as e:  # raised by a hook
+                    raise InvalidInputError(f"layer {current['layer']}: {e}") from None
+                except (RuntimeError, ValueError, TypeError) as e:
+                    where = f" at layer {current['layer']}" if current["layer"] else ""
+                    raise InvalidInputError(
+                        f"a calibration batch of shape {tuple(x.shape)} does not fit the "
+                        f"model{where}: {e}") from None
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if seen == 0:
+        raise InvalidInputError("the calibration data is empty")
+    return seen
+
