@@ -177,7 +177,8 @@ def _prune(args) -> int:
         raise InvalidInputError(f"--option {reserved[0]}=... is set by prune's own flags, "
                                 f"not by a solver option")
     checkpoint, default_ckpt = _checkpoint_dir(args)
-    ours = default_ckpt and not Path(checkpoint).exists()  # removable on an early failure
+    # removable on an early failure
+    ours = checkpoint is not None and default_ckpt and not Path(checkpoint).exists()
     executor = get_executor(args.executor, workers=args.workers, address=args.address,
                             retries=args.retries)
     try:
@@ -205,12 +206,12 @@ def _prune(args) -> int:
         print(f"layertrim: error: {e}. No model written{where}", file=sys.stderr)
         return 1
     except InvalidInputError:
-        if ours and not Checkpoint(checkpoint).has_layers:
+        if checkpoint is not None and ours and not Checkpoint(checkpoint).has_layers:
             shutil.rmtree(checkpoint, ignore_errors=True)  # nothing saved: leave no clutter
         raise
     print(report)
     print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")
-    if default_ckpt:
+    if default_ckpt and checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)  # served its purpose
     if args.report:
         print(f"wrote {atomic_write_text(args.report, report.to_json())}")

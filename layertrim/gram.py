@@ -96,7 +96,8 @@ class Gram:
         if (cross is None) != (self.cross is None):
             raise InvalidInputError("the cross term must be given exactly when this Gram has d0")
         new_H = self.H + H
-        new_cross = None if cross is None else self.cross + np.asarray(cross, dtype=np.float64)
+        new_cross = None if cross is None or self.cross is None else \
+            self.cross + np.asarray(cross, dtype=np.float64)
         if not np.all(np.isfinite(new_H)) or not np.all(np.isfinite(total)) or (
                 new_cross is not None and not np.all(np.isfinite(new_cross))):
             raise InvalidInputError("X batch contains NaN or Inf (or X^T X overflows)")
