@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -21,20 +23,46 @@ FORMATS = ("state_dict", "safetensors", "torchscript", "pickle")
 
 
 def build_arch(spec: str) -> nn.Module:
-    """``module:callable`` -> the module returned by calling it without arguments."""
+    """``module:callable`` -> the module returned by calling it without arguments. A module in
+    the current directory is found as ``python -m`` would find it (the installed ``layertrim``
+    script does not have the directory on its path); anything the import or the call raises
+    becomes an error that names --arch."""
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise InvalidInputError(f"--arch must look like module:callable, got {spec!r}")
     mod_name, fn_name = spec.split(":")
     try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
+        module = _import_from_cwd(mod_name)
     except ImportError as e:
         raise InvalidInputError(f"--arch {spec}: cannot import {mod_name} ({e})") from None
-    except AttributeError:
-        raise InvalidInputError(f"--arch {spec}: {mod_name} has no {fn_name!r}") from None
-    model = fn()
+    except Exception as e:  # a syntax error, or the module's own code failing on import
+        raise InvalidInputError(f"--arch {spec}: importing {mod_name} failed: "
+                                f"{type(e).__name__}: {_first_line(e)}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise InvalidInputError(f"--arch {spec}: {mod_name} has no callable {fn_name!r}")
+    try:
+        model = fn()
+    except Exception as e:
+        raise InvalidInputError(f"--arch {spec}: calling {fn_name}() failed: "
+                                f"{type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"--arch {spec} returned {type(model).__name__}, not a module")
     return model
+
+
+def _import_from_cwd(mod_name: str):
+    """importlib.import_module, retried with the current directory on sys.path when the
+    package itself is what was not found (the path is left extended: the module may import
+    its neighbours later)."""
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        top = mod_name.split(".")[0]
+        if e.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, cwd)
+        return importlib.import_module(mod_name)
 
 
 def _first_line(e: Exception) -> str:
@@ -177,20 +205,21 @@ def bake_masks(model: nn.Module) -> list[str]:
     return names
 
 
-def save_model(model: nn.Module, path, fmt: str, *, protect=()) -> Path:
-    """Write ``model`` atomically as "state_dict", "safetensors" or "pickle" (a TorchScript
-    input is saved as a state_dict); refuses to replace any path in ``protect``."""
+def save_model(model: nn.Module, path, fmt: str, *, protect=(), source=None) -> Path:
+    """Write ``model`` atomically as "state_dict", "safetensors", "pickle" or "torchscript";
+    refuses to replace any path in ``protect``. TorchScript is the program of ``source`` (the
+    TorchScript input, loaded again) with the model's weights put into it, so the scripted
+    methods and the module's structure are the user's own."""
     path = check_not_input(path, protect)
-    if fmt == "torchscript":
-        fmt = "state_dict"
-    if fmt not in ("state_dict", "safetensors", "pickle"):
-        raise InvalidInputError(f"unknown model format {fmt!r}; use state_dict, safetensors "
-                                f"or pickle")
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"unknown model format {fmt!r}; use one of {FORMATS}")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
         from safetensors.torch import save
 
         data = save(state)
+    elif fmt == "torchscript":
+        data = _scripted_with(state, source)
     else:
         buf = io.BytesIO()
         torch.save(model if fmt == "pickle" else state, buf)
@@ -198,6 +227,25 @@ def save_model(model: nn.Module, path, fmt: str, *, protect=()) -> Path:
     if not path.parent.is_dir():
         raise InvalidInputError(f"cannot write {path}: folder {path.parent} does not exist")
     return _write_atomically(path, "wb", lambda f: f.write(data))
+
+
+def _scripted_with(state: dict, source) -> bytes:
+    """The TorchScript file ``source`` with ``state`` loaded into it, as bytes."""
+    if source is None or detect_format(Path(source)) != "torchscript":
+        raise InvalidInputError("a TorchScript output copies the program of a TorchScript "
+                                "input; this input is not one (choose --format state_dict)")
+    scripted = torch.jit.load(str(source), map_location="cpu")
+    mine = scripted.state_dict()
+    if set(mine) != set(state) or any(mine[k].shape != v.shape for k, v in state.items()):
+        raise InvalidInputError("the pruned weights do not fit the TorchScript input's "
+                                "parameters (masks kept with --mask-convention, or a changed "
+                                "architecture); choose --format state_dict")
+    with torch.no_grad():
+        for k, v in mine.items():
+            v.copy_(state[k])
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    return buf.getvalue()
 
 
 def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:

@@ -36,16 +36,35 @@ def _write_atomically(path: Path, mode: str, write: Callable) -> Path:
     return path
 
 
+def _same_file(a, b) -> bool:
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
 def check_not_input(path: str | os.PathLike, protect=()) -> Path:
     """Refuse an output ``path`` that is (or links to) one of the inputs in ``protect``."""
     path = Path(path)
     for p in protect:
-        same = Path(p).resolve() == path.resolve() or (
-            Path(p).exists() and path.exists() and os.path.samefile(p, path)
-        )
-        if same:
+        if _same_file(p, path):
             raise InvalidInputError(f"refusing to overwrite the input file {p} with the output")
     return path
+
+
+def check_outputs(outputs: dict, protect=()) -> None:
+    """Before any work: every output path (``{flag: path}``, None for not asked) can be
+    written. Refused: an input in ``protect`` (or a link to one), an existing directory, a
+    folder that does not exist, and one file named by two outputs."""
+    given = [(flag, Path(p)) for flag, p in outputs.items() if p is not None]
+    for i, (flag, path) in enumerate(given):
+        check_not_input(path, protect)
+        if path.is_dir():
+            raise InvalidInputError(f"{flag} {path}: is a directory, not a file to write")
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise InvalidInputError(f"{flag} {path}: folder {folder} does not exist")
+        for other_flag, other in given[:i]:
+            if _same_file(other, path):
+                raise InvalidInputError(f"{other_flag} and {flag} name the same file {path}")
 
 
 def atomic_savez(path: str | os.PathLike, *, protect: tuple = (), **arrays) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 
 from layertrim.adapters.npz import load_layer
 from layertrim.api import methods, solve_layer
-from layertrim.atomic import atomic_savez, check_not_input
+from layertrim.atomic import atomic_savez, check_outputs
 from layertrim.compare import DEFAULT_METHODS
 from layertrim.errors import InvalidInputError
 from layertrim.layerwise.executors import get_executor
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="solver setting, repeatable")
     pr.add_argument("--out", required=True, help="output model file (written atomically)")
     pr.add_argument("--format", default="same", choices=["same", "state_dict", "safetensors",
-                                                           "pickle"],
+                                                           "pickle", "torchscript"],
                     help="output format (default: the input's)")
     pr.add_argument("--mask-convention", action="store_true",
                     help="save in torch.nn.utils.prune's convention (weight_orig + "
@@ -154,13 +154,14 @@ def _prune(args) -> int:
     if dtype is not None:
         calib = [x.to(dtype) if torch.is_floating_point(x) else x for x in calib]
     out_fmt = fmt if args.format == "same" else args.format
+    if out_fmt == "torchscript" and (fmt != "torchscript" or args.mask_convention):
+        raise InvalidInputError(
+            "a TorchScript output is the TorchScript input's program with the pruned weights "
+            "in it: it needs a TorchScript input and plain weights (not --mask-convention); "
+            "choose --format state_dict")
     protect = (args.model, args.calib)
-    check_not_input(args.out, protect)  # refuse before the work, and again when writing
-    for side in (args.report, args.plot):
-        if side is not None:
-            check_not_input(side, (*protect, args.out))
-    if args.report is not None and args.plot is not None:
-        check_not_input(args.plot, (args.report,))
+    # refused before the work (and the input again when writing)
+    check_outputs({"--out": args.out, "--report": args.report, "--plot": args.plot}, protect)
     options = _parse_options(args.option)
     sparsity: Any = args.sparsity
     if args.allocation is not None and args.sparsity is None:
@@ -210,7 +211,7 @@ def _prune(args) -> int:
             shutil.rmtree(checkpoint, ignore_errors=True)  # nothing saved: leave no clutter
         raise
     print(report)
-    print(f"wrote {save_model(model, args.out, out_fmt, protect=protect)}")
+    print(f"wrote {save_model(model, args.out, out_fmt, protect=protect, source=args.model)}")
     if default_ckpt and checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)  # served its purpose
     if args.report:
@@ -265,11 +266,7 @@ def _bench(args) -> int:
             sparsities.append(float(item))
         except ValueError:
             raise InvalidInputError(f"--sparsity: {item.strip()!r} is not a number") from None
-    for side in (args.json, args.plot):
-        if side is not None:
-            check_not_input(side, (args.layer,))
-    if args.json is not None and args.plot is not None:
-        check_not_input(args.plot, (args.json,))
+    check_outputs({"--json": args.json, "--plot": args.plot}, (args.layer,))
     data = load_layer(args.layer)
     baseline = args.baseline or (methods[0] if methods else "")
 
@@ -313,6 +310,7 @@ def _inspect(args) -> int:
 
 
 def _solve(args) -> int:
+    check_outputs({"--out": args.out}, (args.layer,))
     data = load_layer(args.layer)
     gram = None
     if data["H"] is not None:

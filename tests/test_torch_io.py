@@ -130,7 +130,7 @@ def test_cli_prune_and_inspect_end_to_end(tmp_path):
                       (["--out", out, "--report", tmp_path / "in.safetensors"],
                        "overwrite the input"),
                       (["--out", out, "--plot", tmp_path / "calib.npz"], "overwrite the input"),
-                      (["--out", out, "--report", out], "overwrite the input"),
+                      (["--out", out, "--report", out], "--out and --report name the same"),
                       (["--out", out, "--batch-size", "0"], "batch size"),
                       (["--out", out, "--option", "sparsity=0.1"], "prune's own flags")]:
         base = ["prune", tmp_path / "in.safetensors", "--arch", ARCH, "--calib",

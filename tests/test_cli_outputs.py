@@ -1,0 +1,120 @@
+"""`layertrim` output paths checked before any work, TorchScript written back as TorchScript,
+and --arch modules found in the current directory (through the installed console script, as
+a user runs it) or failing with an error that names --arch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from layertrim.cli import main
+
+from .faulty_solvers import mlp
+
+ARCH = "tests.faulty_solvers:mlp"
+SCRIPT = Path(sys.executable).parent / "layertrim"
+
+
+@pytest.fixture
+def files(tmp_path):
+    model, calib = tmp_path / "model.pt", tmp_path / "calib.pt"
+    torch.save(mlp().state_dict(), model)
+    torch.save(torch.randn(128, 24, generator=torch.Generator().manual_seed(0)), calib)
+    return model, ["--arch", ARCH, "--calib", str(calib), "--batch-size", "64",
+                   "--method", "magnitude", "--executor", "serial", "--sparsity", "0.5"]
+
+
+@pytest.mark.parametrize("case", ["directory", "no-folder", "report-is-out", "plot-is-input"])
+def test_bad_output_paths_are_refused_before_any_work(files, tmp_path, capsys, case):
+    model, rest = files
+    out, extra = tmp_path / "out.pt", []
+    if case == "directory":
+        out.mkdir()
+    elif case == "no-folder":
+        out = tmp_path / "missing" / "out.pt"
+    elif case == "report-is-out":
+        extra = ["--report", str(out)]
+    else:
+        extra = ["--plot", str(model)]
+    assert main(["prune", str(model), *rest, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    want = {"directory": "is a directory", "no-folder": "does not exist",
+            "report-is-out": "--out and --report name the same file",
+            "plot-is-input": "refusing to overwrite the input file"}[case]
+    assert want in err
+    assert "calibration" not in err  # refused before the calibration pass started
+    assert not Path(f"{out}.ckpt").exists() and not (tmp_path / "missing").exists()
+
+
+def test_solve_and_bench_check_their_outputs_first(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    layer = tmp_path / "layer.npz"
+    np.savez(layer, W=rng.standard_normal((4, 6)), X=rng.standard_normal((30, 6)))
+    (tmp_path / "d").mkdir()
+    for argv in (["solve", str(layer), "--method", "magnitude", "--sparsity", "0.5",
+                  "--out", str(tmp_path / "d")],
+                 ["bench", str(layer), "--methods", "magnitude", "--json",
+                  str(tmp_path / "nowhere" / "b.json")]):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "does not exist" in err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_torchscript_input_is_written_back_as_torchscript(files, tmp_path):
+    model, rest = files
+    net = mlp()
+    net.load_state_dict(torch.load(model, weights_only=True))
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(net), scripted)
+    out, plain = tmp_path / "pruned_ts.pt", tmp_path / "pruned_sd.pt"
+    assert main(["prune", str(scripted), *rest, "--out", str(out), "--no-checkpoint"]) == 0
+    assert main(["prune", str(model), *rest, "--out", str(plain), "--no-checkpoint"]) == 0
+    loaded = torch.jit.load(str(out))  # a TorchScript file, not a state_dict
+    want = mlp()
+    want.load_state_dict(torch.load(plain, weights_only=True))
+    x = torch.randn(16, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), want(x))
+    weights = [v for k, v in loaded.state_dict().items() if k.endswith("weight")]
+    assert sum(int((w == 0).sum()) for w in weights) >= 0.5 * sum(w.numel() for w in weights)
+    # a state_dict input has no program to copy
+    assert main(["prune", str(model), *rest, "--out", str(tmp_path / "x.pt"),
+                 "--format", "torchscript"]) == 2
+
+
+def _run(args, cwd):
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_arch_module_in_the_current_directory(tmp_path):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(
+        "import torch\n\n"
+        "def net():\n    return torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(),"
+        " torch.nn.Linear(4, 2))\n\n"
+        "def broken():\n    raise RuntimeError('no weights here')\n\n"
+        "def needs_arg(width):\n    return torch.nn.Linear(width, 2)\n")
+    (pkg / "syntax.py").write_text("def f(:\n")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    torch.save(net.state_dict(), tmp_path / "m.pt")
+    r = _run(["inspect", "m.pt", "--arch", "mypkg.nets:net"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 prunable layers" in r.stdout
+    for spec, gist in (("mypkg.nets:broken", "calling broken() failed: RuntimeError: no "
+                                             "weights here"),
+                       ("mypkg.nets:needs_arg", "calling needs_arg() failed: TypeError"),
+                       ("mypkg.syntax:f", "importing mypkg.syntax failed: SyntaxError"),
+                       ("mypkg.nets:absent", "has no callable 'absent'"),
+                       ("nosuchpkg.nets:net", "cannot import nosuchpkg.nets")):
+        r = _run(["inspect", "m.pt", "--arch", spec], tmp_path)
+        assert r.returncode == 2, (spec, r.stderr)
+        assert f"--arch {spec}" in r.stderr and gist in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
