@@ -21,6 +21,7 @@ from layertrim.compare import DEFAULT_METHODS
 from layertrim.errors import InvalidInputError
 from layertrim.layerwise.executors import get_executor
 from layertrim.layerwise.runner import LayerJobsFailed, progress_bar
+from layertrim.pattern import Pattern
 from layertrim.report import format_result
 
 
@@ -111,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("layer", help="input .npz with W (m x d), X (n x d) or H (d x d), optional b")
     be.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help="comma-separated solver names (default: %(default)s)")
-    be.add_argument("--sparsity", default="0.5,0.7,0.9",
-                    help="comma-separated fractions to remove (default: %(default)s)")
+    be.add_argument("--sparsity", default=None,
+                    help="comma-separated fractions to remove (default: 0.5,0.7,0.9; with an "
+                         "N:M pattern, the sparsity it fixes)")
     be.add_argument("--pattern", default="layer", help="layer | row | N:M")
     be.add_argument("--activation", default="linear", choices=["linear", "relu"],
                     help="relu adds the error after the activation (needs X)")
@@ -260,14 +262,21 @@ def _bench(args) -> int:
     from layertrim.compare import compare_methods, format_rows, plot_rows, rows_to_dicts
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    levels = args.sparsity
+    if levels is None:
+        nm = Pattern.parse(args.pattern)
+        levels = f"{1 - nm.n / nm.m:g}" if nm.kind == "nm" else "0.5,0.7,0.9"
     sparsities = []
-    for item in args.sparsity.split(","):
+    for item in levels.split(","):
         try:
             sparsities.append(float(item))
         except ValueError:
             raise InvalidInputError(f"--sparsity: {item.strip()!r} is not a number") from None
     check_outputs({"--json": args.json, "--plot": args.plot}, (args.layer,))
     data = load_layer(args.layer)
+    if args.activation == "relu" and data["X"] is None:
+        raise InvalidInputError(f"--activation relu adds the error after the ReLU, which needs "
+                                f"the inputs X; {args.layer} holds only a Gram H")
     baseline = args.baseline or (methods[0] if methods else "")
 
     def show(row):

@@ -98,6 +98,21 @@ def test_the_cli_writes_json_and_plot_and_says_which_cells_failed(layer, tmp_pat
     assert main(["bench", str(gram), "--methods", "magnitude,nettrim", "--sparsity", "0.5"]) == 1
     assert "nettrim at 0.5 failed: Net-Trim needs the calibration inputs X" in \
         capsys.readouterr().out
+    # the error after a ReLU needs X: refused on a Gram-only file rather than left out
+    assert main(["bench", str(gram), "--methods", "magnitude", "--activation", "relu"]) == 2
+    assert "needs the inputs X" in capsys.readouterr().err
+
+
+def test_cli_nm_pattern_benches_the_sparsity_it_fixes(layer, tmp_path):
+    W, X, b = layer
+    path, out = tmp_path / "layer.npz", tmp_path / "nm.json"
+    np.savez(path, W=W, X=X, b=b)
+    assert main(["bench", str(path), "--methods", "magnitude,wanda", "--pattern", "2:4",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["target"] for r in rows] == [0.5, 0.5]
+    assert all(r["sparsity"] == 0.5 for r in rows)
+    assert main(["bench", str(path), "--methods", "magnitude", "--pattern", "1:4"]) == 0
 
 
 @pytest.mark.parametrize("flags,msg", [
