@@ -7,6 +7,7 @@ Only this package imports torch; the solvers see numpy arrays.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -195,7 +196,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     ----------
     model : the torch module (its dtype and device are kept).
     calib : calibration inputs: a tensor, or an iterable of tensors or of (x, ...) batches.
-    sparsity : a fraction in [0, 1), or a dict by layer name.
+    sparsity : a fraction in [0, 1), or a dict by layer name; without ``layers``, a dict
+        prunes only the layers it names (the others stay dense).
     allocation : how a fractional ``sparsity`` is spread: "global" (the default: the fraction
         of all prunable weights, split by error-curve dynamic programming), "uniform" (that
         fraction in every layer) or "owl". A dict ``sparsity`` is used as given.
@@ -227,9 +229,19 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     solver_options : passed to the solver.
     """
     from layertrim.layerwise.runner import progress_bar, takes_seed
-    from layertrim.layerwise.schedule import run_schedule
+    from layertrim.layerwise.schedule import check_sparsity_values, run_schedule
     from layertrim.solvers import get_solver
 
+    if isinstance(sparsity, dict) and layers is None:  # the named layers are the pruned ones
+        check_sparsity_values(sparsity)
+        if not sparsity:
+            raise InvalidInputError("the sparsity dict is empty: name the layers to prune")
+        prunable = [la.name for la in find_layers(model)]
+        unknown = [name for name in sparsity if name not in prunable]
+        if unknown:
+            raise InvalidInputError(f"unknown layers {unknown} in the sparsity dict; the "
+                                    f"model's prunable layers: {prunable}")
+        layers = [re.escape(str(name)) for name in sparsity]
     found = find_layers(model, include=layers, exclude=exclude)
     one_shot = not isinstance(calib, (torch.Tensor, np.ndarray)) and iter(calib) is calib
     if one_shot and schedule == "cascade":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -171,10 +170,8 @@ def _prune(args) -> int:
                                 "(--layer-sparsity and an N:M pattern set the layers' "
                                 "sparsities themselves)")
     layers = args.layers
-    if args.layer_sparsity:
+    if args.layer_sparsity:  # without --layers, prune_model prunes the named layers only
         sparsity = _layer_sparsities(args.layer_sparsity)
-        if layers is None:  # the named layers are the pruned ones; the others stay dense
-            layers = [re.escape(name) for name in sparsity]
     reserved = sorted(set(options) & PRUNE_OWN_KEYS)
     if reserved:
         raise InvalidInputError(f"--option {reserved[0]}=... is set by prune's own flags, "

@@ -50,24 +50,42 @@ class ModelBridge(Protocol):
     # def relu_layers(self, names) -> set[str]: ...
 
 
+def _fraction_ok(s) -> bool:
+    return s is None or (isinstance(s, (int, float, np.integer, np.floating))
+                         and not isinstance(s, bool) and 0 <= s < 1)
+
+
+def _not_a_fraction(s, where: str = "") -> InvalidInputError:
+    if isinstance(s, (int, float, np.integer, np.floating)) and not isinstance(s, bool):
+        return InvalidInputError(f"{where}sparsity {s!r} is outside [0, 1)")
+    return InvalidInputError(f"{where}sparsity must be a number in [0, 1) (or, for the model, "
+                             f"a dict by layer name), got {type(s).__name__} {s!r}")
+
+
+def check_sparsity_values(sparsity: dict) -> None:
+    """Every value of a per-layer sparsity dict is None or a fraction in [0, 1)."""
+    for n, s in sparsity.items():
+        if not _fraction_ok(s):
+            raise _not_a_fraction(s, f"layer {n}: ")
+
+
 def sparsity_policy(sparsity, names: list[str]) -> dict[str, float]:
     """A float (uniform) or a dict by layer name covering every layer; each value None (the
     solver's own rule, Net-Trim's gain) or a fraction in [0, 1)."""
-    if isinstance(sparsity, dict):
-        missing = [n for n in names if n not in sparsity]
-        extra = [n for n in sparsity if n not in names]
-        if missing or extra:
-            raise InvalidInputError(f"the sparsity dict must name exactly the pruned layers: "
-                                    f"missing {missing}, unknown {extra}")
-        policy = {n: sparsity[n] for n in names}
-    else:
-        policy = {n: sparsity for n in names}
-    for n, s in policy.items():
-        ok = s is None or (isinstance(s, (int, float, np.integer, np.floating))
-                           and not isinstance(s, bool) and 0 <= s < 1)
-        if not ok:
-            raise InvalidInputError(f"layer {n}: sparsity {s!r} is outside [0, 1)")
-    return policy
+    if not isinstance(sparsity, dict):
+        if not _fraction_ok(sparsity):
+            raise _not_a_fraction(sparsity)
+        return {n: sparsity for n in names}
+    check_sparsity_values(sparsity)  # the values first: a bad one is named even among typos
+    missing = [n for n in names if n not in sparsity]
+    extra = [n for n in sparsity if n not in names]
+    if extra:
+        raise InvalidInputError(f"the sparsity dict names {extra}, which are not among the "
+                                f"pruned layers {names}")
+    if missing:
+        raise InvalidInputError(f"the sparsity dict must name every pruned layer: missing "
+                                f"{missing}")
+    return {n: sparsity[n] for n in names}
 
 
 def _per_sample(method: str, bridge) -> bool:

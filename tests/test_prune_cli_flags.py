@@ -68,7 +68,7 @@ def test_layer_sparsity_prunes_the_named_layers_only(files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,words", [
-    (["--layer-sparsity", "nope=0.5"], ["no prunable layer", "nope"]),
+    (["--layer-sparsity", "nope=0.5"], ["unknown layers ['nope']", "prunable layers"]),
     (["--layer-sparsity", "0=0.5", "--layer-sparsity", "nope=0.5"], ["unknown", "nope"]),
     (["--layer-sparsity", "0=half"], ["'half' is not a number"]),
     (["--layer-sparsity", "0"], ["NAME=S"]),

@@ -160,12 +160,28 @@ def test_sparsity_dict_layer_filters_and_mask_convention():
     assert float((model[2].weight == 0).float().mean()) == 0.0
 
 
+def test_a_sparsity_dict_prunes_the_layers_it_names():
+    model = cnn()
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    report = lt.prune_model(model, calib(), sparsity={"2": 0.6}, method="magnitude",
+                            executor="serial")
+    assert {r.name for r in report.layers} == {"2"}  # its two groups
+    assert float((model[2].weight == 0).float().mean()) == pytest.approx(0.6, abs=0.01)
+    for n, p in model.state_dict().items():
+        if not n.startswith("2."):
+            assert torch.equal(p, before[n]), n
+
+
 def test_bad_input():
     model, data = cnn(), calib()
     for kw, msg in [({"schedule": "sideways"}, "schedule"),
                     ({"method": "nettrim", "max_samples": 0}, "max_samples"),
                     ({"method": "bogus"}, "unknown method"), ({"sparsity": 1.0}, "sparsity"),
-                    ({"sparsity": {"0": 0.5}}, "missing"), ({"executor": "cloud"}, "executor"),
+                    ({"sparsity": {"0": 0.5, "nope": 0.5}}, r"unknown layers \['nope'\]"),
+                    ({"sparsity": {"0": 0.5}, "layers": ["0", "2"]}, r"missing \['2'\]"),
+                    ({"sparsity": "0.5"}, "must be a number in .* got str '0.5'"),
+                    ({"sparsity": {"0": 1.5, "typo": 0.5}}, r"layer 0: sparsity 1.5 is outside"),
+                    ({"executor": "cloud"}, "executor"),
                     ({"layers": "nope"}, "no prunable layer")]:
         opts = {"sparsity": 0.5, "executor": "serial", **kw}
         with pytest.raises(InvalidInputError, match=msg):
