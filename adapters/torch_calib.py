@@ -16,7 +16,7 @@ from torch import nn
 
 from layertrim.adapters import torch_layers
 from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
-from layertrim.adapters.torch_layers import TorchLayer, find_layers
+from layertrim.adapters.torch_layers import TorchLayer, find_layers, stream_generator
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
 from layertrim.validate import check_int
@@ -113,9 +113,10 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     check_int("max_rows", max_rows, allow_none=True)
     sums = {la.name: [GramSum(la.d, la.d if reference is not None else None, float32)
                       for _ in range(la.groups)] for la in layers}
-    gen = torch.Generator().manual_seed(seed)
+    gens = {la.name: stream_generator(seed, la.name) for la in layers}
     calibrate(model, layers, calib,
-              lambda la, x, x_ref: accumulate(la, sums[la.name], x, x_ref, max_rows, gen),
+              lambda la, x, x_ref: accumulate(la, sums[la.name], x, x_ref, max_rows,
+                                              gens[la.name]),
               reference=reference, progress=progress)
     return {name: finish(name, s) for name, s in sums.items()}
 

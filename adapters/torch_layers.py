@@ -11,6 +11,7 @@ and dilation are applied exactly as the module's forward does.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,15 @@ class TorchLayer:
         sN, sC, sH, sW = x.stride()
         return x.as_strided((C, ks[0], ks[1], N, out[0], out[1]),
                             (sC, dl[0] * sH, dl[1] * sW, sN, st[0] * sH, st[1] * sW))
+
+
+def stream_generator(seed: int, name: str, group: int = 0) -> torch.Generator:
+    """A random stream for one layer group, seeded from the run's seed and the layer's name
+    (not its position among the layers asked for): a resume that calibrates only the
+    unfinished layers, or a run with other layers included, draws the same rows for it."""
+    key = zlib.crc32(f"{name}#{group}".encode())
+    state = np.random.SeedSequence([int(seed), key]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 def _patterns(spec) -> list[re.Pattern]:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from layertrim.adapters.torch import TorchLayer, calibrate, eval_mode
+from layertrim.adapters.torch_layers import stream_generator
 from layertrim.errors import InvalidInputError
 from layertrim.validate import check_int
 
@@ -74,9 +75,8 @@ def collect_samples(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     pools = {la.name: [_Reservoir(max_samples) for _ in range(la.groups)] for la in layers}
     # one key stream per layer and group, so the rows kept do not depend on how the data is
     # split into batches
-    gens = {(la.name, g): torch.Generator().manual_seed(
-                int(np.random.SeedSequence([seed, i, g]).generate_state(1)[0]))
-            for i, la in enumerate(layers) for g in range(la.groups)}
+    gens = {(la.name, g): stream_generator(seed, la.name, g)
+            for la in layers for g in range(la.groups)}
 
     def on_batch(layer: TorchLayer, x: torch.Tensor, x_ref: torch.Tensor | None) -> None:
         refs = None if x_ref is None else layer.rows(x_ref)

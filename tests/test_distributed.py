@@ -123,9 +123,14 @@ def test_a_local_worker_that_dies_is_retried_and_the_run_completes(tmp_path):
                        executor=LocalExecutor(workers=2, retries=0), **OPTS)
 
 
-@pytest.mark.parametrize("schedule", ["parallel", "cascade"])
-def test_resume_skips_saved_layers_and_gives_the_same_bits(tmp_path, schedule):
-    opts = dict(sparsity=0.6, method="sparsegpt", schedule=schedule, executor="serial")
+@pytest.mark.parametrize("schedule,extra", [
+    ("parallel", {}), ("cascade", {}),
+    # a resume calibrates only the unfinished layers: their row samples must not depend on
+    # which other layers run (they came from one shared stream in forward order before)
+    ("parallel", {"allocation": "uniform", "max_rows": 16})])
+def test_resume_skips_saved_layers_and_gives_the_same_bits(tmp_path, schedule, extra):
+    opts = dict(sparsity=0.6, method="sparsegpt", schedule=schedule, executor="serial",
+                **extra)
     ref = mlp(5)
     lt.prune_model(ref, data(), **opts)
     ck = tmp_path / "ck"

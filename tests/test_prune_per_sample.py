@@ -256,3 +256,24 @@ def test_per_sample_resume_checks_the_sample_count(tmp_path):
         lt.prune_model(copy.deepcopy(net), calib(), resume=ck, **{**opts, "max_samples": 200})
     rep = lt.prune_model(copy.deepcopy(net), calib(), resume=ck, **opts)
     assert all(r.resumed for r in rep.layers)
+
+
+def test_per_sample_resume_of_the_later_layers_gives_the_same_bits(tmp_path):
+    """A resume samples only the unfinished layers: each layer's sample stream is keyed by its
+    name, not by its place among the layers asked for, so the bits match a run in one go."""
+    ck = tmp_path / "ck"
+    opts = dict(sparsity=0.5, method="nettrim", schedule="parallel", allocation="uniform",
+                executor="serial", max_samples=60)
+    net = mlp()
+    ref = copy.deepcopy(net)
+    lt.prune_model(ref, calib(), **opts)
+    full = copy.deepcopy(net)
+    lt.prune_model(full, calib(), checkpoint=ck, **opts)
+    saved = sorted((ck / "layers").iterdir())
+    assert len(saved) >= 2
+    saved[-1].unlink()  # as if the run had died before its last layer
+    resumed = copy.deepcopy(net)
+    rep = lt.prune_model(resumed, calib(), resume=ck, **opts)
+    assert [r.resumed for r in rep.layers].count(False) == 1
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
