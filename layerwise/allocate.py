@@ -42,7 +42,9 @@ def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *
     out = np.zeros((len(layers), len(grid)))
     for i, (W, b, g) in enumerate(layers):
         for k, s in enumerate(grid):
-            if s > 0 and round((1 - s) * W.size) < 1:
+            # LayerProblem's count (round half up), not Python's round (half to even): at 0.99
+            # of 50 weights (1 - s) * 50 is 0.5000000000000004, which round() takes for 1 kept
+            if s > 0 and W.size - int(np.floor(s * W.size + 0.5)) < 1:
                 out[i, k] = np.inf  # the level would leave no weight: never chosen
             elif s > 0:
                 out[i, k] = solve_layer(W, gram=g, bias=b, sparsity=float(s),
@@ -95,23 +97,71 @@ def global_allocation(curves: np.ndarray, sizes: Sequence[int], target: float, *
 
 
 def owl_allocation(scores: Sequence[np.ndarray], target: float, *, m: float = 5.0,
-                   lam: float = 0.08) -> np.ndarray:
-    """OWL sparsities from each layer's Wanda score matrix, weighted mean = target."""
+                   lam: float = 0.08, caps: Sequence[float] | None = None) -> np.ndarray:
+    """OWL sparsities from each layer's Wanda score matrix, weighted mean = target. ``caps``
+    are the layers' largest feasible sparsities (each group keeping a weight); every layer is
+    held at min(0.99, cap). A target that the caps put out of reach is refused."""
     target = _check_target(target)
     sizes = np.array([s.size for s in scores], dtype=np.float64)
+    top = np.full(len(scores), 0.99) if caps is None else np.minimum(0.99, np.asarray(caps))
     D = np.array([float(np.mean(s > m * np.mean(s))) for s in scores])
     spread = D.max() - D.min()
     s = np.full(len(scores), target) if spread == 0 else target - lam * (D - D.mean()) / spread
     # one shift c for all layers, found by bisection, so that the weighted mean of the clipped
-    # sparsities clip(s + c, 0, 0.99) is the target (shifting before clipping would miss it)
+    # sparsities clip(s + c, 0, top) is the target (shifting before clipping would miss it)
     def mean(c: float) -> float:
-        return float(np.sum(np.clip(s + c, 0.0, 0.99) * sizes) / sizes.sum())
+        return float(np.sum(np.clip(s + c, 0.0, top) * sizes) / sizes.sum())
 
+    if mean(2.0 + lam) < target - 1e-9:
+        raise InvalidInputError(f"global sparsity {target} is out of reach: the layers can "
+                                f"prune at most {mean(2.0 + lam):.4f} of the weights")
     lo, hi = -1.0 - lam, 1.0 + lam
     for _ in range(100):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
-    return np.clip(s + (lo + hi) / 2, 0.0, 0.99)
+    return np.clip(s + hi, 0.0, top)
+
+
+def exact_counts(sparsities: Sequence[float], group_sizes: Sequence[Sequence[int]],
+                 target: float) -> list[list[int]]:
+    """Kept weights per (layer, group) such that exactly round_half_up(target * total) weights
+    are pruned: each layer's pruned share sparsity * size is rounded by largest remainder
+    across the layers, then split over its groups in proportion to their sizes the same way,
+    every group keeping at least one weight. (Rounding every group's sparsity on its own
+    missed the total by up to half a weight per group: 29 weights on a depthwise layer of
+    64 groups of 9.)"""
+    sizes = np.array([sum(gs) for gs in group_sizes], dtype=np.int64)
+    caps = np.array([sum(g - 1 for g in gs) for gs in group_sizes], dtype=np.int64)
+    want = int(np.floor(target * sizes.sum() + 0.5))
+    if want > caps.sum():
+        raise InvalidInputError(f"sparsity {target} prunes {want} of {sizes.sum()} weights, "
+                                f"which leaves a group of the layers without any")
+    pruned = _round_to_total(np.asarray(sparsities, dtype=np.float64) * sizes, caps, want)
+    out = []
+    for p, gs in zip(pruned, group_sizes, strict=True):
+        g = np.asarray(gs, dtype=np.int64)
+        share = p * g / g.sum()
+        out.append([int(k) for k in g - _round_to_total(share, g - 1, int(p))])
+    return out
+
+
+def _round_to_total(x: np.ndarray, cap: np.ndarray, total: int) -> np.ndarray:
+    """Integers within [0, cap] near x, summing to ``total`` (largest remainder first when
+    rounding up, smallest first when rounding down)."""
+    x = np.clip(x, 0, cap)
+    out = np.floor(x).astype(np.int64)
+    rest = x - out
+    while out.sum() != total:
+        up = out.sum() < total
+        room = out < cap if up else out > 0
+        if not room.any():
+            raise InvalidInputError(f"cannot split {total} pruned weights within the layers")
+        key = np.where(room, rest if up else -rest, -np.inf)
+        order = np.argsort(-key, kind="stable")[: abs(total - int(out.sum()))]
+        order = order[room[order]]
+        out[order] += 1 if up else -1
+        rest[order] = -1.0 if up else 2.0  # each adjusted once per pass
+    return out
 
 
 def trim_overshoot(s: np.ndarray, curves: np.ndarray, sizes: Sequence[int], target: float, *,

@@ -156,7 +156,8 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
                                   * np.sqrt(np.maximum(np.diag(grams[n][g].H), 0.0))
                                   / max(grams[n][g].n, 1) ** 0.5
                                   for g in range(bridge.groups(n))], axis=0) for n in names]
-        s = owl_allocation(scores, target)
+        caps = [1 - bridge.groups(n) / size for n, size in zip(names, sizes, strict=True)]
+        s = owl_allocation(scores, target, caps=caps)
     else:
         curves = np.array([np.mean(error_curves(
             [(*bridge.weights(n, g), grams[n][g]) for g in range(bridge.groups(n))]), axis=0)
@@ -164,6 +165,26 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
         s = trim_overshoot(global_allocation(curves, sizes, target, grid=GRID), curves, sizes,
                            target, grid=GRID)
     return {n: float(v) for n, v in zip(names, s, strict=True)}
+
+
+def exact_kept(bridge: ModelBridge, names: list[str], sparsities: dict[str, float] | float,
+               budget: float) -> dict[str, int]:
+    """Kept weights by job key: the allocation's sparsities (a dict; a float for uniform) as
+    whole weights per group that prune exactly the budget (``allocate.exact_counts``)."""
+    from layertrim.layerwise.allocate import exact_counts
+
+    groups = [[bridge.weights(n, g)[0].size for g in range(bridge.groups(n))] for n in names]
+    if not isinstance(sparsities, dict):  # uniform: every layer on its own
+        counts = []
+        for n, gs in zip(names, groups, strict=True):
+            try:
+                counts.append(exact_counts([sparsities], [gs], sparsities)[0])
+            except InvalidInputError as e:
+                raise InvalidInputError(f"layer {n}: {e}") from None
+    else:
+        counts = exact_counts([sparsities[n] for n in names], groups, budget)
+    return {job_key(n, g): k for n, ks in zip(names, counts, strict=True)
+            for g, k in enumerate(ks)}
 
 
 def _manifest(bridge: ModelBridge, names: list[str], settings: dict) -> dict:
@@ -262,13 +283,18 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
 
     sparsity_policy(sparsity, names)  # a value outside [0, 1) is refused before any work
     dense_grams = None
+    kept: dict[str, int] = {}  # kept weights by job key, where the allocation fixed them
     fixed = Pattern.parse(pattern).kind == "nm"  # N:M fixes every layer's sparsity
-    if (allocation != "uniform" and not fixed and sparsity is not None
-            and not isinstance(sparsity, dict)):
+    budget = sparsity if not fixed and not isinstance(sparsity, dict) else None
+    if budget is not None and allocation != "uniform":
         dense_grams = grams_of(names)
         t = time.perf_counter()
-        sparsity = allocate(bridge, names, sparsity, allocation, dense_grams)
+        sparsity = allocate(bridge, names, budget, allocation, dense_grams)
         clock["allocation_s"] += time.perf_counter() - t
+    if budget is not None and Pattern.parse(pattern).kind == "layer" and not per_sample:
+        # whole weights per group, so that a layer's groups together prune exactly its share
+        # (uniform) or all layers together exactly the budget (global, owl)
+        kept = exact_kept(bridge, names, sparsity, budget)
     policy = sparsity_policy(sparsity, names)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
     # the progress count covers the solved groups: a per-sample layer left dense has no job
@@ -282,8 +308,11 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
                     continue  # checkpointed: no problem to build
                 W, b = cascade_target(*bridge.weights(name, g), grams[name][g])
                 try:
+                    key = job_key(name, g)
+                    target = ({"nnz": kept[key]} if key in kept
+                              else {"sparsity": policy[name]})
                     problem = LayerProblem.create(W, gram=grams[name][g], bias=b,
-                                                  sparsity=policy[name], pattern=pattern)
+                                                  pattern=pattern, **target)
                 except InvalidInputError as e:
                     raise InvalidInputError(f"layer {name}: {e}") from None
                 jobs.append(LayerJob(name, g, problem, method, dict(solver_options)))

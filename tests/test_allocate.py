@@ -11,7 +11,12 @@ from torch import nn
 import layertrim as lt
 from layertrim.adapters.torch import find_layers
 from layertrim.errors import InvalidInputError
-from layertrim.layerwise.allocate import global_allocation, owl_allocation, trim_overshoot
+from layertrim.layerwise.allocate import (
+    exact_counts,
+    global_allocation,
+    owl_allocation,
+    trim_overshoot,
+)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -88,3 +93,60 @@ def test_unknown_allocation_is_refused():
     with pytest.raises(InvalidInputError, match="allocation"):
         lt.prune_model(cnn(), [torch.randn(4, 1, 8, 8)], sparsity=0.5, allocation="magic",
                        executor="serial")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_exact_counts_prune_exactly_the_budget_within_every_group(seed):
+    rng = np.random.default_rng(seed)
+    L = int(rng.integers(1, 5))
+    groups = [list(rng.choice([3, 9, 10, 25, 64], size=int(rng.integers(1, 8)))) for _ in range(L)]
+    sizes = np.array([sum(g) for g in groups])
+    s = rng.uniform(0.0, 0.6, L)  # feasible for every group (a group of 3 may prune 2 of 3)
+    target = float(np.sum(s * sizes) / sizes.sum())  # the weighted mean, as allocated
+    kept = exact_counts(list(s), groups, target)
+    pruned = [[g - k for g, k in zip(gs, ks, strict=True)] for gs, ks in zip(groups, kept,
+                                                                             strict=True)]
+    assert sum(map(sum, pruned)) == int(np.floor(target * sizes.sum() + 0.5))
+    for gs, ks, ps, share, size in zip(groups, kept, pruned, s, sizes, strict=True):
+        assert all(1 <= k <= g for k, g in zip(ks, gs, strict=True))
+        assert abs(sum(ps) - share * size) < 1 + 1e-9  # each layer within a weight of its share
+        # the groups split the layer's count in proportion to their sizes
+        assert np.all(np.abs(np.array(ps) - sum(ps) * np.array(gs) / size) < 1 + 1e-9)
+
+
+def grouped_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(64 * 16, 50), nn.ReLU(), nn.Linear(50, 1))
+
+
+@pytest.mark.parametrize("allocation", ["global", "owl", "uniform"])
+def test_allocations_prune_the_exact_count_on_depthwise_groups_and_a_head_of_50(allocation):
+    """A depthwise layer has 64 groups of 9 weights: rounding each group's sparsity on its own
+    missed the total by up to 32 weights. The Linear(50, 1) head made the global curves crash
+    (0.99 of 50 kept one weight by Python's round and none by the layer problem's count)."""
+    data = [torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for target in (0.3, 0.5):
+        net = grouped_net()
+        rep = lt.prune_model(net, data, sparsity=target, allocation=allocation,
+                             method="magnitude", schedule="parallel", executor="serial")
+        layers = find_layers(net)
+        sizes = [la.module.weight.numel() for la in layers]
+        zeros = [int((la.module.weight == 0).sum()) for la in layers]
+        if allocation == "uniform":  # every layer on its own
+            assert zeros == [int(np.floor(target * n + 0.5)) for n in sizes]
+        else:
+            assert sum(zeros) == int(np.floor(target * sum(sizes) + 0.5)), rep.allocation
+        dw = layers[1].module.weight.reshape(64, -1)
+        assert int((dw != 0).sum(1).min()) >= 1
+
+
+def test_owl_respects_the_layers_caps_and_refuses_an_unreachable_target():
+    rng = np.random.default_rng(0)
+    scores = [rng.random((20, 30)), rng.random((64, 9))]
+    s = owl_allocation(scores, 0.9, caps=[0.99, 1 - 64 / 576])
+    assert s[1] <= 1 - 64 / 576 + 1e-12
+    assert np.sum(s * [600, 576]) >= 0.9 * 1176 - 1e-6
+    with pytest.raises(InvalidInputError, match="out of reach"):
+        owl_allocation(scores, 0.995)

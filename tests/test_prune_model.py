@@ -64,9 +64,13 @@ def test_parallel_equals_solving_each_layer_on_the_dense_networks_gram():
     lt.prune_model(model, data, sparsity=0.6, method="wanda", schedule="parallel",
                    executor="serial", allocation="uniform")
     for la, ld in zip(find_layers(model), find_layers(dense), strict=True):
+        # a layer's groups prune round(0.6 * its size) together, split as evenly as they can
+        kept = [int(np.count_nonzero(la.weight(g))) for g in range(la.groups)]
+        assert sum(kept) == la.module.weight.numel() - int(0.6 * la.module.weight.numel() + 0.5)
+        assert max(kept) - min(kept) <= 1
         for g in range(la.groups):
             r = lt.solve_layer(ld.weight(g), gram=grams[la.name][g], bias=ld.bias(g),
-                               sparsity=0.6, method="wanda")
+                               nnz=kept[g], method="wanda")
             np.testing.assert_allclose(la.weight(g), r.W, atol=1e-6)  # float32 model
 
 
