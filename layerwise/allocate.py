@@ -6,12 +6,15 @@ and uniform 90% leaves one. Two rules:
 - ``global_allocation`` (in the spirit of OBC's SPDY, Frantar & Alistarh 2022): measure each
   layer's relative reconstruction error at a grid of sparsities with a cheap solver on its
   calibration Gram, then choose one grid level per layer to minimise the summed error
-  subject to the global count of pruned weights, exactly on the grid, by dynamic programming
-  over the pruned-weight budget (discretised into ``bins``).
+  subject to the global count of pruned weights, by dynamic programming over the
+  pruned-weight budget discretised into ``bins`` units (exact on the grid when every level's
+  count is a whole number of units; otherwise a level's count is rounded down to units, which
+  can pass over the best choice: 10 of 300 random cases in review, by up to 24% more error).
 - ``owl_allocation`` (Yin et al., ICML 2024, "Outlier Weighed Layerwise sparsity"): a layer's
   outlier ratio D_l is the fraction of its Wanda scores |W_ij| ||x_j|| above ``m`` times the
-  layer mean; sparsities are target - lam * (D_l - mean D) / (max D - min D), so layers with
-  more outliers are pruned less, then shifted so the weighted mean hits the target.
+  layer mean; sparsities are target - 2 lam * (D_l - mean D) / (max D - min D), spanning
+  2 lam as the authors' code's keep ratios do, so
+  layers with more outliers are pruned less, then shifted so the weighted mean hits the target.
 """
 
 from __future__ import annotations
@@ -106,16 +109,17 @@ def owl_allocation(scores: Sequence[np.ndarray], target: float, *, m: float = 5.
     top = np.full(len(scores), 0.99) if caps is None else np.minimum(0.99, np.asarray(caps))
     D = np.array([float(np.mean(s > m * np.mean(s))) for s in scores])
     spread = D.max() - D.min()
-    s = np.full(len(scores), target) if spread == 0 else target - lam * (D - D.mean()) / spread
+    s = (np.full(len(scores), target) if spread == 0
+         else target - 2 * lam * (D - D.mean()) / spread)
     # one shift c for all layers, found by bisection, so that the weighted mean of the clipped
     # sparsities clip(s + c, 0, top) is the target (shifting before clipping would miss it)
     def mean(c: float) -> float:
         return float(np.sum(np.clip(s + c, 0.0, top) * sizes) / sizes.sum())
 
-    if mean(2.0 + lam) < target - 1e-9:
+    if mean(2.0 + 2 * lam) < target - 1e-9:
         raise InvalidInputError(f"global sparsity {target} is out of reach: the layers can "
-                                f"prune at most {mean(2.0 + lam):.4f} of the weights")
-    lo, hi = -1.0 - lam, 1.0 + lam
+                                f"prune at most {mean(2.0 + 2 * lam):.4f} of the weights")
+    lo, hi = -1.0 - 2 * lam, 1.0 + 2 * lam
     for _ in range(100):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
