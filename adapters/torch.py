@@ -21,9 +21,16 @@ from layertrim.adapters.torch_calib import (  # noqa: F401  (re-exported: the pu
     collect_grams,
     eval_mode,
     finish,
+    output_errors,
 )
 from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
-from layertrim.adapters.torch_layers import PIECE, PRUNABLE, TorchLayer, find_layers  # noqa: F401
+from layertrim.adapters.torch_layers import (  # noqa: F401
+    PIECE,
+    PRUNABLE,
+    TorchLayer,
+    find_layers,
+    stream_generator,
+)
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
 
@@ -128,7 +135,7 @@ class TorchBridge:
         self._front = (i, xp, xr)
         sums = [GramSum(layer.d, layer.d, self.gram_dtype == "float32")
                 for _ in range(layer.groups)]
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = stream_generator(self.seed, name)  # the rows collect_grams would draw
         for x, x0 in zip(xp, xr, strict=True):
             try:
                 accumulate(layer, sums, x, x0, self.max_rows, gen)
@@ -154,6 +161,14 @@ class TorchBridge:
         net = self.reference if self.reference is not None else self.model
         return relu_layers(net, [TorchLayer(n, dict(net.named_modules())[n]) for n in names],
                            first)
+
+    def output_errors(self, names: list[str]) -> dict[str, list[float]] | None:
+        """Each layer's output in the pruned model against the dense one's, relative, per group
+        (``torch_calib.output_errors``); None without the dense reference (parallel)."""
+        if self.reference is None:
+            return None
+        return output_errors(self.model, self.reference, [self.by_name[n] for n in names],
+                             self.calib)
 
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None:
         write_back(self.by_name[name], group, W, b)

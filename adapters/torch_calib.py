@@ -203,3 +203,47 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
         raise InvalidInputError("the calibration data is empty")
     return seen
 
+
+
+def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[TorchLayer],
+                  calib) -> dict[str, list[float]]:
+    """Per layer and group: ||out - out_ref||^2 / ||out_ref||^2 over the calibration data,
+    where out is the layer's output in ``model`` and out_ref the same layer's in
+    ``reference`` (the dense network) on the same batch: how far pruning everything up to and
+    including the layer has moved its output. One pass of both networks."""
+    ref_out: dict[str, torch.Tensor] = {}
+    sums = {la.name: np.zeros((la.groups, 2)) for la in layers}
+
+    def per_group(la: TorchLayer, t: torch.Tensor) -> torch.Tensor:
+        # channels last for a Linear, second for a convolution; one row per group
+        t = t.movedim(1, -1) if not isinstance(la.module, nn.Linear) and t.dim() > 1 else t
+        return t.reshape(-1, la.groups, t.shape[-1] // la.groups).transpose(0, 1).reshape(
+            la.groups, -1).double()
+
+    def ref_hook(layer):
+        def fn(_mod, _inputs, out):
+            ref_out[layer.name] = out.detach()
+        return fn
+
+    def on_output(layer):
+        def fn(_mod, _inputs, out):
+            if layer.name in ref_out:
+                a, b = per_group(layer, out.detach()), per_group(layer, ref_out.pop(layer.name))
+                sums[layer.name][:, 0] += ((a - b) ** 2).sum(1).numpy()
+                sums[layer.name][:, 1] += (b ** 2).sum(1).numpy()
+        return fn
+
+    ref_modules = dict(reference.named_modules())
+    handles = [la.module.register_forward_hook(on_output(la)) for la in layers]
+    handles += [ref_modules[la.name].register_forward_hook(ref_hook(la)) for la in layers]
+    try:
+        with torch.no_grad(), eval_mode(model), eval_mode(reference):
+            for x in batches(calib):
+                ref_out.clear()
+                reference(x)
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: [float(e / r) if r > 0 else float(e > 0) for e, r in s]
+            for name, s in sums.items()}

@@ -19,6 +19,9 @@ class LayerRecord:
     status: str
     solver: str
     resumed: bool = False  # read back from a checkpoint, not solved in this run
+    # cascade: the layer's output in the pruned network against the dense network's, relative
+    # (rel_error is against the cascade's corrected target, what the solver could still reach)
+    rel_error_dense: float | None = None
 
 
 @dataclass
@@ -89,14 +92,24 @@ class PruneReport:
         return atomic_write_bytes(path, buf.getvalue())
 
     def __str__(self) -> str:
-        lines = [f"{'layer':<24} {'shape':>12} {'sparsity':>9} {'rel.err':>9} {'time':>8} status"]
+        dense = any(r.rel_error_dense is not None for r in self.layers)
+        head = f" {'vs dense':>9}" if dense else ""
+        lines = [f"{'layer':<24} {'shape':>12} {'sparsity':>9} {'rel.err':>9}{head} "
+                 f"{'time':>8} status"]
         for r in self.layers:
             name = r.name if r.group == 0 and not any(
                 o.name == r.name and o.group for o in self.layers) else f"{r.name}[g{r.group}]"
+            vs = "" if not dense else f" {'':>9}" if r.rel_error_dense is None else \
+                f" {r.rel_error_dense:>9.2e}"
             lines.append(f"{name:<24} {f'{r.m}x{r.d}':>12} {r.sparsity:>9.4f} "
-                         f"{r.rel_error:>9.2e} {r.time_s:>7.2f}s {r.status}")
+                         f"{r.rel_error:>9.2e}{vs} {r.time_s:>7.2f}s {r.status}")
+        pad = f" {'':>9}" if dense else ""
         lines.append(f"{'total':<24} {self.total_weights:>12} {self.sparsity:>9.4f} "
-                     f"{'':>9} {self.time_s:>7.2f}s")
+                     f"{'':>9}{pad} {self.time_s:>7.2f}s")
+        if dense:
+            lines.append("rel.err: against the cascade's target (the dense output projected "
+                         "onto the pruned inputs)\nvs dense: the layer's output in the pruned "
+                         "network against the dense network's")
         if self.timing:
             lines.append("wall " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in self.timing.items()))
         return "\n".join(lines)

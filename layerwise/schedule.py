@@ -388,5 +388,11 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
     except BaseException:
         bridge.restore(state)  # a failed run leaves the model as it came (Ctrl-C included)
         raise
+    if schedule == "cascade" and hasattr(bridge, "output_errors"):
+        t = time.perf_counter()
+        errors = bridge.output_errors(names)
+        for rec in report.layers if errors else []:
+            rec.rel_error_dense = errors[rec.name][rec.group]
+        clock["calibration_s"] += time.perf_counter() - t
     report.timing = {**clock, "wall_s": time.perf_counter() - t_start}
     return report

@@ -95,6 +95,38 @@ def test_cascade_sees_the_pruned_inputs():
     assert e_cas < e_par
 
 
+def test_cascade_reports_each_layers_output_error_against_the_dense_network(capsys):
+    """rel_error is against the cascade's corrected target; rel_error_dense is what a user
+    measures: the layer's output in the pruned network against the dense network's. Checked
+    by running both networks independently, layer by layer and group by group."""
+    data = calib()
+    model, dense = cnn(), cnn()
+    report = lt.prune_model(model, data, sparsity=0.7, method="sparsegpt", schedule="cascade",
+                            executor="serial", allocation="uniform")
+    outs: dict[str, list] = {}
+    for net, tag in ((model, "p"), (dense, "d")):
+        hooks = [m.register_forward_hook(
+            lambda _m, _i, o, key=(name, tag): outs.setdefault(key, []).append(o))
+            for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        with torch.no_grad():
+            for x in data:
+                net(x)
+        for h in hooks:
+            h.remove()
+    for rec in report.layers:
+        p, d = (torch.cat(outs[rec.name, t]).double() for t in ("p", "d"))
+        if p.dim() == 4:  # a convolution: this group's output channels
+            p, d = (t[:, rec.group * rec.m:(rec.group + 1) * rec.m] for t in (p, d))
+        want = float(((p - d) ** 2).sum() / (d ** 2).sum())
+        assert rec.rel_error_dense == pytest.approx(want, rel=1e-6)
+    later = [r for r in report.layers if r.name != "0"]
+    assert any(r.rel_error_dense > 1.5 * r.rel_error for r in later)  # they differ
+    assert "vs dense" in str(report)
+    par = lt.prune_model(cnn(), data, sparsity=0.7, method="sparsegpt", schedule="parallel",
+                         executor="serial", allocation="uniform")
+    assert all(r.rel_error_dense is None for r in par.layers) and "vs dense" not in str(par)
+
+
 def test_the_frontier_cache_gives_the_same_cascade_with_one_pass_per_child():
     data = calib()
     a, b = cnn(), cnn()
