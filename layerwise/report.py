@@ -50,9 +50,25 @@ class PruneReport:
     def time_s(self) -> float:
         return sum(r.time_s for r in self.layers)
 
+    def warnings(self) -> list[str]:
+        """Layers left without a weight, and layers off the sparsity asked for them by more
+        than 1% (or one weight): Net-Trim's radii, or a block pattern, set their own count."""
+        out = []
+        for name in dict.fromkeys(r.name for r in self.layers):
+            recs = [r for r in self.layers if r.name == name]
+            size = sum(r.m * r.d for r in recs)
+            got = 1 - sum(r.nnz for r in recs) / max(size, 1)
+            asked = self.allocation.get(name)
+            if all(r.nnz == 0 for r in recs):
+                out.append(f"layer {name} has no weight left: its output is its bias alone")
+            elif isinstance(asked, (int, float)) and abs(got - asked) > max(0.01, 1 / size):
+                out.append(f"layer {name}: sparsity {got:.4f}, {asked:.4g} asked")
+        return out
+
     def to_dict(self) -> dict:
         return {"schedule": self.schedule, "method": self.method,
                 "allocation": self.allocation, "timing": self.timing,
+                "warnings": self.warnings(),
                 "layers": [asdict(r) for r in self.layers],
                 "totals": {"weights": self.total_weights, "nonzero": self.total_nnz,
                            "sparsity": self.sparsity, "solve_time_s": self.time_s}}
@@ -110,6 +126,7 @@ class PruneReport:
             lines.append("rel.err: against the cascade's target (the dense output projected "
                          "onto the pruned inputs)\nvs dense: the layer's output in the pruned "
                          "network against the dense network's")
+        lines += [f"warning: {w}" for w in self.warnings()]
         if self.timing:
             lines.append("wall " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in self.timing.items()))
         return "\n".join(lines)

@@ -212,7 +212,10 @@ def solve(problem: LayerProblem, *, block: int = 16, start: str = "auto",
           refit: bool = True, damp: float = 1e-8) -> LayerResult:
     """Magnitude mask at the target, pivot it, keep nnz // b^2 blocks (at least one) by their
     W^2 energy in the pivoted order, map the mask back and refit. Permutations and block
-    fractions (dense = at least half full) are in ``settings``."""
+    fractions (dense = at least half full) are in ``settings``. Whole blocks keep a multiple of
+    b^2 weights (fewer in edge blocks), so the status is "block_rounded" whenever the kept
+    count is not the target's (``settings["target_nnz"]``): a layer smaller than one block
+    is kept whole."""
     t0 = time.perf_counter()
     check_damp(damp)
     W = problem.W0
@@ -231,5 +234,8 @@ def solve(problem: LayerProblem, *, block: int = 16, start: str = "auto",
 
         r = refit_fn(problem, mask, damp=damp)
         Wa = r.W if r.bias is None else np.hstack([r.W, r.bias[:, None]])
+    # whole blocks cannot keep an arbitrary count: say so when the target was rounded
+    kept = int(np.count_nonzero(mask))
+    settings["target_nnz"] = problem.nnz
     return finalize(problem, Wa, mask, solver="pivot", settings=settings, t0=t0,
-                    iterations=1)
+                    iterations=1, status="solved" if kept == problem.nnz else "block_rounded")

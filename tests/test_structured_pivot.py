@@ -87,3 +87,13 @@ def test_registry_pivot_is_block_sparse_and_refit(layer):
     assert r.nnz == (W.size // 2 // 16) * 16
     plain = lt.solve_layer(W, X, bias=b, sparsity=0.5, method="pivot", block=4, refit=False)
     assert r.objective <= plain.objective
+    # 12 x 32 at 50%: 192 weights asked, 12 whole blocks of 16 keep exactly that
+    assert r.status == "solved" and r.settings["target_nnz"] == r.nnz
+
+
+def test_pivot_says_when_whole_blocks_round_the_target(layer):
+    W, X, b = layer
+    r = lt.solve_layer(W, X, bias=b, sparsity=0.7, method="pivot", block=4)
+    assert r.status == "block_rounded" and r.nnz != r.settings["target_nnz"]
+    small = lt.solve_layer(W[:3, :5], X[:, :5], sparsity=0.5, method="pivot", block=16)
+    assert small.status == "block_rounded" and small.sparsity == 0.0  # one block holds it all
