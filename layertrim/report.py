@@ -21,6 +21,14 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence], *, title: str
     return "\n".join(lines)
 
 
+def _zeros_kept(result) -> str:
+    """A note when kept weights are exactly zero (an input that never fires, a zero in W0)."""
+    import numpy as np
+
+    nonzero = int(np.count_nonzero(result.W))
+    return "" if nonzero == result.nnz else f"; {nonzero} of them nonzero"
+
+
 def format_result(result) -> str:
     """A short report of one LayerResult."""
     m, d = result.W.shape
@@ -28,8 +36,13 @@ def format_result(result) -> str:
         ("method", result.solver),
         ("layer", f"{m} x {d}" + (" + bias" if result.bias is not None else "")),
         ("pattern", result.pattern),
-        ("sparsity", f"{result.sparsity:.4f}  ({result.nnz} of {m * d} weights kept)"),
+        ("sparsity", f"{result.sparsity:.4f}  ({result.nnz} of {m * d} weights kept"
+                     + _zeros_kept(result) + ")"),
         ("relative error", f"{result.rel_error:.4e}"),
+        *([("after activation", f"{result.certificate['rel_loss']:.4e}  (what l0-general "
+                                f"minimises; the line above is before it)")]
+          if isinstance(getattr(result, "certificate", None), dict)
+          and "rel_loss" in result.certificate else []),
         ("time", f"{result.wall_time:.3f} s"),
         ("status", result.status),
     ]

@@ -107,8 +107,8 @@ class Checkpoint:
             self._check_same(old, manifest)
         elif self.has_layers:
             raise InvalidInputError(
-                f"{self.dir} already holds a checkpoint: resume it with --resume {self.dir} "
-                f"(resume=...), or remove it to start over")
+                f"{self.dir} already holds a checkpoint: resume it (--resume {self.dir}, "
+                f"or resume= in Python), or remove it to start over")
         elif self.dir.is_dir() and not path.is_file() and any(self.dir.iterdir()):
             raise InvalidInputError(f"{self.dir} is a non-empty directory that is not a "
                                     f"layertrim checkpoint: choose another checkpoint directory")

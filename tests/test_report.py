@@ -25,3 +25,22 @@ def test_warnings_name_empty_layers_and_layers_off_their_target():
     assert json.loads(rep.to_json())["warnings"] == got
     assert PruneReport(schedule="parallel", method="m", allocation={"a": 0.5},
                        layers=[record("a", 0, 10, 10, 50)]).warnings() == []
+
+
+def test_one_layer_report_notes_zero_kept_weights_and_the_error_after_the_activation():
+    import numpy as np
+
+    import layertrim as lt
+    from layertrim.report import format_result
+
+    rng = np.random.default_rng(0)
+    W, X = rng.standard_normal((6, 10)), rng.standard_normal((200, 10))
+    W[:, :6] = 0.0  # 24 nonzeros: a mask of 30 of 60 weights keeps 6 zeros
+    r = lt.solve_layer(W, X, sparsity=0.5, method="magnitude")
+    assert "(30 of 60 weights kept; 24 of them nonzero)" in \
+        format_result(r)
+    r = lt.solve_layer(W + 1.0, X, sparsity=0.5, method="l0-general", activation="tanh")
+    text = format_result(r)
+    assert f"after activation  {r.certificate['rel_loss']:.4e}" in text
+    assert "after activation" not in format_result(lt.solve_layer(W, X, sparsity=0.5,
+                                                                  method="sparsegpt"))
