@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -66,9 +67,10 @@ def _import_from_cwd(mod_name: str):
 
 
 def _first_line(e: Exception) -> str:
-    """The gist of a loader's error (some come without a message)."""
-    lines = str(e).splitlines()
-    return lines[0] if lines else type(e).__name__
+    """The gist of a loader's error (some come without a message; torch's carry terminal
+    colour codes, which a log file shows as junk)."""
+    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    return lines[0].strip() if lines else type(e).__name__
 
 
 def _is_safetensors(path: Path) -> bool:
