@@ -230,8 +230,6 @@ def solve(
         raise InvalidInputError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     per_neuron, refit = check_bool("per_neuron", per_neuron), check_bool("refit", refit)
     adaptive_rho = check_bool("adaptive_rho", adaptive_rho)
-    per_neuron, refit = check_bool("per_neuron", per_neuron), check_bool("refit", refit)
-    adaptive_rho = check_bool("adaptive_rho", adaptive_rho)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
     eps_min = check_eps_min(eps_min, m, per_neuron)
