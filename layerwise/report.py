@@ -22,6 +22,9 @@ class LayerRecord:
     # cascade: the layer's output in the pruned network against the dense network's, relative
     # (rel_error is against the cascade's corrected target, what the solver could still reach)
     rel_error_dense: float | None = None
+    # the weights the solver kept (its mask); nnz counts the written nonzeros, which is fewer
+    # when kept weights are exactly zero (inputs that never fire, in a cascade's target)
+    kept: int | None = None
 
 
 @dataclass
@@ -51,18 +54,19 @@ class PruneReport:
         return sum(r.time_s for r in self.layers)
 
     def warnings(self) -> list[str]:
-        """Layers left without a weight, and layers off the sparsity asked for them by more
-        than 1% (or one weight): Net-Trim's radii, or a block pattern, set their own count."""
+        """Layers left without a weight, and layers whose solver kept a count more than 1%
+        (or one weight) off the sparsity asked: Net-Trim's radii, or a block pattern, set their
+        own count. (Kept weights that are exactly zero do not count as off target.)"""
         out = []
         for name in dict.fromkeys(r.name for r in self.layers):
             recs = [r for r in self.layers if r.name == name]
             size = sum(r.m * r.d for r in recs)
-            got = 1 - sum(r.nnz for r in recs) / max(size, 1)
+            got = 1 - sum(r.nnz if r.kept is None else r.kept for r in recs) / max(size, 1)
             asked = self.allocation.get(name)
             if all(r.nnz == 0 for r in recs):
                 out.append(f"layer {name} has no weight left: its output is its bias alone")
             elif isinstance(asked, (int, float)) and abs(got - asked) > max(0.01, 1 / size):
-                out.append(f"layer {name}: sparsity {got:.4f}, {asked:.4g} asked")
+                out.append(f"layer {name}: {got:.4f} of its weights pruned, {asked:.4g} asked")
         return out
 
     def to_dict(self) -> dict:

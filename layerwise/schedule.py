@@ -362,7 +362,8 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
                 report.layers.append(LayerRecord(
                     name=name, group=g, m=W0.shape[0], d=W0.shape[1], nnz=nnz,
                     sparsity=1 - nnz / r.W.size, rel_error=r.rel_error, time_s=r.wall_time,
-                    status=r.status, solver=r.solver, resumed=key in done))
+                    status=r.status, solver=r.solver, resumed=key in done,
+                    kept=int(np.count_nonzero(r.mask))))
         clock["writeback_s"] += time.perf_counter() - t
 
     def all_done(layer_names):

@@ -6,21 +6,23 @@ import json
 from layertrim.layerwise.report import LayerRecord, PruneReport
 
 
-def record(name, group, m, d, nnz, status="solved"):
+def record(name, group, m, d, nnz, status="solved", kept=None):
     return LayerRecord(name=name, group=group, m=m, d=d, nnz=nnz, sparsity=1 - nnz / (m * d),
-                       rel_error=0.1, time_s=0.0, status=status, solver="x")
+                       rel_error=0.1, time_s=0.0, status=status, solver="x", kept=kept)
 
 
 def test_warnings_name_empty_layers_and_layers_off_their_target():
     rep = PruneReport(schedule="cascade", method="nettrim",
-                      allocation={"a": 0.5, "b": 0.5, "c": 0.5, "dw": 0.5},
+                      allocation={"a": 0.5, "b": 0.5, "c": 0.5, "e": 0.5, "dw": 0.5},
                       layers=[record("a", 0, 10, 10, 50), record("b", 0, 10, 10, 0),
-                              record("c", 0, 10, 10, 30),
+                              record("c", 0, 10, 10, 30, kept=30),
+                              # kept 50 as asked, 10 of them exact zeros (dead inputs)
+                              record("e", 0, 10, 10, 40, kept=50),
                               # two groups of 9: 4 + 5 kept is 0.5 of 18 up to one weight
                               record("dw", 0, 1, 9, 4), record("dw", 1, 1, 9, 5)])
     got = rep.warnings()
     assert got == ["layer b has no weight left: its output is its bias alone",
-                   "layer c: sparsity 0.7000, 0.5 asked"]
+                   "layer c: 0.7000 of its weights pruned, 0.5 asked"]
     assert all(f"warning: {w}" in str(rep) for w in got)
     assert json.loads(rep.to_json())["warnings"] == got
     assert PruneReport(schedule="parallel", method="m", allocation={"a": 0.5},
