@@ -215,10 +215,12 @@ def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[Torch
     sums = {la.name: np.zeros((la.groups, 2)) for la in layers}
 
     def per_group(la: TorchLayer, t: torch.Tensor) -> torch.Tensor:
-        # channels last for a Linear, second for a convolution; one row per group
-        t = t.movedim(1, -1) if not isinstance(la.module, nn.Linear) and t.dim() > 1 else t
+        # channels last for a Linear; for a convolution second, or first in an unbatched
+        # output (C, H, W); one row per group
+        if not isinstance(la.module, nn.Linear):
+            t = t.movedim(0 if t.dim() == la.module.weight.dim() - 1 else 1, -1)
         return t.reshape(-1, la.groups, t.shape[-1] // la.groups).transpose(0, 1).reshape(
-            la.groups, -1).double()
+            la.groups, -1).double().cpu()
 
     def ref_hook(layer):
         def fn(_mod, _inputs, out):

@@ -129,17 +129,16 @@ def owl_allocation(scores: Sequence[np.ndarray], target: float, *, m: float = 5.
 def exact_counts(sparsities: Sequence[float], group_sizes: Sequence[Sequence[int]],
                  target: float) -> list[list[int]]:
     """Kept weights per (layer, group) such that exactly round_half_up(target * total) weights
-    are pruned: each layer's pruned share sparsity * size is rounded by largest remainder
-    across the layers, then split over its groups in proportion to their sizes the same way,
-    every group keeping at least one weight. (Rounding every group's sparsity on its own
-    missed the total by up to half a weight per group: 29 weights on a depthwise layer of
-    64 groups of 9.)"""
+    are pruned (at most all but one weight of every group): each layer's pruned share
+    sparsity * size is rounded by largest remainder across the layers, then split over its
+    groups in proportion to their sizes the same way, every group keeping at least one
+    weight. (Rounding every group's sparsity on its own missed the total by up to half a
+    weight per group: 29 weights on a depthwise layer of 64 groups of 9.)"""
     sizes = np.array([sum(gs) for gs in group_sizes], dtype=np.int64)
     caps = np.array([sum(g - 1 for g in gs) for gs in group_sizes], dtype=np.int64)
-    want = int(np.floor(target * sizes.sum() + 0.5))
-    if want > caps.sum():
-        raise InvalidInputError(f"sparsity {target} prunes {want} of {sizes.sum()} weights, "
-                                f"which leaves a group of the layers without any")
+    # every group keeps a weight: a count beyond that is held at it (the report then warns
+    # that the layer is off its target), as rounding each group on its own used to do
+    want = min(int(np.floor(target * sizes.sum() + 0.5)), int(caps.sum()))
     pruned = _round_to_total(np.asarray(sparsities, dtype=np.float64) * sizes, caps, want)
     out = []
     for p, gs in zip(pruned, group_sizes, strict=True):

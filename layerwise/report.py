@@ -36,6 +36,7 @@ class PruneReport:
     allocation: dict = field(default_factory=dict)  # the per-layer sparsities asked for
     timing: dict = field(default_factory=dict)  # calibration, allocation, solve, write-back, wall
     layers: list[LayerRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # reported with the warnings
 
     @property
     def total_weights(self) -> int:
@@ -67,7 +68,7 @@ class PruneReport:
                 out.append(f"layer {name} has no weight left: its output is its bias alone")
             elif isinstance(asked, (int, float)) and abs(got - asked) > max(0.01, 1 / size):
                 out.append(f"layer {name}: {got:.4f} of its weights pruned, {asked:.4g} asked")
-        return out
+        return out + self.notes
 
     def to_dict(self) -> dict:
         return {"schedule": self.schedule, "method": self.method,

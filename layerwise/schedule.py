@@ -162,29 +162,33 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
         curves = np.array([np.mean(error_curves(
             [(*bridge.weights(n, g), grams[n][g]) for g in range(bridge.groups(n))]), axis=0)
             for n in names])
+        # a level is out of reach when the layer's count would leave a group without a weight
+        # (each group rounding alone can look feasible: 0.925 of 9 keeps one)
+        caps = np.array([1 - bridge.groups(n) / size for n, size in zip(names, sizes,
+                                                                          strict=True)])
+        curves[np.asarray(GRID)[None, :] > caps[:, None] + 1e-12] = np.inf
         s = trim_overshoot(global_allocation(curves, sizes, target, grid=GRID), curves, sizes,
                            target, grid=GRID)
     return {n: float(v) for n, v in zip(names, s, strict=True)}
 
 
-def exact_kept(bridge: ModelBridge, names: list[str], sparsities: dict[str, float] | float,
-               budget: float) -> dict[str, int]:
-    """Kept weights by job key: the allocation's sparsities (a dict; a float for uniform) as
-    whole weights per group that prune exactly the budget (``allocate.exact_counts``)."""
+def exact_kept(bridge: ModelBridge, names: list[str], sparsities: dict,
+               budget: float | None) -> dict[str, int]:
+    """Kept weights by job key, whole weights per group (``allocate.exact_counts``): with a
+    ``budget`` (global, owl) all layers together prune exactly round(budget x all weights);
+    without one (uniform, a dict) each layer prunes round(s x size) of its own. A layer's
+    groups share its count, at most all but one weight of each (a larger count is held there
+    and the report warns); a layer whose sparsity is None is left to its solver."""
     from layertrim.layerwise.allocate import exact_counts
 
-    groups = [[bridge.weights(n, g)[0].size for g in range(bridge.groups(n))] for n in names]
-    if not isinstance(sparsities, dict):  # uniform: every layer on its own
-        counts = []
-        for n, gs in zip(names, groups, strict=True):
-            try:
-                counts.append(exact_counts([sparsities], [gs], sparsities)[0])
-            except InvalidInputError as e:
-                raise InvalidInputError(f"layer {n}: {e}") from None
+    groups = {n: [bridge.weights(n, g)[0].size for g in range(bridge.groups(n))] for n in names}
+    if budget is not None:
+        counts = dict(zip(names, exact_counts([sparsities[n] for n in names],
+                                              [groups[n] for n in names], budget), strict=True))
     else:
-        counts = exact_counts([sparsities[n] for n in names], groups, budget)
-    return {job_key(n, g): k for n, ks in zip(names, counts, strict=True)
-            for g, k in enumerate(ks)}
+        counts = {n: exact_counts([sparsities[n]], [groups[n]], sparsities[n])[0]
+                  for n in names if sparsities[n] is not None}
+    return {job_key(n, g): k for n, ks in counts.items() for g, k in enumerate(ks)}
 
 
 def _manifest(bridge: ModelBridge, names: list[str], settings: dict) -> dict:
@@ -291,11 +295,12 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         t = time.perf_counter()
         sparsity = allocate(bridge, names, budget, allocation, dense_grams)
         clock["allocation_s"] += time.perf_counter() - t
-    if budget is not None and Pattern.parse(pattern).kind == "layer" and not per_sample:
-        # whole weights per group, so that a layer's groups together prune exactly its share
-        # (uniform) or all layers together exactly the budget (global, owl)
-        kept = exact_kept(bridge, names, sparsity, budget)
     policy = sparsity_policy(sparsity, names)
+    if not fixed and Pattern.parse(pattern).kind == "layer" and not per_sample:
+        # whole weights per group: a layer's groups together prune exactly its share (uniform,
+        # a dict), or all layers together exactly the budget (global, owl)
+        kept = exact_kept(bridge, names, policy,
+                          budget if allocation != "uniform" else None)
     report = PruneReport(schedule=schedule, method=method, allocation=dict(policy))
     # the progress count covers the solved groups: a per-sample layer left dense has no job
     total = sum(bridge.groups(n) for n in names if not (per_sample and left_dense(policy, n)))
@@ -391,7 +396,12 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
         raise
     if schedule == "cascade" and hasattr(bridge, "output_errors"):
         t = time.perf_counter()
-        errors = bridge.output_errors(names)
+        try:  # a measurement of the finished prune: its failure must not undo the prune
+            errors = bridge.output_errors(names)
+        except Exception as e:
+            errors = None
+            report.notes.append(f"the errors against the dense network were not measured: "
+                                f"{type(e).__name__}: {e}")
         for rec in report.layers if errors else []:
             rec.rel_error_dense = errors[rec.name][rec.group]
         clock["calibration_s"] += time.perf_counter() - t

@@ -150,3 +150,29 @@ def test_owl_respects_the_layers_caps_and_refuses_an_unreachable_target():
     assert np.sum(s * [600, 576]) >= 0.9 * 1176 - 1e-6
     with pytest.raises(InvalidInputError, match="out of reach"):
         owl_allocation(scores, 0.995)
+
+
+def test_grouped_layers_near_their_cap_and_dicts_on_groups():
+    """A depthwise 3x3 layer can prune at most 8 of every 9 weights: uniform 0.9 holds it
+    there with a warning (it was refused), global allocation never plans past it, and a dict
+    value on a grouped layer is that layer's exact count, not each group's rounding."""
+    def dw(head=256):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(64, 64, 3, groups=64, padding=1), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(head, 1))
+
+    calib = [torch.randn(16, 64, 2, 2, generator=torch.Generator().manual_seed(1))]
+    opts = dict(method="magnitude", executor="serial", schedule="parallel")
+    net = dw()
+    rep = lt.prune_model(net, calib, sparsity=0.9, allocation="uniform", **opts)
+    assert int((net[0].weight == 0).sum()) == 64 * 8
+    assert rep.warnings() == ["layer 0: 0.8889 of its weights pruned, 0.9 asked"]
+    net = dw()
+    rep = lt.prune_model(net, calib, sparsity=0.88, **opts)
+    assert rep.allocation["0"] <= 8 / 9 + 1e-12 and rep.warnings() == []
+    zeros = int((net[0].weight == 0).sum()) + int((net[3].weight == 0).sum())
+    assert zeros == int(0.88 * (576 + 256) + 0.5)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    rep = lt.prune_model(net, [torch.randn(4, 8, 3, 3)], sparsity={"0": 0.5}, **opts)
+    assert int((net[0].weight == 0).sum()) == 36 and rep.warnings() == []

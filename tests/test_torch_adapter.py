@@ -172,3 +172,20 @@ def test_float32_grams_match_exact_float64_sums():
                                        atol=1e-12 * np.abs(X.T @ X).max())
     with pytest.raises(InvalidInputError, match="gram_dtype"):
         collect_grams(net, layers, calib, gram_dtype="float16")
+
+
+def test_output_errors_split_by_group_for_batched_and_unbatched_inputs():
+    """The cascade's 'vs dense' measurement: one group's damage is seen in that group alone,
+    for a batch of images and for one unbatched image (C, H, W)."""
+    from layertrim.adapters.torch import output_errors
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    model.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        model[0].weight[:2] = 0  # group 0's output channels lose everything
+        model[0].bias[:2] = 0
+    for x in (torch.randn(3, 4, 8, 6), torch.randn(4, 8, 6)):
+        got = output_errors(model, ref, find_layers(model), x)["0"]
+        assert got == pytest.approx([1.0, 0.0])
