@@ -250,19 +250,19 @@ def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
                     f"nnz={nnz} is not a multiple of m"
                 )
             return nnz
-        per_row = d - _round_half_up(s * d)
+        per_row = d - round_half_up(s * d)
         if per_row < 1:
             raise InvalidInputError(f"sparsity {s:g} leaves no weight in a row of d={d} inputs")
         return per_row * m
     if nnz is not None:
         return nnz
-    k = total - _round_half_up(s * total)
+    k = total - round_half_up(s * total)
     if k < 1:
         raise InvalidInputError(f"sparsity {s:g} leaves no weight among m*d={total}")
     return k
 
 
-def _round_half_up(x: float) -> int:
+def round_half_up(x: float) -> int:
     """Round to nearest with halves up, so the count never depends on banker's rounding."""
     return int(np.floor(x + 0.5))
 

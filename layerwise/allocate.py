@@ -25,6 +25,7 @@ import numpy as np
 
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
+from layertrim.problem import round_half_up
 
 GRID = tuple(np.round(np.concatenate([np.arange(0.0, 0.9, 0.05), [0.9, 0.925, 0.95, 0.96,
                                                                    0.97, 0.98, 0.99]]), 4))
@@ -47,7 +48,7 @@ def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *
         for k, s in enumerate(grid):
             # LayerProblem's count (round half up), not Python's round (half to even): at 0.99
             # of 50 weights (1 - s) * 50 is 0.5000000000000004, which round() takes for 1 kept
-            if s > 0 and W.size - int(np.floor(s * W.size + 0.5)) < 1:
+            if s > 0 and W.size - round_half_up(s * W.size) < 1:
                 out[i, k] = np.inf  # the level would leave no weight: never chosen
             elif s > 0:
                 out[i, k] = solve_layer(W, gram=g, bias=b, sparsity=float(s),
@@ -138,7 +139,7 @@ def exact_counts(sparsities: Sequence[float], group_sizes: Sequence[Sequence[int
     caps = np.array([sum(g - 1 for g in gs) for gs in group_sizes], dtype=np.int64)
     # every group keeps a weight: a count beyond that is held at it (the report then warns
     # that the layer is off its target), as rounding each group on its own used to do
-    want = min(int(np.floor(target * sizes.sum() + 0.5)), int(caps.sum()))
+    want = min(round_half_up(target * sizes.sum()), int(caps.sum()))
     pruned = _round_to_total(np.asarray(sparsities, dtype=np.float64) * sizes, caps, want)
     out = []
     for p, gs in zip(pruned, group_sizes, strict=True):

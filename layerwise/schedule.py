@@ -151,12 +151,13 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
     )
 
     sizes = [sum(bridge.weights(n, g)[0].size for g in range(bridge.groups(n))) for n in names]
+    # the largest sparsity a layer can take with every group keeping a weight
+    caps = np.array([1 - bridge.groups(n) / size for n, size in zip(names, sizes, strict=True)])
     if allocation == "owl":
         scores = [np.concatenate([np.abs(bridge.weights(n, g)[0])
                                   * np.sqrt(np.maximum(np.diag(grams[n][g].H), 0.0))
                                   / max(grams[n][g].n, 1) ** 0.5
                                   for g in range(bridge.groups(n))], axis=0) for n in names]
-        caps = [1 - bridge.groups(n) / size for n, size in zip(names, sizes, strict=True)]
         s = owl_allocation(scores, target, caps=caps)
     else:
         curves = np.array([np.mean(error_curves(
@@ -164,8 +165,6 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
             for n in names])
         # a level is out of reach when the layer's count would leave a group without a weight
         # (each group rounding alone can look feasible: 0.925 of 9 keeps one)
-        caps = np.array([1 - bridge.groups(n) / size for n, size in zip(names, sizes,
-                                                                          strict=True)])
         curves[np.asarray(GRID)[None, :] > caps[:, None] + 1e-12] = np.inf
         s = trim_overshoot(global_allocation(curves, sizes, target, grid=GRID), curves, sizes,
                            target, grid=GRID)
