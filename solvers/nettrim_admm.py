@@ -15,6 +15,9 @@ within tolerance and W feasible, (l1(W) - a weak-duality lower bound) / l1(W) <=
 Otherwise the result says so (status "max_iter", ``certificate["converged"]`` False, the
 residual history).
 
+Inputs that are zero in every sample (``live_columns``) are dropped before the iterations:
+their weights are zero at every optimum, and each iteration's two products shrink with them.
+
 Penalties. ADMM's speed hangs on them. rho (on W) is in units of 1 / mean|W0| and rho_fit (on
 Xa W^T) in units of mean|W0| / mean(Y^2 on Omega), the scales that make both dual variables
 O(1); the constants come from a sweep over the three layers of a 784-300-100-10 MNIST MLP
@@ -88,6 +91,19 @@ def _feasible64(eng: NetTrimADMM, W: np.ndarray, eps, feas_tol: float, res: dict
         return True
     v = res["violation"] = relative_violation(eng.Xa64 @ W.T, eng.t, eps)
     return v <= feas_tol
+
+
+def live_columns(Xa: np.ndarray, d: int) -> np.ndarray:
+    """Indices of Xa's columns the ADMM keeps: every weight column with a nonzero entry, and
+    the bias column. A weight on an all-zero input column (a pixel that is blank in every
+    calibration image, a dead unit of the previous layer) moves no output and costs l1, so it
+    is zero at every optimum; dropping the column shrinks both products of every iteration
+    (145 of 784 MNIST pixels are blank in 2000 training images)."""
+    live = np.ones(Xa.shape[1], bool)
+    live[:d] = np.any(Xa[:, :d] != 0, axis=0)
+    if not live[:d].any():  # nothing to fit with: leave the (trivial) problem as it is
+        live[:d] = True
+    return np.flatnonzero(live)
 
 
 class _TimeUp(Exception):
@@ -232,6 +248,17 @@ def solve(
     adaptive_rho = check_bool("adaptive_rho", adaptive_rho)
     Xa = augmented_inputs(problem)
     d, m = problem.d, problem.m
+    cols = live_columns(Xa, d)
+    d_live = int(np.count_nonzero(cols < d))
+
+    def full(W_live: np.ndarray) -> np.ndarray:
+        """An (m, p) W from the ADMM's live columns (zero on the dropped ones)."""
+        if len(cols) == Xa.shape[1]:
+            return W_live
+        W = np.zeros((m, Xa.shape[1]))
+        W[:, cols] = W_live
+        return W
+
     eps_min = check_eps_min(eps_min, m, per_neuron)
     t = targets_for(problem, Xa, gain, Y=Y, V=V, eps=eps, omega_tol=omega_tol,
                     per_neuron=per_neuron)
@@ -239,8 +266,9 @@ def solve(
     auto_rho, auto_fit = default_penalties(problem.W0, t)
     rho = auto_rho if rho is None else float(rho)
     rho_fit = auto_fit if rho_fit is None else float(rho_fit)
-    eng = NetTrimADMM(Xa, t, d, rho=rho, rho_fit=rho_fit, alpha=alpha,
-                      dtype=np.float64 if precision == "float64" else np.float32)
+    Xl = Xa if len(cols) == Xa.shape[1] else np.ascontiguousarray(Xa[:, cols])
+    eng = NetTrimADMM(Xl, t, d_live, rho=rho, rho_fit=rho_fit,
+                      alpha=alpha, dtype=np.float64 if precision == "float64" else np.float32)
     if warm_start is not None:
         W0 = np.asarray(warm_start, dtype=np.float64)
         if W0.shape == (m, d) and problem.bias is not None:
@@ -248,8 +276,8 @@ def solve(
         if W0.shape != problem.W0a.shape or not np.all(np.isfinite(W0)):
             raise InvalidInputError(f"warm_start must be finite with shape {problem.W0a.shape}, "
                                     f"got shape {W0.shape}")
-        eng.warm_start(W0)
-    opts = dict(d=d, thresh=zero_tol * float(np.max(np.abs(problem.W0))), abstol=abstol,
+        eng.warm_start(W0[:, cols])
+    opts = dict(d=d_live, thresh=zero_tol * float(np.max(np.abs(problem.W0))), abstol=abstol,
                 reltol=reltol, dual_reltol=dual_reltol, feas_tol=feas_tol, gap_tol=gap_tol,
                 single=precision == "float32",
                 max_iter=max_iter, check_every=check_every, adaptive_rho=adaptive_rho,
@@ -269,6 +297,7 @@ def solve(
         if precision == "mixed":
             eng.to_float32()  # a new radius: the bulk of the work in float32 again
         W, conv, its, hist = run_admm(eng, e, **(search_opts if search else opts))
+        W = full(W)
         if target is not None:
             steps.append({"gain": g, "iterations": its, "converged": conv})
         last[:] = [(W, conv, its, hist, e), g]
@@ -307,8 +336,9 @@ def solve(
     l1 = float(np.abs(W[:, :d]).sum())
     refit_info = None
     if refit:
-        eng.start_refit(mask)
+        eng.start_refit(mask[:, cols[:d_live]])
         W, rconv, rits, rhist = run_admm(eng, e, **opts)
+        W = full(W)
         hist = hist + rhist
         W[:, :d][~mask] = 0.0
         total += rits

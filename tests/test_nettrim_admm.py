@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import layertrim as lt
 from layertrim.errors import InvalidInputError
-from layertrim.solvers.nettrim_admm import default_penalties
+from layertrim.solvers.nettrim_admm import default_penalties, live_columns
 from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
 from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
 from layertrim.solvers.nettrim_rules import cascade_rule, parallel_rule
@@ -251,6 +251,31 @@ def test_refit_matches_the_reference_refit():
     assert fit(r) == pytest.approx(fit(ref), rel=1e-4)
     assert fit(r) < 0.99 * fit(plain)  # the l1 solution sits on the ball; the refit is inside
     assert r.certificate["violation_rel"] <= 1e-6
+
+
+def test_blank_input_columns_are_dropped_and_the_optimum_kept():
+    """Columns of X that are zero in every sample (blank pixels, dead units) leave the ADMM;
+    the result is still the full program's optimum, with zero weights on them, and the
+    sparsity target, refit and warm start still count the full layer."""
+    W, X, b = layer(3)
+    X[:, [0, 5, 6, 11]] = 0.0
+    kept = live_columns(np.hstack([X, np.ones((len(X), 1))]), 14)
+    np.testing.assert_array_equal(kept, [1, 2, 3, 4, 7, 8, 9, 10, 12, 13, 14])  # bias kept
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08, **tight())
+    assert r.certificate["converged"]
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    assert r.certificate["violation_rel"] <= 1e-6
+    assert not r.mask[:, [0, 5, 6, 11]].any()
+    again = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
+                           warm_start=r.W)
+    assert again.certificate["converged"] and again.W.shape == W.shape
+    fit = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
+                         refit=True, **tight())
+    np.testing.assert_array_equal(fit.mask, r.mask)
+    hit = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu",
+                         target_sparsity=0.5)
+    assert abs(hit.sparsity - 0.5) <= 0.01  # of all m x d weights, blank columns included
 
 
 def test_not_converged_is_reported_with_residuals():
