@@ -162,13 +162,31 @@ class TorchBridge:
         return relu_layers(net, [TorchLayer(n, dict(net.named_modules())[n]) for n in names],
                            first)
 
-    def output_errors(self, names: list[str]) -> dict[str, list[float]] | None:
+    def output_errors(self, names: list[str], dense: dict | None = None
+                      ) -> dict[str, list[float]] | None:
         """Each layer's output in the pruned model against the dense one's, relative, per group
-        (``torch_calib.output_errors``); None without the dense reference (parallel)."""
-        if self.reference is None:
-            return None
-        return output_errors(self.model, self.reference, [self.by_name[n] for n in names],
-                             self.calib)
+        (``torch_calib.output_errors``). The dense network is the copy the cascade keeps, or
+        else one made from ``dense`` (a ``snapshot`` taken before pruning); None with
+        neither."""
+        ref = self.reference
+        if ref is None:
+            if dense is None:
+                return None
+            ref = self._dense_copy(dense)
+        return output_errors(self.model, ref, [self.by_name[n] for n in names], self.calib)
+
+    def _dense_copy(self, dense: dict) -> nn.Module:
+        """The model with the snapshot's weights: a deep copy whose pruned layers take the
+        snapshot's tensors themselves (deepcopy's memo), so no pruned weight is copied."""
+        import copy
+
+        memo: dict = {}
+        for n, (w, b) in dense.items():
+            mod = self.by_name[n].module
+            memo[id(mod.weight)] = nn.Parameter(w, requires_grad=False)
+            if b is not None:
+                memo[id(mod.bias)] = nn.Parameter(b, requires_grad=False)
+        return copy.deepcopy(self.model, memo)
 
     def write_back(self, name: str, group: int, W: np.ndarray, b: np.ndarray | None) -> None:
         write_back(self.by_name[name], group, W, b)

@@ -19,8 +19,10 @@ class LayerRecord:
     status: str
     solver: str
     resumed: bool = False  # read back from a checkpoint, not solved in this run
-    # cascade: the layer's output in the pruned network against the dense network's, relative
-    # (rel_error is against the cascade's corrected target, what the solver could still reach)
+    # the layer's output in the pruned network against the dense network's, relative: what
+    # pruning everything up to the layer did (rel_error is against the layer's own target: in
+    # cascade the corrected one, what the solver could still reach; in parallel the dense
+    # output on the dense inputs)
     rel_error_dense: float | None = None
     # the weights the solver kept (its mask); nnz counts the written nonzeros, which is fewer
     # when kept weights are exactly zero (inputs that never fire, in a cascade's target)
@@ -128,9 +130,11 @@ class PruneReport:
         lines.append(f"{'total':<24} {self.total_weights:>12} {self.sparsity:>9.4f} "
                      f"{'':>9}{pad} {self.time_s:>7.2f}s")
         if dense:
-            lines.append("rel.err: against the cascade's target (the dense output projected "
-                         "onto the pruned inputs)\nvs dense: the layer's output in the pruned "
-                         "network against the dense network's")
+            target = ("the cascade's target (the dense output projected onto the pruned "
+                      "inputs)" if self.schedule == "cascade" else
+                      "the dense output, both on the dense network's inputs")
+            lines.append(f"rel.err: against {target}\nvs dense: the layer's output in the "
+                         f"pruned network against the dense network's")
         lines += [f"warning: {w}" for w in self.warnings()]
         if self.timing:
             lines.append("wall " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in self.timing.items()))
