@@ -84,7 +84,8 @@ class PruneReport:
         return json.dumps(self.to_dict(), indent=1)
 
     def plot(self, path) -> object:
-        """A PNG: per-layer sparsity and relative error (log scale), written atomically."""
+        """A PNG: per-layer sparsity and relative error (log scale; beside it the error against
+        the dense network, when measured), written atomically."""
         import io
 
         import matplotlib
@@ -103,7 +104,16 @@ class PruneReport:
         a.set_ylabel("sparsity")
         a.set_ylim(0, 1)
         a.legend(fontsize=8)
-        b.bar(x, [max(r.rel_error, 1e-12) for r in self.layers], color="tab:red")
+        dense = [r.rel_error_dense for r in self.layers]
+        if any(v is not None for v in dense):  # side by side: the layer's own, and vs dense
+            xs = [i - 0.2 for i in x]
+            b.bar(xs, [max(r.rel_error, 1e-12) for r in self.layers], width=0.4,
+                  color="tab:red", label="rel. error (solver's target)")
+            b.bar([i + 0.2 for i in x], [max(v or 0.0, 1e-12) for v in dense], width=0.4,
+                  color="tab:gray", label="vs dense network")
+            b.legend(fontsize=8)
+        else:
+            b.bar(x, [max(r.rel_error, 1e-12) for r in self.layers], color="tab:red")
         b.set_yscale("log")
         b.set_ylabel("relative error")
         b.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
@@ -132,7 +142,7 @@ class PruneReport:
         if dense:
             target = ("the cascade's target (the dense output projected onto the pruned "
                       "inputs)" if self.schedule == "cascade" else
-                      "the dense output, both on the dense network's inputs")
+                      "the dense layer's output, both on the dense network's inputs")
             lines.append(f"rel.err: against {target}\nvs dense: the layer's output in the "
                          f"pruned network against the dense network's")
         lines += [f"warning: {w}" for w in self.warnings()]
