@@ -27,7 +27,7 @@ from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.common import finalize
-from layertrim.solvers.coreset import column_keep
+from layertrim.solvers.coreset import column_keep, column_status
 from layertrim.solvers.registry import register
 from layertrim.validate import real_finite_array
 
@@ -174,8 +174,9 @@ def solve(problem: LayerProblem, *, normalize: str = "l2") -> LayerResult:
     mask[:, kept] = True
     thr = float(s[kept].min() / (np.linalg.norm(s) if normalize == "l2" else s.max()))
     return finalize(problem, problem.W0a, mask, solver="global-threshold",
-                    settings={"normalize": normalize, "kept": kept.tolist(), "threshold": thr},
-                    t0=t0, iterations=1)
+                    settings={"normalize": normalize, "kept": kept.tolist(), "threshold": thr,
+                              "target_nnz": problem.nnz},
+                    t0=t0, iterations=1, status=column_status(problem, k))
 
 
 def shrink_chain(weights, biases, kept):

@@ -60,15 +60,17 @@ def masked_rel_error(W: np.ndarray, H: np.ndarray, mask: np.ndarray) -> float:
 
 
 def bisect_multiple(W: np.ndarray, H: np.ndarray, error_budget: float, *,
-                    k_max: float = 10.0, iters: int = 40) -> float:
+                    k_max: float = 10.0, iters: int = 40, error=None) -> float:
     """Largest multiple k in [0, k_max] with masked_rel_error(W, H, threshold_mask(W, k)) within
-    ``error_budget`` (the error grows with k, so bisection finds the boundary)."""
+    ``error_budget`` (the error grows with k, so bisection finds the boundary). ``error(mask)``
+    replaces masked_rel_error (a layer problem's own relative error, bias included)."""
+    err = (lambda mask: masked_rel_error(W, H, mask)) if error is None else error
     lo, hi = 0.0, k_max
-    if masked_rel_error(W, H, threshold_mask(W, hi)) <= error_budget:
+    if err(threshold_mask(W, hi)) <= error_budget:
         return hi
     for _ in range(iters):
         mid = (lo + hi) / 2
-        if masked_rel_error(W, H, threshold_mask(W, mid)) <= error_budget:
+        if err(threshold_mask(W, mid)) <= error_budget:
             lo = mid
         else:
             hi = mid
@@ -133,14 +135,25 @@ def solve(problem: LayerProblem, *, multiple: float | None = None,
     t0 = time.perf_counter()
     W = problem.W0
     sd = float(W.std())
-    H = problem.H[: problem.d, : problem.d]
+    if problem.pattern.kind != "layer":
+        raise InvalidInputError(f"onthefly thresholds the whole layer at one multiple of its "
+                                f"std: use pattern='layer', not {problem.pattern}")
     if multiple is not None and error_budget is not None:
         raise InvalidInputError("give multiple or error_budget, not both")
+    if (multiple is not None or error_budget is not None) and problem.has_target:
+        raise InvalidInputError("give a sparsity target or multiple/error_budget, not both: "
+                                "the multiple sets the sparsity")
     if multiple is not None:
         k = _number("multiple", multiple)
         mask = threshold_mask(W, k)
     elif error_budget is not None:
-        k = bisect_multiple(W, H, _number("error_budget", error_budget, positive=True))
+        def rel(mask):  # the problem's own relative error, with the bias in its denominator
+            Wa = problem.W0a.copy()
+            Wa[:, : problem.d][~mask] = 0.0
+            return problem.rel_error(problem.objective(Wa))
+
+        k = bisect_multiple(W, problem.H[: problem.d, : problem.d],
+                            _number("error_budget", error_budget, positive=True), error=rel)
         mask = threshold_mask(W, k)
     elif problem.has_target:
         flat = np.sort(np.abs(W).ravel())[::-1]

@@ -218,6 +218,9 @@ def solve(problem: LayerProblem, *, block: int = 16, start: str = "auto",
     is kept whole."""
     t0 = time.perf_counter()
     check_damp(damp)
+    if problem.pattern.kind != "layer":
+        raise InvalidInputError(f"pivot keeps whole b x b blocks of the layer: use "
+                                f"pattern='layer', not {problem.pattern}")
     W = problem.W0
     first = layer_topk(np.abs(W), problem.nnz)
     Wm = np.where(first, W, 0.0)

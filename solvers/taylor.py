@@ -21,7 +21,7 @@ from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.common import finalize
-from layertrim.solvers.coreset import column_keep
+from layertrim.solvers.coreset import column_keep, column_status
 from layertrim.solvers.registry import register
 from layertrim.validate import real_finite_array
 
@@ -60,4 +60,5 @@ def solve(problem: LayerProblem, *, grad: np.ndarray | None = None) -> LayerResu
     mask[:, kept] = True
     return finalize(problem, problem.W0a, mask, solver="taylor",
                     settings={"kept": kept.tolist(), "gradient": "given" if grad is not None
-                              else "output energy W H"}, t0=t0, iterations=1)
+                              else "output energy W H", "target_nnz": problem.nnz},
+                    t0=t0, iterations=1, status=column_status(problem, k))

@@ -6,6 +6,8 @@ import pytest
 import layertrim as lt
 from layertrim.solvers.coreset import (
     coreset_prune,
+    inclusion_probabilities,
+    sample_neurons,
     sample_size,
     sensitivity_data_dependent,
     sensitivity_data_independent,
@@ -73,6 +75,35 @@ def test_reweighting_is_unbiased():
     single = a[:, r.kept] @ r.W2.T
     assert np.abs(single - z).max() > 0.1 * np.abs(z).max()
     np.testing.assert_allclose(mean, z, atol=0.03 * np.abs(z).max())
+
+
+def test_a_neuron_count_is_kept_exactly_and_reweighted_without_bias():
+    """keep= draws exactly keep distinct neurons, each with probability pi_j (its weight is
+    1 / pi_j), so every neuron's expected weight is 1. Drawing i.i.d. until keep distinct
+    neurons had been seen gave expected weights 0.86-1.31 on these sensitivities."""
+    sens = np.array([8.0, 2.0, 1.0, 1.0, 0.5, 0.0])
+    for keep in (2, 3, 4):
+        pi = inclusion_probabilities(sens, keep)
+        assert pi.sum() == pytest.approx(keep) and pi.max() <= 1.0 and pi[-1] == 0.0
+        reps = 20000
+        weight, hits = np.zeros(6), np.zeros(6)
+        rng = np.random.default_rng(keep)
+        for _ in range(reps):
+            kept, w, m = sample_neurons(sens, rng, keep=keep)
+            assert len(kept) == len(set(kept.tolist())) == keep == m
+            weight[kept] += w
+            hits[kept] += 1
+        np.testing.assert_allclose(hits / reps, pi, atol=0.012)  # ~4 standard errors
+        np.testing.assert_allclose(weight[:5] / reps, 1.0, atol=0.06)
+        assert weight[5] == 0.0
+
+
+def test_nearly_irrelevant_neurons_do_not_stall_the_sampling():
+    rng = np.random.default_rng(0)
+    W1, W2 = rng.normal(size=(7, 4)), rng.normal(size=(3, 7))
+    W2[:, 5:] *= 1e-9
+    r = coreset_prune(W1, None, W2, keep=6)  # ran forever when drawing until 6 were seen
+    assert r.n_kept == 6
 
 
 @pytest.mark.parametrize("variant", ["data-dependent", "data-independent"])
@@ -165,3 +196,17 @@ def test_registry_coreset_removes_whole_columns(layer):
     plain = lt.solve_layer(W, X, bias=b, sparsity=0.75, method="coreset", seed=3)
     fit = lt.solve_layer(W, X, bias=b, sparsity=0.75, method="coreset", seed=3, refit=True)
     assert np.array_equal(plain.mask, fit.mask) and fit.objective < plain.objective
+
+
+@pytest.mark.parametrize("method", ["coreset", "global-threshold", "taylor"])
+def test_column_counts_round_half_up_and_say_when_they_miss(method):
+    """Whole columns of m weights cannot hold every count: 10 weights of a 4-row layer is 2.5
+    columns, kept as 3 (half up, as the engine rounds; Python's round gave 2) with status
+    column_rounded; 12 weights are 3 columns exactly."""
+    rng = np.random.default_rng(0)
+    W, X = rng.standard_normal((4, 10)), rng.standard_normal((50, 10))
+    r = lt.solve_layer(W, X, nnz=10, method=method)
+    assert r.mask.any(axis=0).sum() == 3 and r.status == "column_rounded"
+    assert r.settings["target_nnz"] == 10
+    r = lt.solve_layer(W, X, nnz=12, method=method)
+    assert r.mask.any(axis=0).sum() == 3 and r.status == "solved"

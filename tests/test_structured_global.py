@@ -135,3 +135,25 @@ def test_taylor_scores_and_registry(layer):
                                np.abs(conv.sum(axis=(1, 2, 3))))
     with pytest.raises(lt.InvalidInputError, match="grad has shape"):
         taylor_scores(W, W[:, :3])
+
+
+def test_onthefly_error_budget_counts_the_bias():
+    """The budget is on the reported relative error, whose denominator has the bias: inputs
+    with a mean of 3 and a bias cancelling it shrink ||Xa W0a^T|| well below ||X W0^T||, and
+    the budget measured without the bias let the reported error run to 8x the budget."""
+    rng = np.random.default_rng(0)
+    W, X = rng.standard_normal((8, 20)), rng.standard_normal((300, 20)) + 3.0
+    b = -(X @ W.T).mean(axis=0)
+    r = lt.solve_layer(W, X, bias=b, method="onthefly", error_budget=0.05)
+    assert r.rel_error <= 0.05 and r.sparsity > 0
+
+
+def test_onthefly_and_pivot_refuse_what_they_cannot_honour():
+    rng = np.random.default_rng(1)
+    W, X = rng.standard_normal((8, 16)), rng.standard_normal((60, 16))
+    with pytest.raises(lt.InvalidInputError, match="not both"):  # the sparsity was dropped
+        lt.solve_layer(W, X, sparsity=0.9, method="onthefly", multiple=0.5)
+    for method, opts in (("onthefly", {}), ("pivot", {"block": 4})):
+        for pattern in ("2:4", "row"):  # they labelled their unstructured masks so
+            with pytest.raises(lt.InvalidInputError, match="pattern='layer'"):
+                lt.solve_layer(W, X, sparsity=0.5, method=method, pattern=pattern, **opts)
