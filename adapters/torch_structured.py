@@ -77,8 +77,8 @@ def _kept(kept, n: int) -> torch.Tensor:
 
 def _scale(scale, k: int, ref: torch.Tensor) -> torch.Tensor:
     if scale is None:
-        return torch.ones(k, dtype=ref.dtype)
-    s = torch.as_tensor(np.asarray(scale, dtype=np.float64), dtype=ref.dtype)
+        return torch.ones(k, dtype=ref.dtype, device=ref.device)
+    s = torch.as_tensor(np.asarray(scale, dtype=np.float64), dtype=ref.dtype, device=ref.device)
     if s.shape != (k,):
         raise InvalidInputError(f"scale has shape {tuple(s.shape)}, expected ({k},)")
     return s
@@ -91,7 +91,7 @@ def _new_weight2(mod2, cols, f, s, W2, b2):
         w2 = w[:, cols] * (s.repeat_interleave(f) if isinstance(mod2, nn.Linear) else
                            s.view(1, -1, *([1] * (w.dim() - 2))))
     else:
-        w2 = torch.as_tensor(np.asarray(W2), dtype=w.dtype)
+        w2 = torch.as_tensor(np.asarray(W2), dtype=w.dtype, device=w.device)
         want = (w.shape[0], cols.numel(), *w.shape[2:])
         if tuple(w2.shape) != want:
             raise InvalidInputError(f"W2 has shape {tuple(w2.shape)}, expected {want}")
@@ -99,7 +99,7 @@ def _new_weight2(mod2, cols, f, s, W2, b2):
     if b2 is not None:
         if b is None:
             raise InvalidInputError("b2 given but layer l+1 has no bias")
-        b = torch.as_tensor(np.asarray(b2), dtype=w.dtype)
+        b = torch.as_tensor(np.asarray(b2), dtype=w.dtype, device=w.device)
     return w2, b
 
 
@@ -146,20 +146,23 @@ def shrink_pair(model: nn.Module, first: str, second: str, kept, *, scale=None, 
         if bias2 is not None:
             new2.bias.copy_(bias2)
         if bn is not None:
-            _set(model, bn, _shrink_bn(_get(model, bn), n, kt))
+            _set(model, bn, _shrink_bn(_get(model, bn), n, kt, m1.weight))
     _set(model, first, new1.train(m1.training))
     _set(model, second, new2.train(m2.training))
     return model
 
 
-def _shrink_bn(b: nn.Module, n: int, kt: torch.Tensor) -> nn.Module:
+def _shrink_bn(b: nn.Module, n: int, kt: torch.Tensor, like: torch.Tensor) -> nn.Module:
+    """The BatchNorm on the kept features, on the device and in the dtype of its own state
+    (or of ``like``, layer l's weight, when it has none)."""
     if not isinstance(b, _BN):
         raise InvalidInputError(f"bn must name a BatchNorm1d/2d, got {type(b).__name__}")
     if b.num_features != n:
         raise InvalidInputError(f"BatchNorm has {b.num_features} features for {n} neurons")
     new = type(b)(kt.numel(), eps=b.eps, momentum=b.momentum, affine=b.affine,
                   track_running_stats=b.track_running_stats)
-    new = new.to(device=kt.device if b.weight is None else b.weight.device)
+    state = b.weight if b.affine else b.running_mean if b.track_running_stats else like
+    new = new.to(device=state.device, dtype=state.dtype)
     if b.affine:
         new.weight.copy_(b.weight[kt])
         new.bias.copy_(b.bias[kt])

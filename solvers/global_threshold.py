@@ -29,6 +29,7 @@ from layertrim.result import LayerResult
 from layertrim.solvers.common import finalize
 from layertrim.solvers.coreset import column_keep, column_status
 from layertrim.solvers.registry import register
+from layertrim.solvers.structured import check_kept
 from layertrim.validate import real_finite_array
 
 NORMALIZE = ("l2", "max")
@@ -37,7 +38,9 @@ NORMALIZE = ("l2", "max")
 @dataclass
 class GlobalThresholdResult:
     """kept[l]: sorted indices of layer l's kept neurons (the last layer keeps all);
-    threshold: the global score threshold; params / target / total: parameter counts."""
+    threshold: the global score threshold: a neuron is kept when its normalised score is at
+    least this, and each layer also keeps its best neuron whatever its score (inf when only
+    those are kept); params / target / total: parameter counts."""
 
     kept: list[np.ndarray]
     scores: list[np.ndarray]
@@ -60,6 +63,12 @@ def chain_factors(weights) -> tuple[list[np.ndarray], list[int]]:
         if i == 0:
             continue
         n_prev, fan_in = Ws[i - 1].shape[0], W[0].size
+        if W.ndim > 2 and W.shape[1] != n_prev:
+            raise InvalidInputError(
+                f"weights[{i}] is a convolution with {W.shape[1]} input channels per group after "
+                f"a layer of {n_prev} neurons: a grouped or depthwise convolution ties its "
+                f"channels to the previous layer's, which global neural pruning does not "
+                f"handle (only dense chains)")
         if fan_in % n_prev:
             raise InvalidInputError(
                 f"layer shapes do not chain: weights[{i}] has {fan_in} inputs per neuron, not a "
@@ -132,8 +141,9 @@ def global_threshold(weights, *, target_params: int | None = None,
     final = counts + cum[lo]
     kept = [np.sort(orders[li][: final[li]]) for li in range(len(Ws) - 1)]
     kept.append(np.arange(full[-1]))
-    thr = min([float(scores[li][orders[li][0]]) for li in range(len(scores))]
-              + ([rest[lo - 1][0]] if lo > 0 else []))
+    # the cut: the lowest score admitted in the global order (each layer's best neuron is
+    # kept whatever its score, so it does not set the threshold); inf when none was admitted
+    thr = float(rest[lo - 1][0]) if lo > 0 else float("inf")
     return GlobalThresholdResult(kept=kept, scores=scores, threshold=thr,
                                  params=chain_params(Ws, factors, final, has_b),
                                  target=target, total=total)
@@ -188,7 +198,7 @@ def shrink_chain(weights, biases, kept):
     out_w, out_b = [], []
     prev = None
     for li, (W, f) in enumerate(zip(Ws, factors, strict=True)):
-        rows = np.asarray(kept[li], dtype=np.int64)
+        rows = check_kept(kept[li], W.shape[0])
         Wk = W[rows]
         if prev is not None:
             flat = Wk.reshape(Wk.shape[0], -1)

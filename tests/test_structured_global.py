@@ -157,3 +157,28 @@ def test_onthefly_and_pivot_refuse_what_they_cannot_honour():
         for pattern in ("2:4", "row"):  # they labelled their unstructured masks so
             with pytest.raises(lt.InvalidInputError, match="pattern='layer'"):
                 lt.solve_layer(W, X, sparsity=0.5, method=method, pattern=pattern, **opts)
+
+
+def test_the_threshold_is_the_global_cut_not_a_forced_neuron():
+    """A layer whose best neuron scores low keeps it anyway; the threshold is still the cut of
+    the global order, so no dropped neuron anywhere scores above it (it was the forced
+    neuron's low score, below 16 dropped ones)."""
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((2000, 3)), rng.standard_normal((20, 2000)),
+          rng.standard_normal((500, 20))]
+    r = global_threshold(Ws, target_params=3000)
+    for li, s in enumerate(r.scores):
+        dropped = np.ones(s.size, dtype=bool)
+        dropped[r.kept[li]] = False
+        assert np.all(s[dropped] <= r.threshold)
+
+
+def test_grouped_convolutions_and_bad_kept_lists_are_refused():
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((3, 3, 3, 3)), rng.standard_normal((3, 1, 3, 3)),
+          rng.standard_normal((10, 3))]
+    with pytest.raises(lt.InvalidInputError, match="depthwise"):
+        global_threshold(Ws, target_fraction=0.5)
+    Ws, bs = _chain(0)
+    with pytest.raises(lt.InvalidInputError, match="repeat"):
+        shrink_chain(Ws, bs, [np.array([0, 0])] + [np.arange(W.shape[0]) for W in Ws[1:]])

@@ -85,3 +85,26 @@ def test_shrink_rejects_bad_input():
         shrink_pair(model, "0", "9", np.array([0, 1]))
     with pytest.raises(InvalidInputError, match="scale has shape"):
         shrink_pair(model, "0", "2", np.array([0, 1]), scale=np.ones(3))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_shrink_keeps_dtype_and_device(affine):
+    """A float64 model keeps float64 layers and BatchNorm (the BN came back float32 and the
+    model failed on mixed dtypes); on the meta device (standing in for a GPU here) every new
+    tensor, the reweighting scale included, lives where the model does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.BatchNorm1d(10, affine=affine), nn.ReLU(),
+                          nn.Linear(10, 3)).double().eval()
+    x = torch.randn(20, 6, dtype=torch.float64)
+    kept = np.array([0, 2, 3, 7, 9])
+    shrink_pair(model, "0", "3", kept, scale=np.full(5, 1.5), bn="1")
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert all(b.dtype == torch.float64 for b in model.buffers() if b.is_floating_point())
+    assert model(x).shape == (20, 3)
+    meta = nn.Sequential(nn.Linear(6, 10), nn.BatchNorm1d(10, affine=affine), nn.ReLU(),
+                         nn.Linear(10, 3)).to("meta")
+    for fn in (shrink_pair, mask_pair):
+        net = copy.deepcopy(meta)
+        fn(net, "0", "3", kept, scale=np.full(5, 1.5), **({"bn": "1"} if fn is shrink_pair
+                                                          else {}))
+        assert all(t.device.type == "meta" for t in [*net.parameters(), *net.buffers()])
