@@ -40,6 +40,7 @@ scaled by one common factor, decide how the sparsity is spread over the layers.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -50,25 +51,30 @@ from torch.nn.utils import parametrize
 from layertrim.adapters.training import (
     Timer,
     TrainReport,
+    accuracy,
     check_fraction,
+    check_loader,
     check_model,
+    check_plain_weight,
     check_positive_float,
+    check_val,
     make_optimizer,
     n_batches,
     run_epochs,
     weight_sparsity,
 )
 from layertrim.errors import InvalidInputError
+from layertrim.problem import round_half_up
 from layertrim.validate import check_int
 
 
 class SoftThreshold(nn.Module):
     """The parametrisation W -> W * sigmoid(beta * (|W| - s t) / s) with learnable t."""
 
-    def __init__(self, scale: float, t0: float) -> None:
+    def __init__(self, scale: float, t0: float, beta: float = 1.0) -> None:
         super().__init__()
         self.scale = scale
-        self.beta = 1.0
+        self.beta = beta
         self.t = nn.Parameter(torch.tensor(float(t0)))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -130,7 +136,9 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
     TrainReport : ``details["thresholds"]`` maps each layer to its learned threshold in weight
         units, ``details["layer_sparsity"]`` to its final fraction of zeros;
         ``details["learned_sparsity"]`` is the sparsity the learned thresholds alone give
-        (before a ``sparsity`` target adjusts it).
+        (before a ``sparsity`` target adjusts it). With ``val``, ``report.val_accuracy`` is
+        the soft-gated network's after each epoch and ``details["final_val_accuracy"]`` the
+        returned, hard-thresholded model's.
     """
     from layertrim.adapters.torch import find_layers
 
@@ -146,11 +154,15 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
         raise InvalidInputError("diff_threshold needs a loader with a length (its beta "
                                 "schedule is spread over the training steps)")
     total_steps = max(1, epochs * steps_per_epoch)
+    for la in found:  # before any parametrization is registered
+        check_plain_weight(la.name, la.module, "diff_threshold")
+    check_loader(loader, epochs)
+    check_val(val)
     gates = {}
     for la in found:
         w = la.module.weight.detach()
         scale = float(w.std()) if w.numel() > 1 and float(w.std()) > 0 else 1.0
-        gate = SoftThreshold(scale, t0).to(w.device)
+        gate = SoftThreshold(scale, t0, knots[0]).to(w.device)
         parametrize.register_parametrization(la.module, "weight", gate)
         gates[la.name] = gate
     thresholds = [g.t for g in gates.values()]
@@ -173,10 +185,12 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
 
     state = {"lam": lam}
 
-    def regulariser(step: int) -> torch.Tensor:
-        b = beta_at(knots, step / max(1, total_steps - 1))
+    def sharpen(step: int) -> None:  # before the step's forward pass: step k trains with
+        b = beta_at(knots, step / max(1, total_steps - 1))  # knot value k, the last the last
         for g in gates.values():
             g.beta = b
+
+    def regulariser(step: int) -> torch.Tensor:
         if target is not None and step % 10 == 9:  # the sparsity controller (ours)
             state["lam"] *= 1.5 if hard_sparsity() < target else 1 / 1.5
         return state["lam"] * torch.stack([torch.exp(-g.t ** 2) for g in gates.values()]).sum()
@@ -190,7 +204,7 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
         with Timer() as t:
             run_epochs(model, loader, opt, epochs=epochs, loss_fn=loss_fn or F.cross_entropy,
                        desc="diff-threshold", progress=progress, report=report, val=val,
-                       extra_loss=regulariser, after_step=clamp)
+                       before_forward=sharpen, extra_loss=regulariser, after_step=clamp)
             learned = {n: g.scale * float(g.t.detach()) for n, g in gates.items()}
             learned_sparsity = hard_sparsity()
             _harden(found, gates, target)
@@ -198,6 +212,13 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
         for la in found:
             if parametrize.is_parametrized(la.module, "weight"):
                 parametrize.remove_parametrizations(la.module, "weight", leave_parametrized=False)
+    if val is not None:  # the per-epoch figures are the soft-gated network's, not this one's
+        report.details["final_val_accuracy"] = accuracy(model, val)
+    emptied = [la.name for la in found if not bool((la.module.weight != 0).any())]
+    if emptied:
+        warnings.warn(f"diff_threshold left no weight in {', '.join(emptied)} (learned "
+                      f"thresholds above every weight; t0={t0} is in weight standard "
+                      f"deviations)", stacklevel=2)
     report.wall_time = t.seconds
     report.sparsity = weight_sparsity(model)
     report.details.update(
@@ -219,7 +240,7 @@ def _harden(found, gates, target: float | None) -> None:
                 w.mul_(w.abs() > tau)
             return
         ratio = torch.cat([(w.abs() / tau).flatten() for w, tau in zip(raws, taus, strict=True)])
-        keep = ratio.numel() - round(target * ratio.numel())
+        keep = ratio.numel() - round_half_up(target * ratio.numel())
         order = torch.argsort(ratio, descending=True, stable=True)
         kept = torch.zeros(ratio.numel(), dtype=torch.bool, device=ratio.device)
         kept[order[:keep]] = True

@@ -18,6 +18,7 @@ from layertrim.adapters.training import (
     Timer,
     TrainReport,
     check_model,
+    check_plain_weight,
     make_optimizer,
     run_epochs,
     weight_sparsity,
@@ -36,7 +37,9 @@ def current_masks(model: nn.Module, layers=None, exclude=None) -> dict[str, torc
 
 def check_masks(model: nn.Module, masks) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
     """Validate ``masks`` (layer name -> boolean or 0/1 tensor of the weight's shape) and pair
-    each with its weight parameter."""
+    each with the parameter that training changes: the weight, or ``weight_orig`` where
+    torch.nn.utils.prune computes the weight as weight_orig * weight_mask (``finetune`` then
+    also writes the mask into ``weight_mask``). Other parametrized weights are refused."""
     if not isinstance(masks, dict) or not masks:
         raise InvalidInputError("masks must be a non-empty dict: layer name -> mask tensor")
     modules = dict(model.named_modules())
@@ -46,7 +49,12 @@ def check_masks(model: nn.Module, masks) -> dict[str, tuple[nn.Parameter, torch.
         if mod is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
             raise InvalidInputError(f"masks names {name!r}, which is not a layer with a weight "
                                     f"in the model")
-        w = mod.weight
+        if hasattr(mod, "weight_orig") and isinstance(getattr(mod, "weight_mask", None),
+                                                      torch.Tensor):
+            w = mod.weight_orig  # the parameter; mod.weight is rebuilt before each forward
+        else:
+            check_plain_weight(name, mod, "masked fine-tuning")
+            w = mod.weight
         m = torch.as_tensor(mask)
         if tuple(m.shape) != tuple(w.shape):
             raise InvalidInputError(f"{name}: mask of shape {tuple(m.shape)}, but the weight "
@@ -103,6 +111,12 @@ def finetune(model: nn.Module, loader, masks: dict | None = None, *, epochs: int
             for w, m in pairs.values():
                 w.mul_(m)
 
+    modules = dict(model.named_modules())
+    with torch.no_grad():  # the prune convention's own mask must be the one kept
+        for name, (_, m) in pairs.items():
+            buf = getattr(modules[name], "weight_mask", None)
+            if hasattr(modules[name], "weight_orig") and isinstance(buf, torch.Tensor):
+                buf.copy_(m.to(buf.dtype))
     with Timer() as t:
         reapply(0)  # a mask that is not yet the weight's zero pattern takes effect now
         run_epochs(model, loader, opt, epochs=epochs, loss_fn=loss_fn or F.cross_entropy,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,12 +29,16 @@ from layertrim.adapters.training import (
     Timer,
     TrainReport,
     check_fraction,
+    check_loader,
     check_model,
+    check_plain_weight,
+    check_val,
     make_optimizer,
     run_epochs,
     weight_sparsity,
 )
 from layertrim.errors import InvalidInputError
+from layertrim.problem import round_half_up
 from layertrim.validate import check_int
 
 CRITERIA = ("l1", "activation", "random")
@@ -68,6 +73,8 @@ def pairs_of(model: nn.Module, layers=None) -> list[tuple[str, str, str | None]]
     elif isinstance(layers, str):
         layers = [layers]
     out = []
+    if len(set(layers)) != len(layers):
+        raise InvalidInputError(f"layers names a layer twice: {list(layers)}")
     for name in layers:
         if name not in dense:
             raise InvalidInputError(f"{name!r} is not a Linear/Conv2d layer of the model; "
@@ -113,7 +120,7 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
         activations, pooling, flatten in between).
     loader : training (x, y) batches (a DataLoader or a re-iterable of pairs).
     fraction : share of each layer's filters to remove, in (0, 1); each layer ends with exactly
-        ``n - round(fraction * n)`` filters (at least one is always kept).
+        ``n - round(fraction * n)`` filters, rounded half up (at least one is always kept).
     criterion : "l1" (smallest L1 norm of the filter's weights), "activation" (smallest mean
         ReLU(output) since the last pruning event) or "random".
     layers : names of the layers whose outputs are pruned; see :func:`pairs_of`.
@@ -148,12 +155,20 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
     events = list(range(first_prune, last_prune + 1, interval))
     if events[-1] != last_prune:
         events.append(last_prune)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidInputError(f"seed must be an integer, got {seed!r}")
     mods = dict(model.named_modules())
     pairs = []
-    for first, second, bn in pairs_of(model, layers):
+    found = pairs_of(model, layers)
+    for first, second, _ in found:
+        check_plain_weight(first, mods[first], "prune_while_training")
+        check_plain_weight(second, mods[second], "prune_while_training")
+    check_loader(loader, epochs)
+    check_val(val)
+    for first, second, bn in found:
         mod = mods[first]
         n = mod.weight.shape[0]
-        target = min(round(fraction * n), n - 1)
+        target = min(round_half_up(fraction * n), n - 1)
         pairs.append(_Pair(first, second, bn, mod, torch.ones(n, dtype=torch.bool), target,
                            second_module=mods[second]))
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
@@ -193,7 +208,7 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
         if epoch + 1 in events:
             j = events.index(epoch + 1) + 1
             for p in pairs:
-                want = round(p.target * j / len(events))  # removed after this event
+                want = round_half_up(p.target * j / len(events))  # removed after this event
                 k = want - int((~p.alive).sum())
                 if k > 0:
                     s = _scores(p, criterion, gen).cpu()  # a fresh tensor, on alive's device

@@ -64,6 +64,54 @@ def check_model(model) -> nn.Module:
     return model
 
 
+def check_plain_weight(name: str, module: nn.Module, what: str) -> None:
+    """Refuse a layer whose weight is computed (torch.nn.utils.prune's weight_orig *
+    weight_mask, or a parametrization): ``what`` changes the weight tensor itself, and a
+    computed one is rebuilt before every forward pass."""
+    if hasattr(module, "weight_orig") or "weight" in getattr(module, "parametrizations", {}):
+        raise InvalidInputError(
+            f"layer {name}: its weight is computed (torch.nn.utils.prune's weight_orig * "
+            f"weight_mask, or a parametrization), which {what} cannot change: make it a plain "
+            f"parameter first (torch.nn.utils.prune.remove, or "
+            f"parametrize.remove_parametrizations)")
+
+
+def check_loader(loader, epochs: int) -> None:
+    """A loader that can be iterated once per epoch: a one-shot iterator (a generator) would
+    be empty from the second epoch on, after the model had already been changed."""
+    try:
+        it = iter(loader)
+    except TypeError:
+        raise InvalidInputError(f"loader must be an iterable of (x, y) batches, got "
+                                f"{type(loader).__name__}") from None
+    if epochs > 1 and it is loader:
+        raise InvalidInputError(f"loader is a one-shot iterator ({type(loader).__name__}): it "
+                                f"would be empty after the first of {epochs} epochs; pass a "
+                                f"list of batches or a DataLoader")
+
+
+def check_val(val) -> None:
+    """``val`` as ``accuracy`` reads it: an (X, y) pair of tensors with one label per row, or
+    a re-iterable of (x, y) batches; checked before any training."""
+    if val is None:
+        return
+    if (isinstance(val, (tuple, list)) and len(val) == 2 and isinstance(val[0], torch.Tensor)
+            and isinstance(val[1], torch.Tensor)):
+        if val[0].shape[:1] != val[1].shape[:1]:
+            raise InvalidInputError(f"val: X has {val[0].shape[0] if val[0].dim() else 0} rows "
+                                    f"but y has {val[1].shape[0] if val[1].dim() else 0} "
+                                    f"labels")
+        return
+    try:
+        it = iter(val)
+    except TypeError:
+        raise InvalidInputError(f"val must be an (X, y) pair of tensors or an iterable of "
+                                f"(x, y) batches, got {type(val).__name__}") from None
+    if it is val:
+        raise InvalidInputError("val is a one-shot iterator: it is read after every epoch; "
+                                "pass an (X, y) pair or a list of batches")
+
+
 def make_optimizer(params, optimizer: str, lr: float, weight_decay: float,
                    momentum: float) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (with ``momentum``) over ``params``."""
@@ -101,8 +149,8 @@ def n_batches(loader) -> int | None:
 
 def accuracy(model: nn.Module, val) -> float:
     """Top-1 accuracy of ``model`` on ``val``: an (X, y) pair of tensors or an iterable of
-    (x, y) batches. Eval mode, no grad; the model's mode is restored."""
-    was = model.training
+    (x, y) batches. Eval mode, no grad; every submodule's mode is restored."""
+    was = {m: m.training for m in model.modules()}
     model.eval()
     correct = total = 0
     pairs = [tuple(val)] if (isinstance(val, (tuple, list)) and len(val) == 2
@@ -114,7 +162,8 @@ def accuracy(model: nn.Module, val) -> float:
             for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
                 correct += int((model(xb).argmax(1) == yb).sum())
                 total += yb.numel()
-    model.train(was)
+    for m, flag in was.items():
+        m.training = flag
     if total == 0:
         raise InvalidInputError("val holds no samples")
     return correct / total
@@ -122,23 +171,51 @@ def accuracy(model: nn.Module, val) -> float:
 
 def run_epochs(model: nn.Module, loader, opt: torch.optim.Optimizer, *, epochs: int,
                loss_fn: Callable, desc: str, progress: bool, report: TrainReport, val=None,
+               before_forward: Callable[[int], None] | None = None,
                before_step: Callable[[int], None] | None = None,
                after_step: Callable[[int], None] | None = None,
                extra_loss: Callable[[int], torch.Tensor] | None = None,
                end_epoch: Callable[[int], None] | None = None) -> None:
-    """The shared loop: for each batch, zero grads, loss (+ ``extra_loss(step)``), backward,
-    ``before_step(step)`` (e.g. zero masked grads), optimizer step, ``after_step(step)`` (e.g.
-    re-apply masks). ``end_epoch(epoch)`` runs after each epoch, before validation."""
+    """The shared loop: for each batch, ``before_forward(step)`` (e.g. a schedule), zero grads,
+    loss (+ ``extra_loss(step)``), backward, ``before_step(step)`` (e.g. zero masked grads),
+    optimizer step, ``after_step(step)`` (e.g. re-apply masks). ``end_epoch(epoch)`` runs
+    after each epoch, before validation.
+
+    Modes: a model handed over in eval mode trains with every submodule in train mode; one
+    already in train mode keeps its submodules' own flags (a BatchNorm the user froze with
+    ``.eval()`` stays frozen). Every submodule's flag is restored afterwards, also on error."""
     from tqdm.auto import tqdm
 
+    check_loader(loader, epochs)
+    check_val(val)
+    modes = {m: m.training for m in model.modules()}
+    keep_flags = model.training
+    try:
+        _epochs(model, loader, opt, epochs, loss_fn, desc, progress, report, val,
+                before_forward, before_step, after_step, extra_loss, end_epoch, tqdm,
+                keep_flags)
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
+
+
+def _epochs(model, loader, opt, epochs, loss_fn, desc, progress, report, val, before_forward,
+            before_step, after_step, extra_loss, end_epoch, tqdm, keep_flags) -> None:
     step = 0
     total = n_batches(loader)
+    if keep_flags:
+        flags = {m: m.training for m in model.modules()}
     for epoch in range(epochs):
         model.train()
+        if keep_flags:  # the user's own eval()'d submodules stay in eval
+            for m, flag in flags.items():
+                m.training = flag
         losses = []
         bar = tqdm(labelled(loader), total=total, desc=f"{desc} {epoch + 1}/{epochs}",
                    unit="batch", leave=False, disable=not progress)
         for x, y in bar:
+            if before_forward is not None:
+                before_forward(step)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             full = loss + extra_loss(step) if extra_loss is not None else loss
@@ -163,7 +240,6 @@ def run_epochs(model: nn.Module, loader, opt: torch.optim.Optimizer, *, epochs: 
                 tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss "
                            f"{report.epoch_loss[-1]:.4f}, val accuracy "
                            f"{report.val_accuracy[-1]:.4f}")
-    model.eval()
 
 
 def weight_sparsity(model: nn.Module) -> float:

@@ -94,3 +94,12 @@ def test_optimizer_settings_are_numbers(kw, msg):
     args = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.0, **kw}
     with pytest.raises(InvalidInputError, match=msg):
         make_optimizer(params, args.pop("optimizer"), **args)
+
+
+def test_prune_while_training_refuses_before_training(setup):
+    model, loader = setup[0], setup[1]
+    w = model[0].weight.detach().clone()
+    for kw, msg in (({"layers": ["0", "0"]}, "twice"), ({"seed": "1"}, "seed must be")):
+        with pytest.raises(InvalidInputError, match=msg):
+            lt.prune_while_training(model, loader, fraction=0.5, epochs=2, progress=False, **kw)
+    assert torch.equal(model[0].weight, w)

@@ -58,3 +58,31 @@ def test_beta_schedule_interpolates_increasingly():
     vals = [beta_at(knots, p / 10) for p in range(11)]
     assert vals[0] == pytest.approx(1.0) and vals[-1] == pytest.approx(100.0)
     assert all(b > a for a, b in zip(vals, vals[1:], strict=False))
+
+
+def test_each_step_trains_with_its_own_beta_and_the_last_knot_is_reached():
+    """Step k's forward pass uses the schedule's value at k (it used step k-1's, starting at
+    1.0, and never the last knot), and the reported final accuracy is the returned model's."""
+    model, loader, X, y = _setup()
+    seen = []
+    model[0].register_forward_pre_hook(  # during training only: the gate is gone afterwards
+        lambda m, _i: seen.append(m.parametrizations.weight[0].beta)
+        if m.training and hasattr(m, "parametrizations") else None)
+    rep = lt.diff_threshold(model, loader, epochs=1, beta=(2.0, 100.0), lam=1e-2,
+                            sparsity=0.5, progress=False, val=(X, y))
+    want = [beta_at((2.0, 100.0), k / 3) for k in range(4)]
+    assert seen == pytest.approx(want) and seen[-1] == pytest.approx(100.0)
+    with torch.no_grad():
+        acc = float((model(X).argmax(1) == y).float().mean())
+    assert rep.details["final_val_accuracy"] == pytest.approx(acc)
+
+
+def test_computed_weights_are_refused():
+    from layertrim.adapters.torch import apply_masks, find_layers
+
+    model, loader, _, _ = _setup()
+    apply_masks(find_layers(model), {"0": torch.rand(16, 12) > 0.5})
+    with pytest.raises(lt.InvalidInputError, match="weight is computed"):
+        lt.diff_threshold(model, loader, progress=False)
+    with pytest.raises(lt.InvalidInputError, match="weight is computed"):
+        lt.prune_while_training(model, loader, fraction=0.5, epochs=2, progress=False)

@@ -67,3 +67,50 @@ def test_pruned_model_roundtrip_with_prune_model():
     lt.finetune(model, loader, epochs=2, lr=1e-2, weight_decay=1e-2, progress=False)
     for name, z in zeros.items():
         assert bool((model.get_submodule(name).weight[z] == 0).all())
+
+
+def test_finetune_keeps_masks_on_the_prune_convention():
+    """prune_model(mask_convention=True) leaves weight = weight_orig * weight_mask, rebuilt
+    before every forward: explicit masks now go into weight_mask and are kept (they were
+    silently ignored: 31 masked weights came back nonzero)."""
+    from layertrim.adapters.torch import apply_masks, find_layers
+
+    loader, (X, _) = _data()
+    model = _pruned_mlp()
+    apply_masks(find_layers(model), {"0": torch.rand(16, 12) > 0.5})
+    strict = torch.zeros(16, 12, dtype=torch.bool)
+    strict[:, :4] = True
+    lt.finetune(model, loader, masks={"0": strict}, epochs=2, lr=1e-2, progress=False)
+    model(X)  # the forward pre-hook rebuilds weight from weight_orig and weight_mask
+    assert int((model[0].weight[~strict] != 0).sum()) == 0
+    assert int((model[0].weight[strict] != 0).sum()) > 0
+
+
+def test_modes_are_restored_and_frozen_submodules_stay_frozen():
+    """A model in train mode with a BatchNorm the user froze: the BN's running statistics do
+    not move, and every flag is as it was afterwards (the model came back in eval mode, and
+    the frozen BN's running mean had moved by 2.8)."""
+    loader, _ = _data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    model.train()
+    model[1].eval()
+    before = model[1].running_mean.clone()
+    lt.finetune(model, loader, epochs=1, progress=False, val=(_data()[1]))
+    assert torch.equal(model[1].running_mean, before)
+    assert model.training and model[0].training and not model[1].training
+    model.eval()  # a model handed over in eval mode trains everything, then is eval again
+    lt.finetune(model, loader, epochs=1, progress=False)
+    assert not model[1].running_mean.equal(before)
+    assert not any(m.training for m in model.modules())
+
+
+def test_bad_loader_and_val_are_refused_before_training():
+    loader, (X, y) = _data()
+    model = _pruned_mlp()
+    w = model[0].weight.detach().clone()
+    with pytest.raises(lt.InvalidInputError, match="val: X has 64 rows but y has 10"):
+        lt.finetune(model, loader, val=(X, y[:10]), progress=False)
+    with pytest.raises(lt.InvalidInputError, match="one-shot iterator"):
+        lt.finetune(model, iter(loader), epochs=2, progress=False)
+    assert torch.equal(model[0].weight, w)  # nothing was trained
