@@ -17,8 +17,10 @@ from torch import nn
 from layertrim.adapters.training import (
     Timer,
     TrainReport,
+    check_loader,
     check_model,
     check_plain_weight,
+    check_val,
     make_optimizer,
     run_epochs,
     weight_sparsity,
@@ -31,8 +33,17 @@ def current_masks(model: nn.Module, layers=None, exclude=None) -> dict[str, torc
     """The nonzero pattern (boolean, weight-shaped) of each prunable layer's weight."""
     from layertrim.adapters.torch import find_layers
 
-    return {la.name: la.module.weight.detach() != 0
-            for la in find_layers(model, include=layers, exclude=exclude)}
+    out = {}
+    for la in find_layers(model, include=layers, exclude=exclude):
+        mod = la.module
+        mask = getattr(mod, "weight_mask", None)
+        if hasattr(mod, "weight_orig") and isinstance(mask, torch.Tensor):
+            # torch.nn.utils.prune's convention: ``weight`` is rebuilt only in the forward
+            # pre-hook, so after a load_state_dict it is stale; the mask buffer is the pattern
+            out[la.name] = (mask != 0) & (mod.weight_orig.detach() != 0)
+        else:
+            out[la.name] = mod.weight.detach() != 0
+    return out
 
 
 def check_masks(model: nn.Module, masks) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
@@ -97,6 +108,8 @@ def finetune(model: nn.Module, loader, masks: dict | None = None, *, epochs: int
     """
     check_model(model)
     epochs = check_int("epochs", epochs)
+    check_loader(loader, epochs)  # before any tensor is touched
+    check_val(val)
     pairs = check_masks(model, current_masks(model) if masks is None else masks)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     report = TrainReport("finetune")

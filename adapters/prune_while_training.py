@@ -178,8 +178,8 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
     if criterion == "activation":
         def hook(p):
             def fn(m, _i, out):
-                if not m.training:  # validation passes are not training samples
-                    return
+                if not torch.is_grad_enabled():  # validation passes (under no_grad) are not
+                    return  # training samples; a user-frozen (eval) block's still are
                 a = F.relu(out.detach())
                 dims = [d for d in range(a.dim()) if d != 1]
                 s = a.mean(dims) * a.shape[0]

@@ -238,14 +238,20 @@ def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[Torch
     ref_modules = dict(reference.named_modules())
     handles = [la.module.register_forward_hook(on_output(la)) for la in layers]
     handles += [ref_modules[la.name].register_forward_hook(ref_hook(la)) for la in layers]
+    seen = 0
     try:
         with torch.no_grad(), eval_mode(model), eval_mode(reference):
             for x in batches(calib):
                 ref_out.clear()
                 reference(x)
                 model(x)
+                seen += 1
     finally:
         for h in handles:
             h.remove()
+    if seen == 0:  # a one-shot iterator, used up by the calibration pass: no figure, not 0
+        raise InvalidInputError("the calibration data held no batch for the measurement (a "
+                                "one-shot iterator is used up by the calibration pass; a list "
+                                "or a DataLoader can be read again)")
     return {name: [float(e / r) if r > 0 else float(e > 0) for e, r in s]
             for name, s in sums.items()}

@@ -78,7 +78,13 @@ def check_plain_weight(name: str, module: nn.Module, what: str) -> None:
 
 def check_loader(loader, epochs: int) -> None:
     """A loader that can be iterated once per epoch: a one-shot iterator (a generator) would
-    be empty from the second epoch on, after the model had already been changed."""
+    be empty from the second epoch on, after the model had already been changed. A
+    DataLoader is never one-shot and is not probed (iter() would draw from torch's global RNG
+    and start its workers)."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(loader, DataLoader):
+        return
     try:
         it = iter(loader)
     except TypeError:

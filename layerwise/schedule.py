@@ -399,7 +399,8 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
     if hasattr(bridge, "output_errors"):
         t = time.perf_counter()
         try:  # a measurement of the finished prune: its failure must not undo the prune
-            errors = bridge.output_errors(names, dense=state if schedule == "parallel" else None)
+            errors = (bridge.output_errors(names, dense=state) if schedule == "parallel"
+                      else bridge.output_errors(names))
         except Exception as e:
             errors = None
             report.notes.append(f"the errors against the dense network were not measured: "

@@ -167,9 +167,11 @@ def sample_neurons(sens: np.ndarray, rng: np.random.Generator, *, m: int | None 
     pi = inclusion_probabilities(sens, keep)
     order = rng.permutation(n)  # a random order: systematic sampling is then unbiased for
     cum = np.cumsum(pi[order])  # every unit whatever the input order
-    cum *= keep / cum[-1]  # exactly keep in total, whatever the rounding
+    cum *= keep / cum[-1]
+    cum[-1] = keep  # exactly keep in total, whatever the rounding
     points = rng.random() + np.arange(keep)
-    picked = order[np.minimum(np.searchsorted(cum, points, side="right"), n - 1)]
+    last = int(np.flatnonzero(pi[order] > 0)[-1])  # a rounding overshoot lands on a real unit
+    picked = order[np.minimum(np.searchsorted(cum, points, side="right"), last)]
     kept = np.sort(picked)
     return kept, 1.0 / pi[kept], keep
 

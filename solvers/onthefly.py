@@ -142,7 +142,9 @@ def solve(problem: LayerProblem, *, multiple: float | None = None,
         raise InvalidInputError("give multiple or error_budget, not both")
     if (multiple is not None or error_budget is not None) and problem.has_target:
         raise InvalidInputError("give a sparsity target or multiple/error_budget, not both: "
-                                "the multiple sets the sparsity")
+                                "the multiple sets the sparsity (prune_model always gives a "
+                                "target, which onthefly meets by its threshold; multiple and "
+                                "error_budget are for solve_layer and onthefly_prune)")
     if multiple is not None:
         k = _number("multiple", multiple)
         mask = threshold_mask(W, k)

@@ -292,3 +292,13 @@ def test_a_model_with_a_skip_connection(schedule):
         ref = torch.cat([dense(x) for x in data])
         err = float(((torch.cat([model(x) for x in data]) - ref) ** 2).sum() / (ref**2).sum())
     assert err < 0.05  # 60% of the weights gone, the function kept
+
+
+def test_parallel_with_a_one_shot_iterator_says_why_vs_dense_is_missing():
+    """The calibration pass uses up a generator: the measurement against the dense network
+    gets no batch, and says so in the notes (it reported 0.0 for every layer)."""
+    data = calib()
+    report = lt.prune_model(cnn(), (x for x in data), sparsity=0.5, method="magnitude",
+                            schedule="parallel", executor="serial", allocation="uniform")
+    assert all(r.rel_error_dense is None for r in report.layers)
+    assert any("one-shot iterator" in n for n in report.notes)

@@ -106,11 +106,48 @@ def test_modes_are_restored_and_frozen_submodules_stay_frozen():
 
 
 def test_bad_loader_and_val_are_refused_before_training():
+    """Refused before any tensor is touched: explicit masks would otherwise already have
+    zeroed weights when the error came."""
     loader, (X, y) = _data()
     model = _pruned_mlp()
     w = model[0].weight.detach().clone()
+    strict = {"0": torch.zeros(16, 12, dtype=torch.bool)}
     with pytest.raises(lt.InvalidInputError, match="val: X has 64 rows but y has 10"):
-        lt.finetune(model, loader, val=(X, y[:10]), progress=False)
+        lt.finetune(model, loader, masks=strict, val=(X, y[:10]), progress=False)
     with pytest.raises(lt.InvalidInputError, match="one-shot iterator"):
-        lt.finetune(model, iter(loader), epochs=2, progress=False)
-    assert torch.equal(model[0].weight, w)  # nothing was trained
+        lt.finetune(model, iter(loader), masks=strict, epochs=2, progress=False)
+    assert torch.equal(model[0].weight, w)  # nothing was changed
+
+
+def test_default_masks_of_a_reloaded_prune_convention_model():
+    """After load_state_dict, a prune-convention module's ``weight`` is stale (rebuilt only in
+    the forward pre-hook); the default masks come from weight_mask, so the loaded zeros stay
+    (taking them from the stale dense weight revived every pruned weight)."""
+    from torch.nn.utils import prune
+
+    loader, (X, _) = _data()
+    src = _pruned_mlp()
+    prune.custom_from_mask(src[0], "weight", src[0].weight.detach() != 0)
+    zeros = ~src[0].weight_mask.bool()
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    prune.identity(model[0], "weight")
+    model.load_state_dict(src.state_dict())
+    lt.finetune(model, loader, epochs=1, lr=1e-2, progress=False)
+    model(X)
+    assert int(zeros.sum()) > 0 and int((model[0].weight[zeros] != 0).sum()) == 0
+
+
+def test_a_dataloader_is_not_probed():
+    """check_loader leaves torch's global RNG alone: iter(DataLoader) draws a base seed from
+    it (and starts workers), which changed seeded runs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from layertrim.adapters.training import check_loader
+
+    dl = DataLoader(TensorDataset(torch.randn(8, 2), torch.zeros(8)), shuffle=True)
+    torch.manual_seed(0)
+    want = torch.rand(1)
+    torch.manual_seed(0)
+    check_loader(dl, 2)
+    assert torch.equal(torch.rand(1), want)

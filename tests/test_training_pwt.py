@@ -74,3 +74,20 @@ def test_training_sees_the_kept_network_behind_a_batchnorm():
     dropped = sorted(set(range(8)) - set(rep.details["kept"]["0"]))
     last_epoch = seen[-len(loader):]  # the epoch after the last pruning event
     assert len(dropped) == 4 and all((w[:, dropped] == 0).all() for w in last_epoch)
+
+
+def test_activation_criterion_counts_a_frozen_block():
+    """A train-mode model whose first block the user froze with eval(): its activations are
+    training samples all the same (only no_grad validation passes are skipped). The hook
+    keyed on module.training recorded nothing there and failed at the first event."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(64, 12, generator=g), torch.randint(0, 3, (64,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    model.train()
+    model[0].eval()
+    rep = lt.prune_while_training(model, list(zip(X.split(16), y.split(16), strict=True)),
+                                  fraction=0.5, criterion="activation", epochs=2,
+                                  progress=False, val=(X, y))
+    assert rep.details["filters"]["0"] == (8, 16)
+    assert model.training and not model[0].training  # the flags as they came
