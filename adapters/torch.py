@@ -33,6 +33,7 @@ from layertrim.adapters.torch_layers import (  # noqa: F401
 )
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
+from layertrim.validate import check_bool
 
 
 def write_back(layer: TorchLayer, group: int, W: np.ndarray, bias: np.ndarray | None) -> None:
@@ -79,6 +80,7 @@ class TorchBridge:
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
         self.gram_dtype = check_gram_dtype(gram_dtype)
         self.max_samples, self.progress = max_samples, progress
+        self.vs_dense = True  # output_errors measures against the dense network
         self.by_name = {la.name: la for la in layers}
         # the cascade's cross term needs the dense network's inputs: a copy, taken before
         # anything is pruned (one more model in memory)
@@ -168,6 +170,8 @@ class TorchBridge:
         (``torch_calib.output_errors``). The dense network is the copy the cascade keeps, or
         else one made from ``dense`` (a ``snapshot`` taken before pruning); None with
         neither."""
+        if not self.vs_dense:
+            return None
         ref = self.reference
         if ref is None:
             if dense is None:
@@ -221,7 +225,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 executor=None, allocation: str = "global", max_rows: int | None = None,
                 seed: int = 0, frontier: bool = True, max_samples: int = 2048,
                 mask_convention: bool = False, checkpoint=None, resume=None, progress=False,
-                gram_dtype: str = "float64", **solver_options):
+                gram_dtype: str = "float64", vs_dense: bool = True, **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
 
@@ -249,6 +253,10 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         in float32, summed in float64: 1.5-2x faster calibration, Grams within ~1e-7
         relative; avoid it when a layer has fewer calibration rows than inputs).
     mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
+    vs_dense : measure each layer's output against the dense network's after the prune
+        (``rel_error_dense``): one more pass of both networks over ``calib``, and in parallel
+        a copy of the model's unpruned parameters (the pruned layers' dense weights are the
+        rollback snapshot's). False skips it (``--option vs_dense=False`` on the CLI).
     max_samples : input rows sampled per layer for the per-sample solvers (Net-Trim).
     frontier : in cascade on an ``nn.Sequential`` whose pruned layers are its children, keep
         both networks' activations at the current layer (memory: two copies of one layer's
@@ -301,10 +309,12 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         checkpoint = resume
     if one_shot and checkpoint is not None:
         calib = list(calib)  # fingerprinted, then calibrated on: it must be read twice
+    vs_dense = check_bool("vs_dense", vs_dense)
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
                          keep_reference=schedule == "cascade", frontier=frontier,
                          max_samples=max_samples, progress=bool(progress),
                          gram_dtype=gram_dtype)
+    bridge.vs_dense = vs_dense
     if takes_seed(method):  # the same seed drives the solver's own randomness
         solver_options["seed"] = seed
     bar = progress_bar(f"{method} {schedule}") if progress is True else (progress or None)

@@ -302,3 +302,13 @@ def test_parallel_with_a_one_shot_iterator_says_why_vs_dense_is_missing():
                             schedule="parallel", executor="serial", allocation="uniform")
     assert all(r.rel_error_dense is None for r in report.layers)
     assert any("one-shot iterator" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("schedule", ["cascade", "parallel"])
+def test_the_dense_measurement_can_be_skipped(schedule):
+    report = lt.prune_model(cnn(), calib(), sparsity=0.5, method="magnitude", schedule=schedule,
+                            executor="serial", allocation="uniform", vs_dense=False)
+    assert all(r.rel_error_dense is None for r in report.layers)
+    assert "vs dense" not in str(report) and not report.notes
+    with pytest.raises(lt.InvalidInputError, match="vs_dense"):
+        lt.prune_model(cnn(), calib(), sparsity=0.5, method="magnitude", vs_dense="no")
