@@ -7,7 +7,8 @@ every registered method).
   happened); the retry, and every later job, solves.
 - ``test-raise-once``: the job of the layer with ``m`` outputs raises until a marker file
   exists (the marker is created on the first raise): a transient solver failure.
-- ``test-slow``: sleeps ``delay`` seconds first, so a run can be interrupted mid-way.
+- ``test-slow``: sleeps ``delay`` seconds first, and under a gate (``_gate``) lets only a
+  given number of jobs finish, so a run can be interrupted mid-way.
 
 Also ``mlp()``: the architecture the CLI tests build with ``--arch tests.faulty_solvers:mlp``
 (which, importing this module, registers the solvers in the CLI process too).
@@ -52,7 +53,23 @@ def raise_once(problem, *, marker: str | None = None, m: int = -1):
 @register("test-slow", "test only: sleeps, then sparsegpt")
 def slow(problem, *, delay: float = 0.0):
     time.sleep(delay)
+    _gate()
     return _sparsegpt(problem)
+
+
+def _gate() -> None:
+    """With LAYERTRIM_TEST_GATE=DIR and LAYERTRIM_TEST_PASSES=N in the environment, N jobs in
+    all (counted by token files in DIR, across worker processes and runs) go on and every
+    other one waits until its process is stopped: a run can then be interrupted after a known
+    number of layers, however slowly a busy machine runs the test."""
+    gate = os.environ.get("LAYERTRIM_TEST_GATE")
+    if not gate:
+        return
+    for i in range(int(os.environ["LAYERTRIM_TEST_PASSES"])):
+        if _once(os.path.join(gate, f"pass-{i}")):
+            return
+    while True:
+        time.sleep(0.05)
 
 
 def mlp(layers: int = 10, width: int = 24):

@@ -28,11 +28,11 @@ def cli(*args, env=None, timeout=180):
                           env={**os.environ, **(env or {})})
 
 
-def start(*args):
+def start(*args, env=None):
     """A prune in its own process group (its workers included), to signal or kill."""
     return subprocess.Popen([sys.executable, "-m", "layertrim", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def wait_for(cond, timeout=90):
@@ -84,13 +84,16 @@ def test_ctrl_c_then_sigkill_then_resume_gives_the_uninterrupted_bits(files, tmp
     ref = reference(tmp_path)
     out = tmp_path / "out.pt"
     ck = tmp_path / "ck"  # named, so kept after success: its log is checked at the end
-    # 1.5 s a layer: on 2 busy cores this test process may wait a second or two to run, and
-    # the signal must still find the prune running
-    run = [*files, "--method", "test-slow", "--option", "delay=1.5", "--executor", "local",
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # a gate lets a known number of layers finish and holds the rest (tests/faulty_solvers.py):
+    # a timed delay lost the race on a busy 2-core machine, the prune finishing before the
+    # signal came
+    run = [*files, "--method", "test-slow", "--option", "delay=0.2", "--executor", "local",
            "--workers", "2", "--out", out, "--checkpoint", ck]
 
     # 1. Ctrl-C after two layers: exit 130, a hint, no worker left behind, no model
-    p = start(*run)
+    p = start(*run, env={"LAYERTRIM_TEST_GATE": str(gate), "LAYERTRIM_TEST_PASSES": "2"})
     assert wait_for(lambda: len(saved_layers(ck)) >= 2), p.communicate()
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
@@ -100,8 +103,9 @@ def test_ctrl_c_then_sigkill_then_resume_gives_the_uninterrupted_bits(files, tmp
     assert not out.exists()
     first = len(saved_layers(ck))
 
-    # 2. resumed, then SIGKILLed (driver and workers) after more layers
-    p = start(*run, "--resume", ck)
+    # 2. resumed, then SIGKILLed (driver and workers) after one more layer
+    p = start(*run, "--resume", ck, env={"LAYERTRIM_TEST_GATE": str(gate),
+                                         "LAYERTRIM_TEST_PASSES": str(first + 1)})
     assert wait_for(lambda: len(saved_layers(ck)) >= first + 1), p.communicate()
     os.killpg(p.pid, signal.SIGKILL)
     p.communicate(timeout=30)
