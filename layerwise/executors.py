@@ -181,6 +181,7 @@ class LocalExecutor(Executor):
         self.retries = retries
         self.blas_threads = blas_threads or max(1, cores // self.workers)
         self._pool: ProcessPoolExecutor | None = None
+        self._inflight: dict[Future, int] = {}  # the jobs of the current map, while running
 
     def _get_pool(self) -> ProcessPoolExecutor:
         """The executor's pool, kept between maps (workers start once) until ``close``."""
@@ -191,9 +192,16 @@ class LocalExecutor(Executor):
         return self._pool
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if any(not f.done() for f in self._inflight):
+            # jobs abandoned by a consumer that stopped outside the wait (Ctrl-C while it
+            # saved a finished layer): waiting for them could take as long as a solve
+            _kill(pool)
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._inflight = {}
 
     def as_completed(self, fn: Callable, jobs: Sequence) -> Iterator[tuple[int, object]]:
         jobs = list(jobs)
@@ -208,6 +216,7 @@ class LocalExecutor(Executor):
             broken = False
             try:
                 running: dict[Future, int] = {pool.submit(fn, jobs[i]): i for i in todo}
+                self._inflight = running
                 todo = []
                 while running:
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -284,3 +284,22 @@ def test_only_a_script_without_a_main_guard_is_blamed(tmp_path, monkeypatch):
     assert _unguarded_main() is None
     main_module("print('no guard')\n", spec_name="layertrim.__main__")  # python -m layertrim
     assert _unguarded_main() is None
+
+
+def test_a_consumer_that_stops_between_results_does_not_wait_for_running_jobs():
+    """Ctrl-C while the driver handles a finished layer (outside the executor's wait): closing
+    the executor killed nothing and waited for the jobs still running, as long as a solve. It
+    now stops them; after a completed map it still shuts down cleanly."""
+    import time
+
+    from layertrim.layerwise.executors import LocalExecutor
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with LocalExecutor(workers=2) as ex:
+            results = ex.as_completed(time.sleep, [0.01, 60.0])  # held, as the runner does:
+            for _ in results:  # the generator stays open while the exception propagates
+                raise KeyboardInterrupt  # the consumer stops after the first result
+    assert time.perf_counter() - t0 < 30  # not the 60 s job
+    with LocalExecutor(workers=2) as ex:
+        assert sorted(i for i, _ in ex.as_completed(time.sleep, [0.01, 0.02])) == [0, 1]
