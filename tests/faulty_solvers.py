@@ -60,10 +60,9 @@ def slow(problem, *, delay: float = 0.0):
 def _gate() -> None:
     """With LAYERTRIM_TEST_GATE=DIR and LAYERTRIM_TEST_PASSES=N in the environment, N jobs in
     all (counted by token files in DIR, across worker processes and runs) go on and every
-    other one waits, until its process is stopped or for at most GATE_MAX_S: a run can then be
-    interrupted after a known number of layers, however slowly a busy machine runs the test.
-    (Held forever, a Ctrl-C'd prune did not exit within 60 s in two full CI runs, though it
-    did in isolation: the cap bounds that while it is not understood.)"""
+    other one waits, until its process is stopped or for at most GATE_MAX_S (so a run that
+    is not stopped still ends): a run can then be interrupted after a known number of layers,
+    however slowly a busy machine runs the test."""
     gate = os.environ.get("LAYERTRIM_TEST_GATE")
     if not gate:
         return
