@@ -76,6 +76,20 @@ def check_plain_weight(name: str, module: nn.Module, what: str) -> None:
             f"parametrize.remove_parametrizations)")
 
 
+def _iterator(obj, what: str):
+    """iter(obj), or an InvalidInputError "{what}, got <type>"."""
+    try:
+        return iter(obj)
+    except TypeError:
+        raise InvalidInputError(f"{what}, got {type(obj).__name__}") from None
+
+
+def _tensor_pair(val) -> bool:
+    """``val`` is an (X, y) pair of tensors (not an iterable of batches)."""
+    return (isinstance(val, (tuple, list)) and len(val) == 2
+            and isinstance(val[0], torch.Tensor) and isinstance(val[1], torch.Tensor))
+
+
 def check_loader(loader, epochs: int) -> None:
     """A loader that can be iterated once per epoch: a one-shot iterator (a generator) would
     be empty from the second epoch on, after the model had already been changed. A
@@ -85,12 +99,7 @@ def check_loader(loader, epochs: int) -> None:
 
     if isinstance(loader, DataLoader):
         return
-    try:
-        it = iter(loader)
-    except TypeError:
-        raise InvalidInputError(f"loader must be an iterable of (x, y) batches, got "
-                                f"{type(loader).__name__}") from None
-    if epochs > 1 and it is loader:
+    if epochs > 1 and _iterator(loader, "loader must be an iterable of (x, y) batches") is loader:
         raise InvalidInputError(f"loader is a one-shot iterator ({type(loader).__name__}): it "
                                 f"would be empty after the first of {epochs} epochs; pass a "
                                 f"list of batches or a DataLoader")
@@ -101,19 +110,14 @@ def check_val(val) -> None:
     a re-iterable of (x, y) batches; checked before any training."""
     if val is None:
         return
-    if (isinstance(val, (tuple, list)) and len(val) == 2 and isinstance(val[0], torch.Tensor)
-            and isinstance(val[1], torch.Tensor)):
+    if _tensor_pair(val):
         if val[0].shape[:1] != val[1].shape[:1]:
             raise InvalidInputError(f"val: X has {val[0].shape[0] if val[0].dim() else 0} rows "
                                     f"but y has {val[1].shape[0] if val[1].dim() else 0} "
                                     f"labels")
         return
-    try:
-        it = iter(val)
-    except TypeError:
-        raise InvalidInputError(f"val must be an (X, y) pair of tensors or an iterable of "
-                                f"(x, y) batches, got {type(val).__name__}") from None
-    if it is val:
+    if _iterator(val, "val must be an (X, y) pair of tensors or an iterable of (x, y) "
+                      "batches") is val:
         raise InvalidInputError("val is a one-shot iterator: it is read after every epoch; "
                                 "pass an (X, y) pair or a list of batches")
 
@@ -135,12 +139,7 @@ def make_optimizer(params, optimizer: str, lr: float, weight_decay: float,
 
 def labelled(loader) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of a DataLoader, a list of pairs, or any re-iterable of pairs."""
-    try:
-        it = iter(loader)
-    except TypeError:
-        raise InvalidInputError(f"loader must be an iterable of (x, y) batches, got "
-                                f"{type(loader).__name__}") from None
-    for item in it:
+    for item in _iterator(loader, "loader must be an iterable of (x, y) batches"):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise InvalidInputError("each batch of loader must be an (x, y) pair")
         x, y = item[0], item[1]
@@ -159,10 +158,8 @@ def accuracy(model: nn.Module, val) -> float:
     was = {m: m.training for m in model.modules()}
     model.eval()
     correct = total = 0
-    pairs = [tuple(val)] if (isinstance(val, (tuple, list)) and len(val) == 2
-                             and isinstance(val[0], torch.Tensor)
-                             and isinstance(val[1], torch.Tensor)
-                             and val[0].shape[:1] == val[1].shape[:1]) else labelled(val)
+    pairs = [tuple(val)] if (_tensor_pair(val) and val[0].shape[:1] == val[1].shape[:1]
+                             ) else labelled(val)
     with torch.no_grad():
         for x, y in pairs:
             for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
@@ -189,33 +186,28 @@ def run_epochs(model: nn.Module, loader, opt: torch.optim.Optimizer, *, epochs: 
 
     Modes: a model handed over in eval mode trains with every submodule in train mode; one
     already in train mode keeps its submodules' own flags (a BatchNorm the user froze with
-    ``.eval()`` stays frozen). Every submodule's flag is restored afterwards, also on error."""
+    ``.eval()`` stays frozen). Every submodule's flag is restored afterwards, also on error.
+    The callers run ``check_loader`` and ``check_val`` first, before they change the model."""
     from tqdm.auto import tqdm
 
-    check_loader(loader, epochs)
-    check_val(val)
     modes = {m: m.training for m in model.modules()}
-    keep_flags = model.training
-    try:
+    try:  # a model in train mode keeps its submodules' own flags at every epoch
         _epochs(model, loader, opt, epochs, loss_fn, desc, progress, report, val,
                 before_forward, before_step, after_step, extra_loss, end_epoch, tqdm,
-                keep_flags)
+                modes if model.training else None)
     finally:
         for m, flag in modes.items():
             m.training = flag
 
 
 def _epochs(model, loader, opt, epochs, loss_fn, desc, progress, report, val, before_forward,
-            before_step, after_step, extra_loss, end_epoch, tqdm, keep_flags) -> None:
+            before_step, after_step, extra_loss, end_epoch, tqdm, flags) -> None:
     step = 0
     total = n_batches(loader)
-    if keep_flags:
-        flags = {m: m.training for m in model.modules()}
     for epoch in range(epochs):
         model.train()
-        if keep_flags:  # the user's own eval()'d submodules stay in eval
-            for m, flag in flags.items():
-                m.training = flag
+        for m, flag in (flags or {}).items():  # the user's own eval()'d submodules stay so
+            m.training = flag
         losses = []
         bar = tqdm(labelled(loader), total=total, desc=f"{desc} {epoch + 1}/{epochs}",
                    unit="batch", leave=False, disable=not progress)
