@@ -29,6 +29,13 @@ from layertrim.errors import InvalidInputError
 from layertrim.validate import check_int
 
 
+def prune_mask(mod: nn.Module) -> torch.Tensor | None:
+    """The ``weight_mask`` buffer of a module in torch.nn.utils.prune's convention (weight =
+    weight_orig * weight_mask, rebuilt before each forward), else None."""
+    mask = getattr(mod, "weight_mask", None)
+    return mask if hasattr(mod, "weight_orig") and isinstance(mask, torch.Tensor) else None
+
+
 def current_masks(model: nn.Module, layers=None, exclude=None) -> dict[str, torch.Tensor]:
     """The nonzero pattern (boolean, weight-shaped) of each prunable layer's weight."""
     from layertrim.adapters.torch import find_layers
@@ -36,8 +43,8 @@ def current_masks(model: nn.Module, layers=None, exclude=None) -> dict[str, torc
     out = {}
     for la in find_layers(model, include=layers, exclude=exclude):
         mod = la.module
-        mask = getattr(mod, "weight_mask", None)
-        if hasattr(mod, "weight_orig") and isinstance(mask, torch.Tensor):
+        mask = prune_mask(mod)
+        if mask is not None:
             # torch.nn.utils.prune's convention: ``weight`` is rebuilt only in the forward
             # pre-hook, so after a load_state_dict it is stale; the mask buffer is the pattern
             out[la.name] = (mask != 0) & (mod.weight_orig.detach() != 0)
@@ -60,8 +67,7 @@ def check_masks(model: nn.Module, masks) -> dict[str, tuple[nn.Parameter, torch.
         if mod is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
             raise InvalidInputError(f"masks names {name!r}, which is not a layer with a weight "
                                     f"in the model")
-        if hasattr(mod, "weight_orig") and isinstance(getattr(mod, "weight_mask", None),
-                                                      torch.Tensor):
+        if prune_mask(mod) is not None:
             w = mod.weight_orig  # the parameter; mod.weight is rebuilt before each forward
         else:
             check_plain_weight(name, mod, "masked fine-tuning")
@@ -127,8 +133,8 @@ def finetune(model: nn.Module, loader, masks: dict | None = None, *, epochs: int
     modules = dict(model.named_modules())
     with torch.no_grad():  # the prune convention's own mask must be the one kept
         for name, (_, m) in pairs.items():
-            buf = getattr(modules[name], "weight_mask", None)
-            if hasattr(modules[name], "weight_orig") and isinstance(buf, torch.Tensor):
+            buf = prune_mask(modules[name])
+            if buf is not None:
                 buf.copy_(m.to(buf.dtype))
     with Timer() as t:
         reapply(0)  # a mask that is not yet the weight's zero pattern takes effect now
