@@ -5,7 +5,8 @@ and uniform 90% leaves one. Two rules:
 
 - ``global_allocation`` (in the spirit of OBC's SPDY, Frantar & Alistarh 2022): measure each
   layer's relative reconstruction error at a grid of sparsities with a cheap solver on its
-  calibration Gram, then choose one grid level per layer to minimise the summed error
+  calibration Gram (the prune's own method where it is cheap, else sparsegpt:
+  ``curve_method``), then choose one grid level per layer to minimise the summed error
   subject to the global count of pruned weights, by dynamic programming over the
   pruned-weight budget counted in whole weights up to MAX_BINS units (a level's count and the
   budget rounded half up, as the layer problems round them). Units of total / 2000 weights
@@ -31,6 +32,9 @@ from layertrim.gram import Gram
 from layertrim.problem import round_half_up
 
 MAX_BINS = 20000
+# solvers cheap enough to draw their own error curves; any other method's curves are drawn
+# by sparsegpt, a cheap stand-in for the error the compensating solvers reach
+OWN_CURVES = ("magnitude", "wanda", "sparsegpt")
 GRID = tuple(np.round(np.concatenate([np.arange(0.0, 0.9, 0.05), [0.9, 0.925, 0.95, 0.96,
                                                                    0.97, 0.98, 0.99]]), 4))
 
@@ -58,6 +62,15 @@ def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *
                 out[i, k] = solve_layer(W, gram=g, bias=b, sparsity=float(s),
                                         method=method).rel_error
     return out
+
+
+def curve_method(method: str) -> str:
+    """The solver that draws the error curves for a prune by ``method``: the method itself
+    where it is cheap (OWN_CURVES), else sparsegpt. Drawing magnitude's plan from sparsegpt's
+    curves undervalued magnitude's error where it grows fastest: at 95% of the MNIST MLP the
+    plan pruned the 1010-weight output layer to 75% and the network fell to 38% accuracy
+    (85% with magnitude's own curves)."""
+    return method if method in OWN_CURVES else "sparsegpt"
 
 
 def global_allocation(curves: np.ndarray, sizes: Sequence[int], target: float, *,

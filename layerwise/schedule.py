@@ -143,10 +143,12 @@ def cascade_target(W: np.ndarray, b: np.ndarray | None,
 
 
 def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: str,
-             grams: dict[str, list[Gram]]) -> dict[str, float]:
-    """Per-layer sparsities for a global target (see ``allocate.py``)."""
+             grams: dict[str, list[Gram]], method: str = "sparsegpt") -> dict[str, float]:
+    """Per-layer sparsities for a global target (see ``allocate.py``); the error curves are
+    drawn by ``curve_method(method)``."""
     from layertrim.layerwise.allocate import (
         GRID,
+        curve_method,
         error_curves,
         global_allocation,
         owl_allocation,
@@ -164,7 +166,8 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
         s = owl_allocation(scores, target, caps=caps)
     else:
         curves = np.array([np.mean(error_curves(
-            [(*bridge.weights(n, g), grams[n][g]) for g in range(bridge.groups(n))]), axis=0)
+            [(*bridge.weights(n, g), grams[n][g]) for g in range(bridge.groups(n))],
+            method=curve_method(method)), axis=0)
             for n in names])
         # a level is out of reach when the layer's count would leave a group without a weight
         # (each group rounding alone can look feasible: 0.925 of 9 keeps one)
@@ -295,7 +298,7 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
     if budget is not None and allocation != "uniform":
         dense_grams = grams_of(names)
         t = time.perf_counter()
-        sparsity = allocate(bridge, names, budget, allocation, dense_grams)
+        sparsity = allocate(bridge, names, budget, allocation, dense_grams, method)
         clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
     if not fixed and Pattern.parse(pattern).kind == "layer" and not per_sample:

@@ -1,6 +1,7 @@
 """Global sparsity allocation: the dynamic program against brute force, OWL's rule, and the
 allocations inside prune_model."""
 
+import copy
 import itertools
 
 import numpy as np
@@ -209,3 +210,47 @@ def test_grouped_layers_near_their_cap_and_dicts_on_groups():
     net = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
     rep = lt.prune_model(net, [torch.randn(4, 8, 3, 3)], sparsity={"0": 0.5}, **opts)
     assert int((net[0].weight == 0).sum()) == 36 and rep.warnings() == []
+
+
+def _magnitude_curve(W, b, X, grid):
+    """Relative squared output error of keeping the largest |w| of W, at each grid level, from
+    the layer's inputs themselves (independent of the solvers and of the Gram code)."""
+    ref = X @ W.T + (0 if b is None else b)
+    out = []
+    for s in grid:
+        k = int(np.floor(s * W.size + 0.5))
+        Wp = W.copy().ravel()
+        Wp[np.argsort(np.abs(Wp), kind="stable")[:k]] = 0
+        out.append(np.sum((X @ (Wp.reshape(W.shape) - W).T) ** 2) / np.sum(ref ** 2))
+    return np.array(out)
+
+
+def test_the_global_plan_of_a_cheap_method_comes_from_its_own_error_curves():
+    # correlated inputs: sparsegpt's compensation makes its curves far lower than magnitude's,
+    # so a plan drawn from them would prune magnitude's layers where magnitude hurts most
+    from layertrim.layerwise.allocate import GRID
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(),
+                          nn.Linear(30, 6)).double()
+    mix = torch.randn(24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(400, 24, dtype=torch.float64) @ (torch.eye(24, dtype=torch.float64)
+                                                     + 2 * mix)
+    with torch.no_grad():
+        inputs = [x, torch.relu(model[0](x)), torch.relu(model[2](torch.relu(model[0](x))))]
+    layers = [model[0], model[2], model[4]]
+    sizes = [la.weight.numel() for la in layers]
+    curves = np.array([_magnitude_curve(la.weight.detach().numpy(), la.bias.detach().numpy(),
+                                        X.numpy(), GRID)
+                       for la, X in zip(layers, inputs, strict=True)])
+    expected = trim_overshoot(global_allocation(curves, sizes, 0.85), curves, sizes, 0.85)
+    dense = copy.deepcopy(model)
+    report = lt.prune_model(model, [x[:200], x[200:]], sparsity=0.85, method="magnitude",
+                            schedule="parallel", executor="serial", vs_dense=False)
+    got = [report.allocation[n] for n in ("0", "2", "4")]
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    # the premise: sparsegpt's curves would have given another plan
+    other = lt.prune_model(dense, [x[:200], x[200:]], sparsity=0.85,
+                           method="sparsegpt", schedule="parallel", executor="serial",
+                           vs_dense=False)
+    assert not np.allclose([other.allocation[n] for n in ("0", "2", "4")], expected)
