@@ -44,6 +44,19 @@ def pruned_fraction(out, d: int) -> float:
 
 
 GAIN_RANGE = (1e-6, 1.0)  # at gain 1 the ball holds W = 0 (Net-Trim's radius is gain ||Y||)
+# with bounds V below 0 off Omega (the cascade rule's X_hat W0^T) W = 0 is not feasible at
+# any gain, and sparser solutions lie past gain 1: the search may go this far (where the ball
+# no longer binds)
+MAX_GAIN_WITH_V = 1e3
+
+
+def max_gain(t) -> float:
+    """The top of the sparsity search's gain range for targets ``t``: 1, where W = 0 meets the
+    constraints (V >= 0 off Omega), else MAX_GAIN_WITH_V (the search stopped at gain 1 and
+    returned 47% sparsity for a 70% target that gain 2.5 reaches)."""
+    if t.omega is None or t.V is None or not np.any(t.V[~t.omega] < 0):
+        return GAIN_RANGE[1]
+    return MAX_GAIN_WITH_V
 _STEP_OUT = math.log(4.0)  # factor of the gain's steps until the target is bracketed
 
 
@@ -53,7 +66,8 @@ def within(sparsity: float, target: float, tol: float = 0.01) -> bool:
 
 
 def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *,
-                search_at=None, tol: float = 0.01, min_gain: float = GAIN_RANGE[0]):
+                search_at=None, tol: float = 0.01, min_gain: float = GAIN_RANGE[0],
+                top_gain: float = GAIN_RANGE[1]):
     """Find a gain whose solution prunes within ``tol`` of ``target`` (the pruned fraction
     grows with the gain). ``solve_at(g)`` returns W or a tuple starting with W; its results
     warm-start each other where the solver allows.
@@ -69,13 +83,14 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
     A point that contradicts the bracket (the fraction is not monotone in noisy solves)
     replaces the end it contradicts. Below ``min_gain`` the radius no longer changes (a
     cascade floor, ``radius_at``); a bracket narrower than 1e-6 in log(gain) means the
-    fraction jumps over the band, and the search stops there. When the steps run out during
+    fraction jumps over the band, and the search stops there. The gain stays within
+    [GAIN_RANGE[0], ``top_gain``] (``max_gain``). When the steps run out during
     the cheap search, one accurate solve at the last gain ends it.
 
     Returns (the accurate output closest to the target, its gain, [{"gain", "sparsity",
     "accurate"} per step])."""
-    lo_x = math.log(min(max(min_gain, GAIN_RANGE[0]), GAIN_RANGE[1]))
-    hi_x = math.log(GAIN_RANGE[1])
+    lo_x = math.log(min(max(min_gain, GAIN_RANGE[0]), top_gain))
+    hi_x = math.log(top_gain)
     x = min(max(math.log(gain), lo_x), hi_x)
     below = above = None  # (log gain, pruned fraction - target, accurate) on either side
     kept = 0  # +1 / -1: the side replaced at the last step (the Illinois rule)

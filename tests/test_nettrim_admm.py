@@ -456,3 +456,69 @@ def test_relative_violation_is_the_distance_to_the_set():
     assert relative_violation(Z2, t, 1.0) == pytest.approx(0.3)
     Z3 = np.where(omega, Y + 2.0 / np.sqrt(omega.sum()), -1.0)  # ||fit|| = 2, eps = 1
     assert relative_violation(Z3, t, 1.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("scale", [255.0, 1e3])
+def test_a_bias_far_off_the_weights_scale_reaches_the_optimum(scale):
+    # pixel-scale inputs: weights of 1e-3 against a bias of 0.5; the iteration stalled 3-11%
+    # above the optimum with Boyd's residuals met, until the ones column was rescaled
+    rng = np.random.default_rng(5)
+    X = rng.uniform(0, scale, (200, 30))
+    W = rng.standard_normal((8, 30)) / scale * 0.5
+    b = 0.5 * rng.standard_normal(8)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.1)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.1)
+    assert r.certificate["converged"]
+    assert r.certificate["violation_rel"] <= 1e-5
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    # the same program on rescaled inputs (W * s, X / s): the same l1 up to the scale
+    s = lt.solve_layer(W * scale, X / scale, bias=b, method="nettrim", activation="relu",
+                       gain=0.1)
+    assert s.certificate["l1"] / scale == pytest.approx(r.certificate["l1"], rel=1e-4)
+    assert np.abs(r.bias - s.bias).max() <= 1e-3 * np.abs(b).max()
+
+
+def test_linear_layers_reach_the_optimum_at_the_defaults():
+    # Boyd's dual test at 3e-2 stopped linear layers 1e-3 above the optimum
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        X, W = rng.standard_normal((150, 20)), rng.standard_normal((6, 20))
+        ref = lt.solve_layer(W, X, method="nettrim-cvx", activation="linear", gain=0.1)
+        r = lt.solve_layer(W, X, method="nettrim", activation="linear", gain=0.1)
+        assert r.certificate["converged"] and r.settings["program"] == "linear"
+        assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+
+
+def test_a_zero_radius_is_an_exact_fit_measured_against_the_targets():
+    # eps = 0: the violation was divided by 1e-300 (1e+297) and the solve never converged
+    rng = np.random.default_rng(0)
+    X, W, b = rng.standard_normal((20, 30)), rng.standard_normal((3, 30)), rng.standard_normal(3)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", eps=0.0)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", eps=0.0)
+    assert r.certificate["converged"] and r.certificate["violation_rel"] <= 1e-5
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    Z = X @ r.W.T + r.bias
+    Y = np.maximum(X @ W.T + b, 0)
+    on = Y > 0
+    assert np.linalg.norm((Z - Y)[on]) <= 1e-5 * np.linalg.norm(Y[on])
+
+
+def test_refit_certificate_reports_the_returned_weights_l1():
+    W, X, b = layer(0, d=15, m=4, n=120)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.2, refit=True)
+    assert r.certificate["l1"] == pytest.approx(np.abs(r.W).sum(), rel=1e-12)
+    assert r.certificate["refit"]["l1_program"] < r.certificate["l1"]  # the refit moved W
+
+
+def test_a_cascade_target_past_gain_one_is_reached():
+    # V = X_hat W0^T < 0 off Omega: W = 0 is infeasible at any gain, and 70% lies past gain 1
+    rng = np.random.default_rng(3)
+    X, W = rng.standard_normal((120, 15)), rng.standard_normal((4, 15))
+    b = 0.3 * rng.standard_normal(4)
+    Xh = X + 0.3 * rng.standard_normal(X.shape)
+    t = cascade_rule(np.hstack([Xh, np.ones((120, 1))]), np.hstack([W, b[:, None]]),
+                     np.maximum(X @ W.T + b, 0), True)
+    r = lt.solve_layer(W, Xh, bias=b, method="nettrim", activation="relu", Y=t.Y, V=t.V,
+                       eps_min=t.eps, target_sparsity=0.7)
+    assert r.certificate["target_met"] and abs(r.sparsity - 0.7) <= 0.01
+    assert r.certificate["gain"] > 1

@@ -139,3 +139,24 @@ def test_bad_input(relu_layer):
         lt.solve_layer(-np.abs(W), np.abs(X), method="nettrim-cvx", activation="relu")
     with pytest.raises(InvalidInputError, match="missing sparsity target"):
         lt.solve_layer(W, X, method="l0-admm")  # top-k solvers still need a target
+
+
+def test_an_inaccurate_reference_solve_is_labelled():
+    # Clarabel's "optimal_inaccurate" on inputs of 1e-6 left W 580% outside the ball
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((60, 8)), rng.standard_normal((3, 8))
+    b = 0.3 * rng.standard_normal(3)
+    r = lt.solve_layer(W, X * 1e-6, bias=b * 1e-6, method="nettrim-cvx", activation="relu",
+                       gain=0.1)
+    assert r.certificate["omega_violation_rel"] > 1e-4  # the case this test is about
+    assert r.status == "inaccurate"
+    ok = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.1)
+    assert ok.status == "solved" and ok.certificate["omega_violation_rel"] <= 1e-4
+
+
+def test_an_all_zero_layer_keeps_no_solver_residue():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 8))
+    r = lt.solve_layer(np.zeros((3, 8)), X, bias=np.abs(rng.standard_normal(3)) + 0.1,
+                       method="nettrim-cvx", activation="relu", gain=0.1)
+    assert r.nnz == 0 and r.sparsity == 1.0
