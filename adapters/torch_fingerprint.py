@@ -20,16 +20,49 @@ def _update(h, name: str, t: torch.Tensor) -> None:
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 over the architecture (every submodule's name, class and settings, as its
     ``extra_repr`` states them: an activation or a stride changes the Grams while the
-    state_dict stays the same) and every entry of the state_dict (names, dtypes, shapes,
+    state_dict stays the same; a custom module's plain attributes and its forward's source)
+    and every entry of the state_dict (names, dtypes, shapes,
     values): the layers that are not pruned shape the Grams too."""
     h = hashlib.sha256()
     for name, mod in model.named_modules():
         cls = type(mod)
-        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{mod.extra_repr()}\n".encode())
+        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{mod.extra_repr()}|"
+                 f"{_plain_attributes(mod)}|{_forward_source(cls)}\n".encode())
     for name, t in model.state_dict().items():
         if isinstance(t, torch.Tensor):
             _update(h, name, t)
     return h.hexdigest()
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_attributes(mod: nn.Module) -> str:
+    """A custom module's own settings that no extra_repr states: its public attributes of
+    plain types (``self.act = "tanh"`` changes the Grams; two such models had one
+    fingerprint, and a resume mixed their layers)."""
+    items = []
+    for k, v in sorted(vars(mod).items()):
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(e, _PLAIN)
+                                                                  for e in v)):
+            items.append(f"{k}={v!r}")
+    return ",".join(items)
+
+
+def _forward_source(cls: type) -> str:
+    """A digest of a custom class's forward source (an edited forward is another model);
+    empty for torch's own classes and where the source cannot be read."""
+    if cls.__module__.startswith("torch."):
+        return ""
+    import inspect
+
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ""
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
 def calibration_fingerprint(calib, **settings) -> str:

@@ -115,7 +115,11 @@ def load_model(path, *, arch: str | None = None,
         except Exception as e:
             raise InvalidInputError(f"cannot read {path} as safetensors: {e}") from None
     elif fmt == "torchscript":
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        try:
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as e:
+            raise InvalidInputError(f"cannot read {path} as TorchScript: "
+                                    f"{_first_line(e)}") from None
         if arch is None:
             raise InvalidInputError(
                 f"{path} is TorchScript: scripted modules run no forward hooks, so give --arch "
@@ -125,9 +129,12 @@ def load_model(path, *, arch: str | None = None,
             with open(path, "rb") as f:  # a file object: torch reads no meaning into the name
                 state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:
+            if not trust_pickle and not _refused_by_weights_only(e):
+                raise InvalidInputError(f"cannot read {path}: {_first_line(e)} (a damaged or "
+                                        f"truncated file, or not a PyTorch file)") from None
             if not trust_pickle:
                 raise InvalidInputError(
-                    f"{path} is not a plain state_dict (weights-only loading failed: "
+                    f"{path} is not a plain state_dict (weights-only loading refused it: "
                     f"{_first_line(e)}); if it is a pickled module you trust, pass "
                     f"--trust-pickle (unpickling runs code)") from None
             try:
@@ -151,6 +158,8 @@ def load_model(path, *, arch: str | None = None,
         raise InvalidInputError(f"{path} holds weights only: give --arch module:callable to "
                                 f"build the architecture")
     model = build_arch(arch)
+    model = _in_dtype_of(model, state)
+    state = _with_tied_aliases(model, state)
     try:
         masked = _reapply_masks(model, state)
         model.load_state_dict(state)
@@ -158,6 +167,40 @@ def load_model(path, *, arch: str | None = None,
     except (RuntimeError, AttributeError, KeyError) as e:
         raise InvalidInputError(f"{path} does not fit --arch {arch}: {e}") from None
     return model, fmt
+
+
+def _refused_by_weights_only(e: Exception) -> bool:
+    """Whether torch.load(weights_only=True) failed because the file pickles more than
+    tensors (a module, a class), rather than because the file is damaged."""
+    return "Unsupported global" in str(e) or "can still be loaded" in str(e)
+
+
+def _in_dtype_of(model: nn.Module, state: dict) -> nn.Module:
+    """The architecture in the dtype of the file's weights when they all share one (a float16
+    or bfloat16 file loaded into float32 parameters was pruned and saved as float32)."""
+    dtypes = {v.dtype for v in state.values()
+              if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    params = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and params and params != dtypes:
+        model = model.to(dtypes.pop())
+    return model
+
+
+def _with_tied_aliases(model: nn.Module, state: dict) -> dict:
+    """``state`` with the keys of tied parameters filled in from their partners: a file saved
+    by safetensors' ``save_model`` keeps one name per shared tensor, and a strict load then
+    missed the others."""
+    own = model.state_dict()
+    by_ptr: dict[int, list[str]] = {}
+    for k, v in own.items():
+        if v.numel():
+            by_ptr.setdefault(v.data_ptr(), []).append(k)
+    extra = {}
+    for keys in by_ptr.values():
+        have = [k for k in keys if k in state]
+        if have and len(have) < len(keys):
+            extra.update({k: state[have[0]] for k in keys if k not in state})
+    return {**state, **extra} if extra else state
 
 
 def _reapply_masks(model: nn.Module, state: dict) -> list[nn.Module]:
@@ -219,7 +262,7 @@ def save_model(model: nn.Module, path, fmt: str, *, protect=(), source=None) -> 
     if fmt == "safetensors":
         from safetensors.torch import save
 
-        data = save(state)
+        data = save(_without_aliases(state))
     elif fmt == "torchscript":
         data = _scripted_with(state, source)
     else:
@@ -229,6 +272,21 @@ def save_model(model: nn.Module, path, fmt: str, *, protect=(), source=None) -> 
     if not path.parent.is_dir():
         raise InvalidInputError(f"cannot write {path}: folder {path.parent} does not exist")
     return _write_atomically(path, "wb", lambda f: f.write(data))
+
+
+def _without_aliases(state: dict) -> dict:
+    """One name per shared tensor (tied weights), as safetensors' ``save_model`` keeps them:
+    safetensors refuses tensors that share memory. ``load_model`` fills the others in."""
+    seen: set[tuple] = set()
+    out = {}
+    for k, v in state.items():
+        key = (v.data_ptr(), v.shape, v.stride(), v.dtype) if v.numel() else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen.add(key)
+        out[k] = v
+    return out
 
 
 def _scripted_with(state: dict, source) -> bytes:
@@ -251,8 +309,10 @@ def _scripted_with(state: dict, source) -> bytes:
 
 
 def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
-    """Calibration inputs from a .pt (a tensor, or a dict with key "x") or an .npz (key "x",
-    else its only array), split into batches."""
+    """Calibration inputs from a .pt (a tensor, a dict with one of CALIB_KEYS, an (inputs,
+    labels) pair, or a list of batches or pairs) or an .npz (one of CALIB_KEYS, else its only
+    array), split into batches. Integer inputs (raw uint8 images) are refused: their scale is
+    the user's to set."""
     import numpy as np
 
     from layertrim.validate import check_int
@@ -262,19 +322,59 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
     if not path.is_file():
         raise InvalidInputError(f"cannot read {path}: no such file")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            keys = list(f.keys())
-            if "x" not in keys and len(keys) != 1:
-                raise InvalidInputError(f"{path}: expected an array named 'x', found {keys}")
-            x = torch.from_numpy(f["x" if "x" in keys else keys[0]])
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys = list(f.keys())
+                key = next((k for k in CALIB_KEYS if k in keys), None)
+                if key is None and len(keys) != 1:
+                    raise InvalidInputError(f"{path}: expected an array named one of "
+                                            f"{CALIB_KEYS}, found {keys}")
+                x = torch.from_numpy(f[key or keys[0]])
+        except InvalidInputError:
+            raise
+        except Exception as e:  # a truncated zip, a text file, an object array
+            raise InvalidInputError(f"cannot read {path} as an .npz: {_first_line(e)}") from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:  # a file object: torch reads no meaning into the name
+                obj = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise InvalidInputError(f"cannot read {path}: {_first_line(e)}") from None
-        x = obj.get("x") if isinstance(obj, dict) else obj
-        if not isinstance(x, torch.Tensor):
-            raise InvalidInputError(f"{path}: expected a tensor (or a dict with 'x')")
+            raise InvalidInputError(f"cannot read {path} as a .pt of tensors: "
+                                    f"{_first_line(e)}") from None
+        x = _calibration_inputs(obj)
+        if x is None:
+            raise InvalidInputError(
+                f"{path}: expected a tensor of inputs, a dict with one of {CALIB_KEYS}, an "
+                f"(inputs, labels) pair, or a list of input batches or (inputs, labels) pairs; "
+                f"found a {type(obj).__name__}")
     if x.dim() < 1 or len(x) == 0:
         raise InvalidInputError(f"{path}: the calibration set is empty")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise InvalidInputError(
+            f"{path}: the calibration inputs are {x.dtype}; convert them to floats scaled as "
+            f"the model was trained on (e.g. images / 255) and save them again")
     return list(torch.split(x, batch_size))
+
+
+CALIB_KEYS = ("x", "X", "inputs", "input", "data")
+
+
+def _calibration_inputs(obj) -> torch.Tensor | None:
+    """The input tensor of a loaded calibration object: a tensor; a dict's CALIB_KEYS entry;
+    the first of an (inputs, labels) pair; a list of input batches or of such pairs
+    (concatenated)."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return next((obj[k] for k in CALIB_KEYS
+                     if isinstance(obj.get(k), torch.Tensor)), None)
+    if isinstance(obj, (tuple, list)) and obj:
+        if isinstance(obj, tuple) and len(obj) == 2 and all(
+                isinstance(o, torch.Tensor) for o in obj) and len(obj[0]) == len(obj[1]) \
+                and obj[1].dim() <= 1:
+            return obj[0]  # (inputs, labels)
+        parts = [o[0] if isinstance(o, (tuple, list)) and o else o for o in obj]
+        if all(isinstance(p, torch.Tensor) and p.dim() >= 1 for p in parts) and len(
+                {p.shape[1:] for p in parts}) == 1:
+            return torch.cat(parts)
+    return None

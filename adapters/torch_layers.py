@@ -11,6 +11,7 @@ and dilation are applied exactly as the module's forward does.
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -135,7 +136,9 @@ def _patterns(spec) -> list[re.Pattern]:
 
 
 def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer]:
-    """The Linear/Conv1d/Conv2d modules of ``model`` in registration order.
+    """The Linear/Conv1d/Conv2d modules of ``model`` in registration order; a module whose
+    weight is another's (tied weights) is left to the first (a warning says so): pruned once,
+    counted once.
 
     Parameters
     ----------
@@ -146,6 +149,7 @@ def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inc, exc = _patterns(include), _patterns(exclude)
     found, names = [], []
+    owner: dict[int, str] = {}  # weight tensor -> the layer that prunes it
     for name, mod in model.named_modules():
         if not isinstance(mod, PRUNABLE):
             continue
@@ -154,6 +158,13 @@ def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer
             continue
         if any(p.fullmatch(name) for p in exc):
             continue
+        key = id(getattr(mod, "weight_orig", mod.weight))
+        if key in owner:  # tied weights: pruned once, by the first layer that holds them
+            warnings.warn(f"layer {name} shares its weight with layer {owner[key]}: the "
+                          f"shared tensor is pruned once, on {owner[key]}'s inputs",
+                          stacklevel=2)
+            continue
+        owner[key] = name
         found.append(TorchLayer(name, mod))
     if not found:
         raise InvalidInputError(f"no prunable layer matches include={include!r} "

@@ -132,6 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _arch_source(spec: str | None) -> tuple[str, ...]:
+    """The source file of the --arch module (imported by now), which no output may replace."""
+    if not spec or ":" not in spec:
+        return ()
+    mod = sys.modules.get(spec.split(":")[0])
+    path = getattr(mod, "__file__", None)
+    return (path,) if path else ()
+
+
 def _prune(args) -> int:
     import torch
 
@@ -160,7 +169,7 @@ def _prune(args) -> int:
             "a TorchScript output is the TorchScript input's program with the pruned weights "
             "in it: it needs a TorchScript input and plain weights (not --mask-convention); "
             "choose --format state_dict")
-    protect = (args.model, args.calib)
+    protect = (args.model, args.calib, *_arch_source(args.arch))
     # refused before the work (and the input again when writing)
     check_outputs({"--out": args.out, "--report": args.report, "--plot": args.plot}, protect)
     options = _parse_options(args.option)

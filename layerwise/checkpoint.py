@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -176,8 +177,10 @@ class Checkpoint:
                                    status=meta["status"], pattern=meta["pattern"],
                                    certificate=meta["certificate"],
                                    **{k: meta[k] for k in _SCALARS})
-        except (OSError, ValueError, KeyError) as e:
-            raise InvalidInputError(f"cannot read the checkpointed layer {path}: {e}") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise InvalidInputError(f"cannot read the checkpointed layer {path}: "
+                                    f"{type(e).__name__}: {e} (delete the file to solve that "
+                                    f"layer again)") from None
 
     def log(self, event: str, **fields) -> None:
         """Append one JSON line to ``log.jsonl`` (flushed and synced)."""

@@ -1,0 +1,162 @@
+"""Saved models and calibration files at their edges: tied weights, half-precision files,
+corrupt inputs, the --arch source file, resume fingerprints and the calibration forms the
+CLI reads; run in this process through cli.main."""
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import layertrim as lt
+from layertrim.adapters.torch_fingerprint import model_fingerprint
+from layertrim.adapters.torch_io import load_calibration, load_model, save_model
+from layertrim.cli import main
+from layertrim.errors import InvalidInputError
+
+ARCH = "tests.test_torch_io_edges"
+X = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(8, 8, bias=False)
+        self.mid = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 8, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(torch.relu(self.mid(self.emb(x))))
+
+
+def tied():
+    torch.manual_seed(0)
+    return Tied()
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+class Act(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.fc1, self.fc2, self.act = nn.Linear(8, 16), nn.Linear(16, 4), act
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(torch.relu(h) if self.act == "relu" else torch.tanh(h))
+
+
+def test_tied_weights_are_pruned_once_and_counted_once():
+    model = tied()
+    with pytest.warns(UserWarning, match="shares its weight"):
+        rep = lt.prune_model(model, [X], sparsity=0.5, method="magnitude",
+                             allocation="uniform", executor="serial", vs_dense=False)
+    assert [r.name for r in rep.layers] == ["emb", "mid"]
+    assert model.out.weight is model.emb.weight
+    assert float((model.emb.weight == 0).float().mean()) == 0.5
+    assert rep.total_weights == 128
+
+
+def test_tied_weights_save_as_safetensors_and_load_back(tmp_path):
+    from safetensors.torch import save_model as st_save_model
+
+    model = tied()
+    with torch.no_grad():
+        model.emb.weight[:, ::2] = 0
+    path = save_model(model, tmp_path / "t.safetensors", "safetensors")  # raised before
+    loaded, _ = load_model(path, arch=f"{ARCH}:tied")
+    assert loaded.out.weight is loaded.emb.weight
+    assert torch.equal(loaded(X), model(X))
+    st_save_model(model, str(tmp_path / "hf.safetensors"))  # keeps one name per tensor
+    loaded, _ = load_model(tmp_path / "hf.safetensors", arch=f"{ARCH}:tied")
+    assert torch.equal(loaded(X), model(X))
+
+
+@pytest.mark.parametrize("dtype,fmt,name", [(torch.float16, "state_dict", "m.pt"),
+                                            (torch.bfloat16, "safetensors", "m.safetensors")])
+def test_a_half_precision_file_is_pruned_and_saved_in_its_dtype(tmp_path, dtype, fmt, name):
+    src = save_model(mlp().to(dtype), tmp_path / name, fmt)
+    torch.save(X, tmp_path / "c.pt")
+    out = tmp_path / ("o" + name)
+    assert main(["prune", str(src), "--arch", f"{ARCH}:mlp", "--calib", str(tmp_path / "c.pt"),
+                 "--sparsity", "0.5", "--method", "magnitude", "--executor", "serial",
+                 "--no-checkpoint", "--out", str(out)]) == 0
+    pruned, _ = load_model(out, arch=f"{ARCH}:mlp")
+    assert {p.dtype for p in pruned.parameters()} == {dtype}
+    assert out.stat().st_size < 1.2 * src.stat().st_size
+
+
+def test_the_arch_source_file_is_never_an_output(tmp_path, monkeypatch, capsys):
+    # the architecture lives in a throwaway module: were the guard to fail, only it is lost
+    source = tmp_path / "edges_arch_module.py"
+    source.write_text("import torch\nfrom torch import nn\n\n\ndef mlp():\n"
+                      "    torch.manual_seed(0)\n"
+                      "    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = source.read_text()
+    src = save_model(mlp(), tmp_path / "m.pt", "state_dict")
+    torch.save(X, tmp_path / "c.pt")
+    code = main(["prune", str(src), "--arch", "edges_arch_module:mlp", "--calib",
+                 str(tmp_path / "c.pt"), "--sparsity", "0.5", "--method", "magnitude",
+                 "--no-checkpoint", "--out", str(source)])
+    assert code == 2 and "overwrite" in capsys.readouterr().err
+    assert source.read_text() == before
+
+
+def test_corrupt_inputs_are_clean_errors(tmp_path):
+    ts = tmp_path / "s.pt"
+    torch.jit.save(torch.jit.script(mlp()), str(ts))
+    broken = tmp_path / "b.pt"  # the TorchScript zip without its data.pkl
+    with zipfile.ZipFile(ts) as zin, zipfile.ZipFile(broken, "w") as zout:
+        for item in zin.infolist():
+            if not item.filename.endswith("data.pkl"):
+                zout.writestr(item, zin.read(item.filename))
+    with pytest.raises(InvalidInputError, match="TorchScript"):
+        load_model(broken, arch=f"{ARCH}:mlp")
+    np.savez(tmp_path / "c.npz", x=X.numpy())
+    data = (tmp_path / "c.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInputError, match="t.npz"):
+        load_calibration(tmp_path / "t.npz")
+    sd = save_model(mlp(), tmp_path / "m.pt", "state_dict")
+    (tmp_path / "cut.pt").write_bytes(sd.read_bytes()[:200])
+    with pytest.raises(InvalidInputError, match="damaged") as e:
+        load_model(tmp_path / "cut.pt", arch=f"{ARCH}:mlp")
+    assert "trust-pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("form", ["pair", "batches", "pairs", "dict", "npz_X"])
+def test_calibration_files_in_common_forms(tmp_path, form):
+    y = torch.arange(64) % 4
+    path = tmp_path / ("c.npz" if form == "npz_X" else "c.pt")
+    if form == "npz_X":
+        np.savez(path, X=X.numpy(), y=y.numpy())
+    else:
+        obj = {"pair": (X, y), "batches": list(X.split(16)),
+               "pairs": list(zip(X.split(16), y.split(16), strict=True)),
+               "dict": {"inputs": X, "labels": y}}[form]
+        torch.save(obj, path)
+    got = torch.cat(load_calibration(path, 32))
+    assert torch.equal(got, X)
+
+
+def test_integer_calibration_is_refused_with_a_hint(tmp_path):
+    torch.save((X * 100).to(torch.uint8), tmp_path / "u.pt")
+    with pytest.raises(InvalidInputError, match="uint8.*scaled"):
+        load_calibration(tmp_path / "u.pt")
+
+
+def test_a_custom_modules_settings_are_in_its_fingerprint():
+    torch.manual_seed(0)
+    a = Act("relu")
+    torch.manual_seed(0)
+    b = Act("tanh")
+    assert torch.equal(a.fc1.weight, b.fc1.weight)
+    assert model_fingerprint(a) != model_fingerprint(b)
+    torch.manual_seed(0)
+    assert model_fingerprint(Act("relu")) == model_fingerprint(a)
