@@ -160,6 +160,7 @@ def load_model(path, *, arch: str | None = None,
     model = build_arch(arch)
     model = _in_dtype_of(model, state)
     state = _with_tied_aliases(model, state)
+    state = _set_non_persistent(model, state)
     try:
         masked = _reapply_masks(model, state)
         model.load_state_dict(state)
@@ -201,6 +202,26 @@ def _with_tied_aliases(model: nn.Module, state: dict) -> dict:
         if have and len(have) < len(keys):
             extra.update({k: state[have[0]] for k in keys if k not in state})
     return {**state, **extra} if extra else state
+
+
+def _set_non_persistent(model: nn.Module, state: dict) -> dict:
+    """A TorchScript file's state_dict holds the non-persistent buffers too, which the eager
+    architecture's state_dict leaves out (a strict load refused them): their values go into
+    the buffers (the scripted value, not the architecture's default), the rest loads as
+    usual."""
+    rest = dict(state)
+    for owner, mod in model.named_modules():
+        for name in getattr(mod, "_non_persistent_buffers_set", ()):
+            key = f"{owner}.{name}" if owner else name
+            buf = mod._buffers.get(name)
+            if key in rest and isinstance(buf, torch.Tensor):
+                value = rest.pop(key)
+                if value.shape == buf.shape:
+                    with torch.no_grad():
+                        buf.copy_(value)
+                else:
+                    mod._buffers[name] = value.clone()
+    return rest
 
 
 def _reapply_masks(model: nn.Module, state: dict) -> list[nn.Module]:
@@ -296,13 +317,14 @@ def _scripted_with(state: dict, source) -> bytes:
                                 "input; this input is not one (choose --format state_dict)")
     scripted = torch.jit.load(str(source), map_location="cpu")
     mine = scripted.state_dict()
-    if set(mine) != set(state) or any(mine[k].shape != v.shape for k, v in state.items()):
+    # the scripted state may hold more (non-persistent buffers, which keep their values)
+    if not set(state) <= set(mine) or any(mine[k].shape != v.shape for k, v in state.items()):
         raise InvalidInputError("the pruned weights do not fit the TorchScript input's "
                                 "parameters (masks kept with --mask-convention, or a changed "
                                 "architecture); choose --format state_dict")
     with torch.no_grad():
-        for k, v in mine.items():
-            v.copy_(state[k])
+        for k, v in state.items():
+            mine[k].copy_(v)
     buf = io.BytesIO()
     torch.jit.save(scripted, buf)
     return buf.getvalue()

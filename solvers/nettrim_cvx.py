@@ -27,6 +27,7 @@ from layertrim.solvers.nettrim_rules import (
     max_gain,
     parallel_rule,
     radius_at,
+    within,
 )
 from layertrim.solvers.registry import register
 from layertrim.validate import check_bool, real_finite_array
@@ -242,6 +243,9 @@ def solve(
     feasible = (cert["omega_violation_rel"] <= FEAS_CHECK
                 and cert["off_omega_max_violation"] <= FEAS_CHECK * off_scale)
     result_status = "solved" if status == "optimal" and feasible else "inaccurate"
+    if target is not None and result_status == "solved" and not within(
+            1.0 - np.count_nonzero(mask) / mask.size, target, max(0.01, 1 / mask.size)):
+        result_status = "target_missed"  # the l1 path jumps over the band (see bisect_gain)
     settings = {"program": "linear" if t.omega is None else "relu",
                 "gain": gain, "target_sparsity": target, "per_neuron": per_neuron,
                 "eps_min": np.asarray(eps_min).tolist(), "omega_tol": omega_tol,

@@ -149,7 +149,10 @@ def test_cascade_nettrim_keeps_the_cascade_constraints():
     ref = copy.deepcopy(net)
     rep = lt.prune_model(net, data, sparsity=0.5, method="nettrim", schedule="cascade",
                          allocation="uniform", executor="serial", max_samples=10_000)
-    assert [r.status for r in rep.layers] == ["solved"] * 3
+    # a layer off its +-1% band (or one weight) says so in its status
+    for r in rep.layers:
+        off = abs(r.sparsity - 0.5) > max(0.01, 1 / (r.m * r.d)) + 1e-12
+        assert r.status == ("target_missed" if off else "solved"), (r.name, r.sparsity)
     # the first layer hits its target; later ones may come out sparser, never denser: the
     # cascade rule's radius is their floor (this random net's first layer errs a lot)
     # (the first layer's cascade program is its own program on the dense inputs)

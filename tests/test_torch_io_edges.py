@@ -160,3 +160,42 @@ def test_a_custom_modules_settings_are_in_its_fingerprint():
     assert model_fingerprint(a) != model_fingerprint(b)
     torch.manual_seed(0)
     assert model_fingerprint(Act("relu")) == model_fingerprint(a)
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+
+
+def scaled():
+    torch.manual_seed(0)
+    return Scaled()
+
+
+def test_torchscript_non_persistent_buffers_load_with_their_values(tmp_path):
+    model = scaled()
+    model.scale.fill_(2.0)  # the scripted value, not the architecture's default of 1
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "s.pt"))
+    loaded, fmt = load_model(tmp_path / "s.pt", arch=f"{ARCH}:scaled")
+    assert fmt == "torchscript" and torch.equal(loaded.scale, model.scale)
+    assert torch.equal(loaded(X), model(X))
+
+
+def test_a_torchscript_model_with_a_non_persistent_buffer_is_pruned_back_to_torchscript(
+        tmp_path):
+    model = scaled()
+    model.scale.fill_(2.0)
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "s.pt"))
+    torch.save(X, tmp_path / "c.pt")
+    out = tmp_path / "o.pt"
+    assert main(["prune", str(tmp_path / "s.pt"), "--arch", f"{ARCH}:scaled", "--calib",
+                 str(tmp_path / "c.pt"), "--sparsity", "0.5", "--method", "magnitude",
+                 "--executor", "serial", "--no-checkpoint", "--out", str(out)]) == 0
+    pruned = torch.jit.load(str(out))
+    assert float((pruned.fc.weight == 0).float().mean()) == 0.5
+    assert torch.equal(pruned.scale, model.scale)
