@@ -21,6 +21,7 @@ from layertrim.adapters.torch_calib import (  # noqa: F401  (re-exported: the pu
     collect_grams,
     eval_mode,
     finish,
+    forward_order,
     output_errors,
 )
 from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
@@ -67,6 +68,20 @@ def apply_masks(layers: Sequence[TorchLayer], masks: dict[str, torch.Tensor]) ->
         prune.custom_from_mask(la.module, "weight", mask.to(la.module.weight.device))
 
 
+def _reference_copy(model: nn.Module) -> nn.Module:
+    """The cascade's copy of the dense network; a model that cannot be deep-copied (a lock, a
+    tensor attribute with autograd history) is refused by name."""
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception as e:
+        raise InvalidInputError(f"the cascade schedule keeps a copy of the dense model, and "
+                                f"this model cannot be deep-copied ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}); use "
+                                f"schedule='parallel'") from None
+
+
 class TorchBridge:
     """The ``layerwise.schedule.ModelBridge`` of a torch module and its calibration data."""
 
@@ -75,7 +90,6 @@ class TorchBridge:
                  keep_reference: bool = False, frontier: bool = True,
                  max_samples: int = 2048, progress: bool = False,
                  gram_dtype: str = "float64") -> None:
-        import copy
 
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
         self.gram_dtype = check_gram_dtype(gram_dtype)
@@ -84,7 +98,7 @@ class TorchBridge:
         self.by_name = {la.name: la for la in layers}
         # the cascade's cross term needs the dense network's inputs: a copy, taken before
         # anything is pruned (one more model in memory)
-        self.reference = copy.deepcopy(model) if keep_reference else None
+        self.reference = _reference_copy(model) if keep_reference else None
         # a sequential chain whose pruned layers are its own children: the cascade keeps the
         # activations at the frontier (both networks) instead of re-running the prefix
         # (exactly nn.Sequential: a subclass may have its own forward or constructor, which
@@ -292,12 +306,14 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         raise InvalidInputError(f"method {method!r} runs the calibration data more than once: "
                                 f"pass a list, a tensor or a DataLoader, not a one-shot iterator")
     for la in found:
-        if hasattr(la.module, "weight_orig") or "weight" in getattr(
-                la.module, "parametrizations", {}):
+        computed = hasattr(la.module, "weight_orig") or "weight" in getattr(
+            la.module, "parametrizations", {}) or hasattr(la.module, "weight_v")
+        if computed:
             raise InvalidInputError(
                 f"layer {la.name}: its weight is computed (torch.nn.utils.prune's weight_orig * "
-                f"weight_mask, or a parametrization), so written-back weights would not stick: "
-                f"make it a plain parameter first (prune.remove(module, 'weight') or "
+                f"weight_mask, weight_norm's weight_g and weight_v, or a parametrization), so "
+                f"written-back weights would not stick: make it a plain parameter first "
+                f"(prune.remove(module, 'weight'), torch.nn.utils.remove_weight_norm or "
                 f"parametrize.remove_parametrizations)")
         for pname, p in (("weight", la.module.weight), ("bias", la.module.bias)):
             if p is not None and not bool(torch.isfinite(p).all()):
@@ -310,6 +326,10 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     if one_shot and checkpoint is not None:
         calib = list(calib)  # fingerprinted, then calibrated on: it must be read twice
     vs_dense = check_bool("vs_dense", vs_dense)
+    if schedule == "cascade":  # each layer after those that feed it, whatever the
+        first = next(iter(batches(calib)), None)  # registration order
+        if first is not None:
+            found = forward_order(model, found, first)
     bridge = TorchBridge(model, calib, found, max_rows=max_rows, seed=seed,
                          keep_reference=schedule == "cascade", frontier=frontier,
                          max_samples=max_samples, progress=bool(progress),

@@ -21,15 +21,48 @@ from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
 from layertrim.validate import check_int
 
+INPUT_KEYS = ("x", "X", "inputs", "input", "data")  # a dict batch's model input
+
+
+def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tensor
+                  ) -> list[TorchLayer]:
+    """``layers`` in the order the forward pass first calls them (one pass on ``x``, eval
+    mode, no grad): registration order can differ (a head defined before the body), and the
+    cascade must prune a layer only after the layers that feed it. Layers that never run keep
+    their place after the others (calibration then names them)."""
+    seen: dict[str, int] = {}
+
+    def hook(name):
+        def fn(_mod, _inputs):
+            seen.setdefault(name, len(seen))
+        return fn
+
+    handles = [la.module.register_forward_pre_hook(hook(la.name)) for la in layers]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    except Exception:  # a batch that does not fit: calibration reports it, by layer
+        return list(layers)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(layers, key=lambda la: seen.get(la.name, len(layers)))
+
 
 def batches(calib) -> Iterable[torch.Tensor]:
-    """Model inputs from a tensor (one batch), or an iterable of tensors or of (x, ...) tuples
-    (a DataLoader over a labelled dataset)."""
+    """Model inputs from a tensor (one batch), an (inputs, integer labels) pair, or an iterable
+    of tensors, of (x, ...) tuples (a DataLoader over a labelled dataset) or of dicts (their
+    INPUT_KEYS entry)."""
     if isinstance(calib, np.ndarray):
         calib = torch.from_numpy(calib)
     if isinstance(calib, torch.Tensor):
         if calib.dim() == 0 or len(calib) > 0:  # a tensor of no rows holds no batch
             yield calib
+        return
+    if (isinstance(calib, tuple) and len(calib) == 2
+            and all(isinstance(t, torch.Tensor) for t in calib) and calib[1].dim() == 1
+            and not calib[1].is_floating_point() and len(calib[0]) == len(calib[1])):
+        yield calib[0]  # (inputs, integer labels): one labelled batch, not two batches
         return
     try:
         it = iter(calib)
@@ -38,10 +71,13 @@ def batches(calib) -> Iterable[torch.Tensor]:
                                 f"got {type(calib).__name__}") from None
     for item in it:
         x = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(x, dict):  # a DataLoader over a dataset of dicts
+            x = next((x[k] for k in INPUT_KEYS if k in x), x)
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
         if not isinstance(x, torch.Tensor):
-            raise InvalidInputError(f"a calibration batch must be a tensor, got "
+            raise InvalidInputError(f"a calibration batch must be a tensor (or a tuple or a "
+                                    f"dict with one, under one of {INPUT_KEYS}), got "
                                     f"{type(x).__name__}")
         yield x
 
@@ -134,6 +170,16 @@ def eval_mode(model: nn.Module):
             mod.training = training
 
 
+def _positional(layer: TorchLayer, inputs: tuple) -> torch.Tensor:
+    """A layer's input as its forward hook sees it: the first positional argument (a call
+    by keyword, ``layer(input=x)``, leaves the hook none)."""
+    if not inputs:
+        raise InvalidInputError(f"layer {layer.name} is called with its input as a keyword "
+                                f"argument, which forward hooks cannot see: call it "
+                                f"positionally, or leave it out (exclude=...)")
+    return inputs[0]
+
+
 def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
               on_batch: Callable[[TorchLayer, torch.Tensor, torch.Tensor | None], None], *,
               reference: nn.Module | None = None, progress: bool = False) -> int:
@@ -152,13 +198,13 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                     f"module {layer.name} runs more than once per forward pass (shared or "
                     f"recurrent): the cascade's cross term needs one call per layer; use the "
                     f"parallel schedule or leave it out (exclude=...)")
-            ref_in[layer.name] = inputs[0].detach()
+            ref_in[layer.name] = _positional(layer, inputs).detach()
         return fn
 
     def hook(layer):
         def fn(_mod, inputs, _out):
             x_ref = ref_in[layer.name] if reference is not None else None
-            on_batch(layer, inputs[0].detach(), x_ref)
+            on_batch(layer, _positional(layer, inputs).detach(), x_ref)
         return fn
 
     handles: list = []
@@ -211,7 +257,8 @@ def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[Torch
     where out is the layer's output in ``model`` and out_ref the same layer's in
     ``reference`` (the dense network) on the same batch: how far pruning everything up to and
     including the layer has moved its output. One pass of both networks."""
-    ref_out: dict[str, torch.Tensor] = {}
+    # a module called more than once per forward pass: its calls are paired in order
+    ref_out: dict[str, list[torch.Tensor]] = {}
     sums = {la.name: np.zeros((la.groups, 2)) for la in layers}
 
     def per_group(la: TorchLayer, t: torch.Tensor) -> torch.Tensor:
@@ -224,13 +271,14 @@ def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[Torch
 
     def ref_hook(layer):
         def fn(_mod, _inputs, out):
-            ref_out[layer.name] = out.detach()
+            ref_out.setdefault(layer.name, []).append(out.detach())
         return fn
 
     def on_output(layer):
         def fn(_mod, _inputs, out):
-            if layer.name in ref_out:
-                a, b = per_group(layer, out.detach()), per_group(layer, ref_out.pop(layer.name))
+            if ref_out.get(layer.name):
+                a = per_group(layer, out.detach())
+                b = per_group(layer, ref_out[layer.name].pop(0))
                 sums[layer.name][:, 0] += ((a - b) ** 2).sum(1).numpy()
                 sums[layer.name][:, 1] += (b ** 2).sum(1).numpy()
         return fn

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from layertrim.adapters.torch_calib import INPUT_KEYS
 from layertrim.atomic import _write_atomically, check_not_input
 from layertrim.errors import InvalidInputError
 
@@ -378,7 +379,7 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
     return list(torch.split(x, batch_size))
 
 
-CALIB_KEYS = ("x", "X", "inputs", "input", "data")
+CALIB_KEYS = INPUT_KEYS
 
 
 def _calibration_inputs(obj) -> torch.Tensor | None:

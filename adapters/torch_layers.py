@@ -138,7 +138,8 @@ def _patterns(spec) -> list[re.Pattern]:
 def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer]:
     """The Linear/Conv1d/Conv2d modules of ``model`` in registration order; a module whose
     weight is another's (tied weights) is left to the first (a warning says so): pruned once,
-    counted once.
+    counted once; nn.MultiheadAttention's out_proj is left out (with a warning): the attention
+    uses its weight without calling it, so no hook sees its inputs.
 
     Parameters
     ----------
@@ -150,8 +151,15 @@ def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer
     inc, exc = _patterns(include), _patterns(exclude)
     found, names = [], []
     owner: dict[int, str] = {}  # weight tensor -> the layer that prunes it
+    # nn.MultiheadAttention reads its out_proj's weight without calling the module: no hook
+    # sees its inputs (every model with one was refused, "never ran in the forward pass")
+    attention = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    skipped = []
     for name, mod in model.named_modules():
         if not isinstance(mod, PRUNABLE):
+            continue
+        if id(mod) in attention:
+            skipped.append(name)
             continue
         names.append(name)
         if inc and not any(p.fullmatch(name) for p in inc):
@@ -166,8 +174,30 @@ def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer
             continue
         owner[key] = name
         found.append(TorchLayer(name, mod))
+    if skipped:
+        warnings.warn(f"left unpruned: {skipped} (nn.MultiheadAttention's out_proj, whose "
+                      f"weight the attention uses without calling the layer)", stacklevel=2)
     if not found:
         raise InvalidInputError(f"no prunable layer matches include={include!r} "
                                 f"exclude={exclude!r}; prunable layers: {names}")
+    for kind, pats in (("include", inc), ("exclude", exc)):
+        for p in pats:
+            if not any(p.fullmatch(n) for n in names):  # a typo would pass unnoticed
+                warnings.warn(f"{kind} pattern {p.pattern!r} matches no prunable layer "
+                              f"(prunable layers: {names})", stacklevel=2)
+    _warn_shared_elsewhere(model, owner)
     return found
+
+
+def _warn_shared_elsewhere(model: nn.Module, owner: dict[int, str]) -> None:
+    """A pruned weight that another, non-prunable module also holds (an embedding tied to an
+    output layer) is pruned there too: say so."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, PRUNABLE):
+            continue
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in owner:
+                warnings.warn(f"layer {owner[id(p)]}'s weight is also {name}.{pname} "
+                              f"({type(mod).__name__}): pruning the layer prunes it there too",
+                              stacklevel=3)
 

@@ -114,8 +114,9 @@ PINV_RTOL = 1e-6  # eigenvalue cut of the rank-deficient fallback, relative to t
 def cascade_target(W: np.ndarray, b: np.ndarray | None,
                    g: Gram) -> tuple[np.ndarray, np.ndarray | None]:
     """The dense weights that best map the pruned network's inputs X_hat to the original
-    layer's outputs X W^T + b: the least-squares solution of X_hat_a W'^T = X_a W_a^T, from
-    H = X_hat^T X_hat and the cross term X_hat^T X alone. Pruning W' on H then minimises
+    layer's outputs X W^T + b: the least-squares solution of X_hat_a W'^T = X_a W_a^T nearest
+    to W (W plus the minimum-norm change), from H = X_hat^T X_hat and the cross term X_hat^T X
+    alone. Pruning W' on H then minimises
     ||X_hat_a W_pruned^T - X_a W_a^T||^2, the cascade objective, with any Gram solver."""
     import scipy.linalg
 
@@ -129,16 +130,23 @@ def cascade_target(W: np.ndarray, b: np.ndarray | None,
         C = np.empty((d + 1, d + 1))
         C[:d, :d], C[:d, d], C[d, :d], C[d, d] = g.cross, g.sum, g.sum0, g.n
         Wa = np.hstack([W, b[:, None]])
+    # solved for the change from W rather than for the weights themselves: where the pruned
+    # inputs carry no information (fewer rows than inputs, constant or dead inputs) the
+    # damping then keeps W's own weights instead of shrinking them to zero (which rewrote
+    # every layer of a rank-deficient network by 70-90% at sparsity 0), and with X_hat = X
+    # (the first layer, an unpruned prefix) the target is W exactly
+    R = C @ Wa.T - H @ Wa.T  # X_hat^T (X W^T - X_hat W^T)
     H[np.diag_indices_from(H)] += CASCADE_DAMP * max(float(np.mean(np.diag(H))), 1e-300)
     try:
-        Wt = scipy.linalg.solve(H, C @ Wa.T, assume_a="pos").T
+        D = scipy.linalg.solve(H, R, assume_a="pos").T
     except np.linalg.LinAlgError:
-        # X_hat is rank-deficient (fewer rows than inputs, or dependent inputs) and the Gram's
-        # rounding (float32 sums, adapters/torch.py) exceeds the damping in its null space:
-        # take the minimum-norm least-squares solution, cutting eigenvalues at that rounding
+        # X_hat is rank-deficient and the Gram's rounding (float32 sums, adapters/torch.py)
+        # exceeds the damping in its null space: the minimum-norm change, cutting eigenvalues
+        # at that rounding
         lam, Vec = scipy.linalg.eigh(H)
         keep = lam > PINV_RTOL * lam[-1]
-        Wt = ((Vec[:, keep] / lam[keep]) @ (Vec[:, keep].T @ (C @ Wa.T))).T
+        D = ((Vec[:, keep] / lam[keep]) @ (Vec[:, keep].T @ R)).T
+    Wt = Wa + D
     return (Wt, None) if b is None else (Wt[:, :d], Wt[:, d])
 
 

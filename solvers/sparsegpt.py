@@ -65,7 +65,8 @@ def solve(problem: LayerProblem, *, blocksize: int = 128, damp: float = 0.01) ->
     H = problem.H.copy()
     dead = np.flatnonzero(np.diag(H)[:d] == 0)
     H[dead, dead] = 1.0  # an input that is always zero: its weights can go first, for free
-    W[:, dead] = 0.0
+    if problem.nnz < m * d:  # (with nothing to prune, W stays as it is, off the data too)
+        W[:, dead] = 0.0
     U, lam = inverse_hessian_factor(H, damp, problem.mean_diag())
 
     B = int(blocksize)

@@ -162,9 +162,10 @@ def test_cascade_target_is_the_least_squares_map_to_the_dense_outputs():
     np.testing.assert_allclose(np.hstack([Wt, bt[:, None]]), ref, rtol=1e-6, atol=1e-8)
 
 
-def test_cascade_target_of_a_rank_deficient_float32_gram_is_the_min_norm_fit():
+def test_cascade_target_of_a_rank_deficient_float32_gram_is_the_fit_nearest_w():
     """Fewer rows than inputs and a Gram rounded in float32 (as a float32 model's is): the
-    damped Cholesky fails, and the target must be the minimum-norm least-squares fit."""
+    damped Cholesky fails, and the target must be the least-squares fit nearest W (W plus
+    the minimum-norm change), which keeps W where the data says nothing."""
     from layertrim.layerwise.schedule import cascade_target
 
     rng = np.random.default_rng(1)
@@ -177,7 +178,9 @@ def test_cascade_target_of_a_rank_deficient_float32_gram_is_the_min_norm_fit():
         np.linalg.cholesky(g.augmented() + 1e-8 * np.mean(np.diag(g.augmented())) * np.eye(31))
     Wt, bt = cascade_target(W, b, g)
     A = np.hstack([X_hat, np.ones((12, 1))])
-    ref = np.linalg.lstsq(A, X @ W.T + b, rcond=None)[0].T  # minimum norm, from the samples
+    Wa = np.hstack([W, b[:, None]])
+    # the minimum-norm change, from the samples
+    ref = Wa + np.linalg.lstsq(A, X @ W.T + b - A @ Wa.T, rcond=None)[0].T
     np.testing.assert_allclose(np.hstack([Wt, bt[:, None]]), ref, rtol=1e-3, atol=1e-4)
 
 
