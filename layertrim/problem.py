@@ -263,8 +263,10 @@ def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
 
 
 def round_half_up(x: float) -> int:
-    """Round to nearest with halves up, so the count never depends on banker's rounding."""
-    return int(np.floor(x + 0.5))
+    """Round to nearest with halves up, so the count never depends on banker's rounding. A
+    half that binary floating point put a hair below (0.145 * 100 = 14.499999999999998)
+    rounds up as the decimal the user typed does."""
+    return int(np.floor(x + 0.5 + 1e-9 * max(1.0, abs(x))))
 
 
 def error_ratio(objective: float, reference: float) -> float:

@@ -89,14 +89,14 @@ def global_allocation(curves: np.ndarray, sizes: Sequence[int], target: float, *
     unit = sizes.sum() / bins
     # counts round half up, as the layer problems and exact_counts round them (rounding the
     # levels down made a reachable target unreachable on small layers: 0.985 of 101 + 103)
-    need = int(np.floor(target * sizes.sum() / unit + 0.5))
+    need = round_half_up(target * sizes.sum() / unit)
     # cost[b] = least error with at least b budget units pruned so far (b capped at need)
     cost = np.full(need + 1, np.inf)
     cost[0] = 0.0
     choice = np.zeros((L, need + 1), dtype=np.int64)
     for i in range(L):
         new = np.full(need + 1, np.inf)
-        units = np.floor(grid * sizes[i] / unit + 0.5).astype(np.int64)
+        units = np.array([round_half_up(v) for v in grid * sizes[i] / unit], dtype=np.int64)
         for k in range(K):
             u = int(units[k])
             cand = cost + curves[i, k]

@@ -26,6 +26,7 @@ from layertrim.solvers.l0_scaled import ScaledLS, StopRule, finish, support_chan
 from layertrim.solvers.refit_pcg import pcg_refit
 from layertrim.solvers.registry import register
 from layertrim.solvers.swaps import swap_search, transfer_between_rows
+from layertrim.validate import check_bool
 
 
 def lambda_max(H: np.ndarray) -> float:
@@ -92,6 +93,9 @@ def solve(
     refit : end with the exact least-squares refit on the final support.
     """
     t0 = time.perf_counter()
+    momentum = check_bool("momentum", momentum)
+    float32 = check_bool("float32", float32)
+    refit = check_bool("refit", refit)
     check_positive("max_iter", max_iter, integer=True)
     check_positive("patience", patience, integer=True)
     check_positive("tol", tol)

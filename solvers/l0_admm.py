@@ -30,6 +30,7 @@ from layertrim.result import LayerResult
 from layertrim.solvers.common import check_positive
 from layertrim.solvers.l0_scaled import ScaledLS, StopRule, finish, support_change
 from layertrim.solvers.registry import register
+from layertrim.validate import check_bool
 
 
 def rho_factor(changed: int, nnz: int) -> float:
@@ -99,6 +100,8 @@ def solve(
     LayerResult; ``history`` has per-iteration rho, support change, residual and objective.
     """
     t0 = time.perf_counter()
+    float32 = check_bool("float32", float32)
+    refit = check_bool("refit", refit)
     check_positive("rho", rho)
     check_positive("max_iter", max_iter, integer=True)
     check_positive("patience", patience, integer=True)

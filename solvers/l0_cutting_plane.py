@@ -264,9 +264,12 @@ class _Master:
                 res = milp(np.append(np.zeros(d), 1.0), bounds=bounds, constraints=cons,
                            integrality=np.append(np.full(d, 0 if relax else 1), 0),
                            options={**opts, "presolve": presolve})
-                if res.status != 4:
-                    break
-        if res.status == 2:
+                if res.status != 4 or "limit" in str(res.message).lower():
+                    break  # (a limit, HiGHS's "solution limit" under node_limit, is no failure)
+        code = res.status
+        if code == 4 and "limit" in str(res.message).lower():
+            code = 1  # scipy's "other" for HiGHS's node/solution limits: an iteration limit
+        if code == 2:
             return None, ub, 0
         z = None
         if res.x is not None:
@@ -275,8 +278,8 @@ class _Master:
         # the dual bound, not the incumbent: with a loose mip_rel_gap only it is a lower bound
         bound = res.get("mip_dual_bound")
         if bound is None or not np.isfinite(bound):
-            bound = res.fun if res.status == 0 and relax else 0.0
-        return z, max(bound, 0.0) * self.scale, res.status
+            bound = res.fun if code == 0 and relax else 0.0
+        return z, max(bound, 0.0) * self.scale, code
 
 
 def _check_options(ridge, slack, gap_tol, max_cuts, time_limit, node_limit, max_inputs,
@@ -377,6 +380,11 @@ def solve(problem: LayerProblem, *, ridge: float = 1e-6, slack: float = 0.0,
     t0 = time.perf_counter()
     _check_options(ridge, slack, gap_tol, max_cuts, time_limit, node_limit, max_inputs,
                    warm_start, refit)
+    if problem.activation != "relu":
+        raise InvalidInputError(
+            f"l0-cutting-plane solves the ReLU layer's l0 model (the fit on Omega, the bounds "
+            f"off it); this layer's activation is {problem.activation!r}: pass "
+            f"activation='relu' for a ReLU layer, or use iht / l0-admm for least squares")
     if problem.X is None:
         raise InvalidInputError("l0-cutting-plane needs the calibration inputs X, not only "
                                 "the Gram")

@@ -5,7 +5,7 @@ With s = sqrt(diag H), the substitution W~ = W diag(s) turns
 into the same form with H~ = diag(s)^-1 H diag(s)^-1, whose diagonal is 1. Two things follow:
 one step size and one penalty rho fit every layer (the spectrum of H~ averages 1), and the
 top-k projection of W~ ranks weights by |w_ij| * ||x_j||, the scale-aware score of Wanda,
-instead of raw magnitude. The bias (last augmented column) is never projected.
+instead of raw magnitude. A bias is eliminated before (``ScaledLS``) and put back after.
 """
 
 from __future__ import annotations
@@ -30,14 +30,33 @@ STABLE_FRACTION = 1e-5
 
 
 class ScaledLS:
-    """H~, W0~ and the projection onto the pattern, for one layer problem."""
+    """H~, W0~ and the projection onto the pattern, for one layer problem.
+
+    A bias is eliminated first: for any W the best bias is b0 - (W - W0) mu (mu the inputs'
+    means), which leaves tr((W - W0) Hc (W - W0)^T) with the centred Gram
+    Hc = H_ww - s s^T / n. The iterations, the scale and the projection then see the inputs'
+    spread rather than their raw size (on inputs with offsets the uncentred form chose
+    supports 1.2-1.4x worse), and ``unscale`` puts the bias back. Inputs that carry nothing
+    (zero, or constant under a bias) start with weight 0: no iteration moves a weight the
+    objective does not see, and the uncentred start kept them (30x the error on a layer with
+    two dead inputs)."""
 
     def __init__(self, problem: LayerProblem, dtype=np.float64):
         self.problem = problem
-        self.d = problem.d
-        self.s = unit_diagonal_scale(problem.H)
-        self.H = ((problem.H / self.s[:, None]) / self.s[None, :]).astype(dtype)
-        self.W0 = (problem.W0a * self.s).astype(dtype)
+        d = self.d = problem.d
+        H, W0 = problem.H, problem.W0a
+        self.mu = None
+        if problem.bias is not None:
+            n = float(H[d, d])
+            self.mu = H[:d, d] / n if n > 0 else np.zeros(d)
+            H = H[:d, :d] - np.outer(H[:d, d], self.mu)
+            H = (H + H.T) / 2
+            W0 = W0[:, :d]
+        self.s = unit_diagonal_scale(H)
+        self.H = ((H / self.s[:, None]) / self.s[None, :]).astype(dtype)
+        W0s = W0 * self.s
+        W0s[:, np.diag(H) <= 0] = 0.0
+        self.W0 = W0s.astype(dtype)
         self.dtype = dtype
 
     def project(self, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +68,13 @@ class ScaledLS:
         return D, mask
 
     def unscale(self, W: np.ndarray) -> np.ndarray:
-        return W.astype(np.float64) / self.s
+        """Original coordinates, with the best bias for these weights where there is one."""
+        W = W.astype(np.float64) / self.s
+        if self.mu is None:
+            return W
+        p = self.problem
+        b = p.bias - (W - p.W0a[:, : self.d]) @ self.mu
+        return np.hstack([W, b[:, None]])
 
 
 class StopRule:

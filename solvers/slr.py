@@ -32,6 +32,7 @@ from layertrim.solvers.common import check_positive
 from layertrim.solvers.l0_admm import EigenBasis, rho_factor
 from layertrim.solvers.l0_scaled import ScaledLS, StopRule, finish, support_change
 from layertrim.solvers.registry import register
+from layertrim.validate import check_bool
 
 
 def slr_alpha(k: int, M: float, r: float) -> float:
@@ -81,6 +82,8 @@ def solve(
     whether it was accepted, the step size and the objective of D.
     """
     t0 = time.perf_counter()
+    float32 = check_bool("float32", float32)
+    refit = check_bool("refit", refit)
     for name, val in (("rho", rho), ("s0", s0), ("M", M), ("r", r), ("tol", tol)):
         check_positive(name, val)
     if not (M > 1 and r < 1):  # the step-size rule's convergence conditions (else alpha_k

@@ -44,5 +44,7 @@ def solve(problem: LayerProblem, *, comparison: str = "row") -> LayerResult:
         mask = _per_row_layer_mask(scores, k)
     else:  # global ranking, or a row / N:M pattern that already compares within rows
         mask = project_mask(scores, pat, k)
+    # a row or N:M pattern compares within rows whatever was asked: the settings say so
+    used = comparison if pat.kind == "layer" else "row"
     return finalize(problem, problem.W0a, mask, solver="wanda",
-                    settings={"comparison": comparison}, t0=t0, iterations=1)
+                    settings={"comparison": used}, t0=t0, iterations=1)

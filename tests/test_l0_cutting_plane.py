@@ -217,7 +217,8 @@ def test_d30_neuron_at_33_percent_sparsity():
 def test_no_switched_off_samples_is_ridge_least_squares():
     rng = np.random.default_rng(9)
     X = correlated_inputs(60, 8, seed=9)
-    P = LayerProblem.create(rng.standard_normal((1, 8)), X, bias=[100.0], nnz=4, pattern="row")
+    P = LayerProblem.create(rng.standard_normal((1, 8)), X, bias=[100.0], nnz=4, pattern="row",
+                            activation="relu")
     assert len(neuron_models(P)[0].C) == 0  # every sample active: no constraint, Cholesky
     check_against_brute_force(P, cp.solve(P, **FAST), 4)
 
@@ -266,7 +267,7 @@ def test_dead_neuron_is_pruned_to_zero():
     X = correlated_inputs(40, 6, seed=1)
     W = rng.standard_normal((1, 6))
     b = np.array([-1e3])  # never active on the data
-    P = LayerProblem.create(W, X, bias=b, nnz=3, pattern="row")
+    P = LayerProblem.create(W, X, bias=b, nnz=3, pattern="row", activation="relu")
     r = cp.solve(P, **FAST)
     assert r.status == "optimal" and r.nnz == 3
     assert r.certificate["upper_bound"] == [0.0]
@@ -286,7 +287,7 @@ def test_registered_and_run_passes_refit_through():
 def test_needs_calibration_inputs():
     X = correlated_inputs(50, 8, seed=0)
     W = np.random.default_rng(0).standard_normal((2, 8))
-    P = LayerProblem.create(W, gram=X.T @ X, nnz=8, pattern="row")
+    P = LayerProblem.create(W, gram=X.T @ X, nnz=8, pattern="row", activation="relu")
     with pytest.raises(InvalidInputError, match="calibration inputs X"):
         cp.solve(P, **FAST)
 
@@ -316,3 +317,13 @@ def test_bad_options(option):
     with pytest.raises(InvalidInputError):
         cp.solve(P, **{**FAST, **option})
     assert issubclass(InvalidInputError, ValueError)
+
+
+def test_a_layer_that_is_not_relu_is_refused():
+    import layertrim as lt
+    from layertrim.errors import InvalidInputError
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(InvalidInputError, match="ReLU"):
+        lt.solve_layer(rng.standard_normal((2, 6)), rng.standard_normal((40, 6)), sparsity=0.5,
+                       method="l0-cutting-plane", activation="linear")

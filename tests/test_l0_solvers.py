@@ -184,3 +184,40 @@ def test_nothing_to_prune_and_degenerate_inputs(method):
     assert r.nnz == W.size and r.objective == pytest.approx(0.0, abs=1e-10)
     r = solve_layer(W, X, nnz=1, method=method)
     assert r.nnz == 1 and np.isfinite(r.objective)
+
+
+@pytest.mark.parametrize("method", ["l0-admm", "slr", "iht"])
+def test_dead_inputs_get_no_weight_and_offsets_do_not_steer_the_support(method):
+    # two inputs are always zero and carry the largest weights; the live ones have offsets
+    import itertools
+
+    import layertrim as lt
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((30, 6)) + 2 * rng.standard_normal(6)
+    X[:, [0, 3]] = 0.0
+    W = rng.standard_normal((1, 6))
+    W[:, [0, 3]] *= 10
+    b = rng.standard_normal(1)
+    r = lt.solve_layer(W, X, bias=b, nnz=2, method=method)
+    assert not r.mask[:, [0, 3]].any()
+    A = np.hstack([X, np.ones((30, 1))])
+    target = X @ W.T + b
+    best = np.inf
+    for keep in itertools.combinations(range(6), 2):  # brute force, refit with the bias
+        cols = list(keep) + [6]
+        sol = np.linalg.lstsq(A[:, cols], target, rcond=None)[0]
+        best = min(best, float(np.sum((A[:, cols] @ sol - target) ** 2)))
+    # heuristics: near the optimum (keeping dead inputs cost 30x, the uncentred scale 1.2-1.4x)
+    assert r.rel_error <= 1.2 * best / float(np.sum(target ** 2))
+
+
+@pytest.mark.parametrize("method,option", [("l0-admm", "refit"), ("slr", "float32"),
+                                           ("iht", "momentum")])
+def test_boolean_options_refuse_other_values(method, option):
+    import layertrim as lt
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=option):
+        lt.solve_layer(rng.standard_normal((3, 6)), rng.standard_normal((20, 6)),
+                       sparsity=0.5, method=method, **{option: "no"})

@@ -99,3 +99,13 @@ def test_layer_topk_on_large_inputs_uses_the_bracket_and_stays_exact(k):
     tied = np.flatnonzero(scores.ravel() == kth)
     kept_tied = mask.ravel()[tied]
     assert np.all(np.diff(kept_tied.astype(int)) <= 0)
+
+
+def test_a_decimal_half_rounds_up_whatever_its_binary_value():
+    from layertrim.problem import LayerProblem
+
+    rng = np.random.default_rng(0)
+    for s in (0.145, 0.285, 0.565, 0.575):  # s * 100 is a hair below the half in binary
+        p = LayerProblem.create(rng.standard_normal((1, 100)), rng.standard_normal((5, 100)),
+                                sparsity=s)
+        assert 100 - p.nnz == int(s * 1000 + 5) // 10  # 14.5 -> 15 pruned, as typed
