@@ -291,7 +291,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
         check_sparsity_values(sparsity)
         if not sparsity:
             raise InvalidInputError("the sparsity dict is empty: name the layers to prune")
-        prunable = [la.name for la in find_layers(model)]
+        prunable = [la.name for la in find_layers(model, quiet=True)]
         unknown = [name for name in sparsity if name not in prunable]
         if unknown:
             raise InvalidInputError(f"unknown layers {unknown} in the sparsity dict; the "
@@ -305,6 +305,16 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     if one_shot and get_solver(method).per_sample:
         raise InvalidInputError(f"method {method!r} runs the calibration data more than once: "
                                 f"pass a list, a tensor or a DataLoader, not a one-shot iterator")
+    if mask_convention:  # weight_orig on one module, the plain shared tensor on another:
+        held = {}  # such a state_dict loads back into neither
+        for mname, mod in model.named_modules():
+            for pname, p in mod.named_parameters(recurse=False):
+                held.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+        tied = [held[id(la.module.weight)] for la in found
+                if len(held.get(id(la.module.weight), [])) > 1]
+        if tied:
+            raise InvalidInputError(f"mask_convention cannot keep masks on tied weights "
+                                    f"({tied[0]} are one tensor): prune without it")
     for la in found:
         computed = hasattr(la.module, "weight_orig") or "weight" in getattr(
             la.module, "parametrizations", {}) or hasattr(la.module, "weight_v")

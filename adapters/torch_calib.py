@@ -221,7 +221,7 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                     raise InvalidInputError(f"the reference model has no module {la.name}")
                 handles.append(ref_modules[la.name].register_forward_hook(ref_hook(la)))
         for net in (model, reference) if reference is not None else (model,):
-            for la in find_layers(net):
+            for la in find_layers(net, quiet=True):
                 handles.append(la.module.register_forward_pre_hook(
                     lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
         ref_mode = eval_mode(reference) if reference is not None else contextlib.nullcontext()

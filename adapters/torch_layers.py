@@ -135,7 +135,8 @@ def _patterns(spec) -> list[re.Pattern]:
         raise InvalidInputError(f"bad layer name pattern {spec!r}: {e}") from None
 
 
-def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer]:
+def find_layers(model: nn.Module, include=None, exclude=None, *,
+                quiet: bool = False) -> list[TorchLayer]:
     """The Linear/Conv1d/Conv2d modules of ``model`` in registration order; a module whose
     weight is another's (tied weights) is left to the first (a warning says so): pruned once,
     counted once; nn.MultiheadAttention's out_proj is left out (with a warning): the attention
@@ -145,6 +146,7 @@ def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer
     ----------
     include, exclude : a name, a regex, or a list of them, matched against the whole module
         name (``re.fullmatch``); include keeps only matching layers, exclude drops them.
+    quiet : no warnings (for the internal look-ups that follow the user-facing one).
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -158,28 +160,31 @@ def find_layers(model: nn.Module, include=None, exclude=None) -> list[TorchLayer
     for name, mod in model.named_modules():
         if not isinstance(mod, PRUNABLE):
             continue
-        if id(mod) in attention:
-            skipped.append(name)
-            continue
         names.append(name)
         if inc and not any(p.fullmatch(name) for p in inc):
             continue
         if any(p.fullmatch(name) for p in exc):
             continue
+        if id(mod) in attention:
+            skipped.append(name)
+            continue
         key = id(getattr(mod, "weight_orig", mod.weight))
         if key in owner:  # tied weights: pruned once, by the first layer that holds them
-            warnings.warn(f"layer {name} shares its weight with layer {owner[key]}: the "
-                          f"shared tensor is pruned once, on {owner[key]}'s inputs",
-                          stacklevel=2)
+            if not quiet:
+                warnings.warn(f"layer {name} shares its weight with layer {owner[key]}: the "
+                              f"shared tensor is pruned once, on {owner[key]}'s inputs",
+                              stacklevel=2)
             continue
         owner[key] = name
         found.append(TorchLayer(name, mod))
-    if skipped:
+    if skipped and not quiet:
         warnings.warn(f"left unpruned: {skipped} (nn.MultiheadAttention's out_proj, whose "
                       f"weight the attention uses without calling the layer)", stacklevel=2)
     if not found:
         raise InvalidInputError(f"no prunable layer matches include={include!r} "
                                 f"exclude={exclude!r}; prunable layers: {names}")
+    if quiet:
+        return found
     for kind, pats in (("include", inc), ("exclude", exc)):
         for p in pats:
             if not any(p.fullmatch(n) for n in names):  # a typo would pass unnoticed

@@ -244,7 +244,7 @@ def weight_sparsity(model: nn.Module) -> float:
     """Fraction of exactly-zero weights over the model's Linear/Conv layers."""
     from layertrim.adapters.torch import find_layers
 
-    ws = [la.module.weight for la in find_layers(model)]
+    ws = [la.module.weight for la in find_layers(model, quiet=True)]
     return float(sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws))
 
 

@@ -147,7 +147,7 @@ def whole_model(name: str, model, Xtr, Xte, yte, dense_acc: float) -> None:
     rows, last = [], None
     for s in SPARSITIES:
         base = copy.deepcopy(model)
-        params = [(la.module, "weight") for la in find_layers(base)]
+        params = [(la.module, "weight") for la in find_layers(base, quiet=True)]
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=s)
         for mod, attr in params:
             prune.remove(mod, attr)

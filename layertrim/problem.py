@@ -266,7 +266,7 @@ def round_half_up(x: float) -> int:
     """Round to nearest with halves up, so the count never depends on banker's rounding. A
     half that binary floating point put a hair below (0.145 * 100 = 14.499999999999998)
     rounds up as the decimal the user typed does."""
-    return int(np.floor(x + 0.5 + 1e-9 * max(1.0, abs(x))))
+    return int(np.floor(x + 0.5 + 8 * np.spacing(abs(x) + 0.5)))  # a few ulps, any size
 
 
 def error_ratio(objective: float, reference: float) -> float:

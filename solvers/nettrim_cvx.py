@@ -100,12 +100,17 @@ def _build(cp, Xa, t: NetTrimTargets, d: int, m: int, support=None):
 
 
 def certificate(Xa, W: np.ndarray, t: NetTrimTargets) -> dict:
-    """Constraint violations of W: on Omega relative to eps, and the max off Omega."""
+    """Constraint violations of W: on Omega relative to eps (to the fit's target where eps is
+    0, as ``nettrim_engine.relative_violation``), and the max off Omega."""
     Z = Xa @ W.T
     fit = Z - t.Y if t.omega is None else np.where(t.omega, Z - t.Y, 0.0)
+    target = t.Y if t.omega is None else np.where(t.omega, t.Y, 0.0)
     eps = np.asarray(t.eps, dtype=np.float64)
-    norm = np.linalg.norm(fit, axis=0) if eps.ndim == 1 else np.linalg.norm(fit)
-    rel = np.max(np.maximum(norm - eps, 0.0) / np.maximum(eps, 1e-300))
+    per = eps.ndim == 1
+    norm = np.linalg.norm(fit, axis=0) if per else np.linalg.norm(fit)
+    scale = np.where(eps > 0, eps, np.linalg.norm(target, axis=0) if per
+                     else np.linalg.norm(target))
+    rel = np.max(np.maximum(norm - eps, 0.0) / np.maximum(scale, 1e-300))
     off = 0.0
     if t.omega is not None and (~t.omega).any():
         off = float(max(np.max((Z - t.V)[~t.omega]), 0.0))

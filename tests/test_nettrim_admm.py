@@ -522,3 +522,17 @@ def test_a_cascade_target_past_gain_one_is_reached():
                        eps_min=t.eps, target_sparsity=0.7)
     assert r.certificate["target_met"] and abs(r.sparsity - 0.7) <= 0.01
     assert r.certificate["gain"] > 1
+
+
+@pytest.mark.parametrize("bias_scale", [1e-6, 0.05])
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_a_small_bias_keeps_the_optimum(bias_scale, activation):
+    # the ones column is rescaled only for a bias far above the weights' scale: scaled down
+    # for a small one, the iteration stopped 1e-3 above the optimum
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((150, 12)) + 2
+    W, b = rng.standard_normal((5, 12)), bias_scale * rng.standard_normal(5)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation=activation, gain=0.1)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation=activation, gain=0.1)
+    assert r.certificate["converged"]
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=2e-4)

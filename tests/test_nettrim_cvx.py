@@ -160,3 +160,12 @@ def test_an_all_zero_layer_keeps_no_solver_residue():
     r = lt.solve_layer(np.zeros((3, 8)), X, bias=np.abs(rng.standard_normal(3)) + 0.1,
                        method="nettrim-cvx", activation="relu", gain=0.1)
     assert r.nnz == 0 and r.sparsity == 1.0
+
+
+@pytest.mark.parametrize("eps", [0.0, [0.0, 1.0, 1.0]])
+def test_an_exact_fit_is_solved_not_inaccurate(eps):
+    rng = np.random.default_rng(0)
+    X, W, b = rng.standard_normal((40, 6)), rng.standard_normal((3, 6)), rng.standard_normal(3)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="linear", eps=eps,
+                       per_neuron=isinstance(eps, list))
+    assert r.status == "solved" and r.certificate["omega_violation_rel"] <= 1e-6

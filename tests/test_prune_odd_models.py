@@ -172,3 +172,22 @@ def test_a_model_that_cannot_be_copied_is_refused_for_the_cascade():
     with pytest.raises(InvalidInputError, match="parallel"):
         lt.prune_model(net, torch.randn(16, 8), sparsity=0.5, method="magnitude",
                        executor="serial")
+
+
+def test_excluding_attention_warns_of_nothing():
+    import warnings
+
+    torch.manual_seed(0)
+    m = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        lt.prune_model(m, torch.randn(8, 5, 16), sparsity=0.5, method="magnitude",
+                       exclude="self_attn.*", allocation="uniform", executor="serial")
+
+
+def test_counts_round_to_the_nearest_whole_weight_at_any_size():
+    from layertrim.problem import round_half_up
+
+    assert round_half_up(0.145 * 100) == 15  # a binary hair below the half
+    assert round_half_up(0.123 * 100000004) == 12300000  # 12300000.492
+    assert round_half_up(1e8 + 0.45) == 100000000

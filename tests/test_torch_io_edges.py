@@ -199,3 +199,12 @@ def test_a_torchscript_model_with_a_non_persistent_buffer_is_pruned_back_to_torc
     pruned = torch.jit.load(str(out))
     assert float((pruned.fc.weight == 0).float().mean()) == 0.5
     assert torch.equal(pruned.scale, model.scale)
+
+
+def test_tied_weights_refuse_the_mask_convention_before_any_work():
+    model = tied()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InvalidInputError, match="tied"):
+        lt.prune_model(model, [X], sparsity=0.5, method="magnitude", executor="serial",
+                       mask_convention=True)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
