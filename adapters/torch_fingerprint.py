@@ -24,10 +24,13 @@ def model_fingerprint(model: nn.Module) -> str:
     and every entry of the state_dict (names, dtypes, shapes,
     values): the layers that are not pruned shape the Grams too."""
     h = hashlib.sha256()
+    sources: dict[type, str] = {}  # one read of a class's source, however many instances
     for name, mod in model.named_modules():
         cls = type(mod)
+        if cls not in sources:
+            sources[cls] = _forward_source(cls)
         h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{mod.extra_repr()}|"
-                 f"{_plain_attributes(mod)}|{_forward_source(cls)}\n".encode())
+                 f"{_plain_attributes(mod)}|{sources[cls]}\n".encode())
     for name, t in model.state_dict().items():
         if isinstance(t, torch.Tensor):
             _update(h, name, t)

@@ -332,8 +332,8 @@ def _scripted_with(state: dict, source) -> bytes:
 
 
 def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
-    """Calibration inputs from a .pt (a tensor, a dict with one of CALIB_KEYS, an (inputs,
-    labels) pair, or a list of batches or pairs) or an .npz (one of CALIB_KEYS, else its only
+    """Calibration inputs from a .pt (a tensor, a dict with one of INPUT_KEYS, an (inputs,
+    labels) pair, or a list of batches or pairs) or an .npz (one of INPUT_KEYS, else its only
     array), split into batches. Integer inputs (raw uint8 images) are refused: their scale is
     the user's to set."""
     import numpy as np
@@ -348,10 +348,10 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
         try:
             with np.load(path, allow_pickle=False) as f:
                 keys = list(f.keys())
-                key = next((k for k in CALIB_KEYS if k in keys), None)
+                key = next((k for k in INPUT_KEYS if k in keys), None)
                 if key is None and len(keys) != 1:
                     raise InvalidInputError(f"{path}: expected an array named one of "
-                                            f"{CALIB_KEYS}, found {keys}")
+                                            f"{INPUT_KEYS}, found {keys}")
                 x = torch.from_numpy(f[key or keys[0]])
         except InvalidInputError:
             raise
@@ -367,7 +367,7 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
         x = _calibration_inputs(obj)
         if x is None:
             raise InvalidInputError(
-                f"{path}: expected a tensor of inputs, a dict with one of {CALIB_KEYS}, an "
+                f"{path}: expected a tensor of inputs, a dict with one of {INPUT_KEYS}, an "
                 f"(inputs, labels) pair, or a list of input batches or (inputs, labels) pairs; "
                 f"found a {type(obj).__name__}")
     if x.dim() < 1 or len(x) == 0:
@@ -379,17 +379,15 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
     return list(torch.split(x, batch_size))
 
 
-CALIB_KEYS = INPUT_KEYS
-
 
 def _calibration_inputs(obj) -> torch.Tensor | None:
-    """The input tensor of a loaded calibration object: a tensor; a dict's CALIB_KEYS entry;
+    """The input tensor of a loaded calibration object: a tensor; a dict's INPUT_KEYS entry;
     the first of an (inputs, labels) pair; a list of input batches or of such pairs
     (concatenated)."""
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, dict):
-        return next((obj[k] for k in CALIB_KEYS
+        return next((obj[k] for k in INPUT_KEYS
                      if isinstance(obj.get(k), torch.Tensor)), None)
     if isinstance(obj, (tuple, list)) and obj:
         if isinstance(obj, tuple) and len(obj) == 2 and all(

@@ -135,7 +135,7 @@ def cascade_target(W: np.ndarray, b: np.ndarray | None,
     # damping then keeps W's own weights instead of shrinking them to zero (which rewrote
     # every layer of a rank-deficient network by 70-90% at sparsity 0), and with X_hat = X
     # (the first layer, an unpruned prefix) the target is W exactly
-    R = C @ Wa.T - H @ Wa.T  # X_hat^T (X W^T - X_hat W^T)
+    R = (C - H) @ Wa.T  # X_hat^T (X W^T - X_hat W^T)
     H[np.diag_indices_from(H)] += CASCADE_DAMP * max(float(np.mean(np.diag(H))), 1e-300)
     try:
         D = scipy.linalg.solve(H, R, assume_a="pos").T

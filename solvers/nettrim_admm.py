@@ -53,7 +53,7 @@ from layertrim.solvers.nettrim_rules import (
     floor_gain,
     max_gain,
     radius_at,
-    within,
+    target_met,
 )
 from layertrim.solvers.registry import register
 from layertrim.validate import check_bool
@@ -376,8 +376,7 @@ def solve(
             "iterations": total, "violation_rel": viol, "rho": eng.rho,
             "rho_fit": eng.rho / eng.c**2, "time_breakdown": dict(eng.timing),
             "residuals": hist, "bisection": bisect, **certificate(Xa, W, t),
-            "target_met": None if target is None else bool(
-                within(1.0 - np.count_nonzero(mask) / mask.size, target, max(0.01, 1 / mask.size)))}
+            "target_met": target_met(mask, target)}
     # the l1 path can jump over the +-1% band (several weights reach zero at one gain): the
     # closest solve is returned, and its status says the target was missed
     status = "solved" if cert["target_met"] in (None, True) else "target_missed"

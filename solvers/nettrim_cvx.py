@@ -27,7 +27,8 @@ from layertrim.solvers.nettrim_rules import (
     max_gain,
     parallel_rule,
     radius_at,
-    within,
+    target_met,
+    violation_scale,
 )
 from layertrim.solvers.registry import register
 from layertrim.validate import check_bool, real_finite_array
@@ -104,13 +105,9 @@ def certificate(Xa, W: np.ndarray, t: NetTrimTargets) -> dict:
     0, as ``nettrim_engine.relative_violation``), and the max off Omega."""
     Z = Xa @ W.T
     fit = Z - t.Y if t.omega is None else np.where(t.omega, Z - t.Y, 0.0)
-    target = t.Y if t.omega is None else np.where(t.omega, t.Y, 0.0)
     eps = np.asarray(t.eps, dtype=np.float64)
-    per = eps.ndim == 1
-    norm = np.linalg.norm(fit, axis=0) if per else np.linalg.norm(fit)
-    scale = np.where(eps > 0, eps, np.linalg.norm(target, axis=0) if per
-                     else np.linalg.norm(target))
-    rel = np.max(np.maximum(norm - eps, 0.0) / np.maximum(scale, 1e-300))
+    norm = np.linalg.norm(fit, axis=0) if eps.ndim == 1 else np.linalg.norm(fit)
+    rel = np.max(np.maximum(norm - eps, 0.0) / np.maximum(violation_scale(t, eps), 1e-300))
     off = 0.0
     if t.omega is not None and (~t.omega).any():
         off = float(max(np.max((Z - t.V)[~t.omega]), 0.0))
@@ -248,8 +245,7 @@ def solve(
     feasible = (cert["omega_violation_rel"] <= FEAS_CHECK
                 and cert["off_omega_max_violation"] <= FEAS_CHECK * off_scale)
     result_status = "solved" if status == "optimal" and feasible else "inaccurate"
-    if target is not None and result_status == "solved" and not within(
-            1.0 - np.count_nonzero(mask) / mask.size, target, max(0.01, 1 / mask.size)):
+    if result_status == "solved" and target_met(mask, target) is False:
         result_status = "target_missed"  # the l1 path jumps over the band (see bisect_gain)
     settings = {"program": "linear" if t.omega is None else "relu",
                 "gain": gain, "target_sparsity": target, "per_neuron": per_neuron,

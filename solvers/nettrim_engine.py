@@ -28,7 +28,7 @@ import scipy.linalg.blas
 import scipy.linalg.lapack
 
 from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
-from layertrim.solvers.nettrim_rules import NetTrimTargets
+from layertrim.solvers.nettrim_rules import NetTrimTargets, violation_scale
 
 REFINE_REFRESH = 100  # iterations between float64 reference products in refine mode
 
@@ -286,19 +286,15 @@ def _norm(a: np.ndarray) -> float:
 
 
 def relative_violation(Z: np.ndarray, t: NetTrimTargets, eps) -> float:
-    """dist(Z, C) / eps for the constraint set C of ``t`` (per neuron when eps is an array).
-    Where eps is 0 (an exact fit, which the cascade rule gives a neuron whose inputs pruning
-    left unchanged) the distance is taken relative to the norm of the fit's target instead:
-    relative to 0 it was 1e+297 on a solution that matched the reference."""
+    """dist(Z, C) / eps for the constraint set C of ``t`` (per neuron when eps is an array;
+    where eps is 0, relative to the fit's target: ``violation_scale``)."""
     eps = np.asarray(eps, dtype=np.float64)
-    target = t.Y if t.omega is None else np.where(t.omega, t.Y, 0.0)
+    scale = violation_scale(t, eps)
     fit = Z - t.Y if t.omega is None else np.where(t.omega, Z - t.Y, 0.0)
     over = (np.zeros(Z.shape[1]) if t.omega is None
             else np.sum(np.where(t.omega, 0.0, np.maximum(Z - t.V, 0.0)) ** 2, axis=0))
     if eps.ndim == 1:
         ball = np.maximum(np.sqrt(np.sum(fit**2, axis=0)) - eps, 0.0)
-        scale = np.where(eps > 0, eps, np.sqrt(np.sum(target**2, axis=0)))
         return float(np.max(np.sqrt(ball**2 + over) / np.maximum(scale, 1e-300)))
     ball = max(_norm(fit) - float(eps), 0.0)
-    scale = float(eps) if eps > 0 else _norm(target)
-    return float(np.sqrt(ball**2 + over.sum()) / max(scale, 1e-300))
+    return float(np.sqrt(ball**2 + over.sum()) / max(float(scale), 1e-300))

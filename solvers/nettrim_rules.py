@@ -60,6 +60,28 @@ def max_gain(t) -> float:
 _STEP_OUT = math.log(4.0)  # factor of the gain's steps until the target is bracketed
 
 
+def violation_scale(t: NetTrimTargets, eps) -> np.ndarray:
+    """What a violation is measured against: eps, and where eps is 0 (an exact fit, which the
+    cascade rule gives a neuron whose inputs pruning left unchanged) the norm of the fit's
+    target Y on Omega (per neuron when eps is an array); relative to 0 a solution that matched
+    the reference read 1e+297. The target is looked at only when some radius is 0."""
+    eps = np.asarray(eps, dtype=np.float64)
+    if np.all(eps > 0):
+        return eps
+    target = t.Y if t.omega is None else np.where(t.omega, t.Y, 0.0)
+    norms = np.sqrt(np.sum(target**2, axis=0 if eps.ndim == 1 else None))
+    return np.where(eps > 0, eps, norms)
+
+
+def target_met(mask: np.ndarray, target: float | None) -> bool | None:
+    """Whether the kept fraction of ``mask`` is within +-1% (or one weight) of the sparsity
+    ``target``; None without a target."""
+    if target is None:
+        return None
+    return bool(within(1.0 - np.count_nonzero(mask) / mask.size, target,
+                       max(0.01, 1 / mask.size)))  # a Python bool: `is False` and JSON hold
+
+
 def within(sparsity: float, target: float, tol: float = 0.01) -> bool:
     """|sparsity - target| <= tol, with room for rounding: 1 - 0.99 is 0.0100000000000000089."""
     return abs(sparsity - target) <= tol + 1e-12
