@@ -30,6 +30,7 @@ import scipy.linalg.lapack
 from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
 from layertrim.solvers.nettrim_rules import NetTrimTargets, violation_scale
 
+_dgemm = scipy.linalg.blas.get_blas_funcs("gemm", dtype=np.dtype(np.float64))
 REFINE_REFRESH = 100  # iterations between float64 reference products in refine mode
 
 
@@ -50,7 +51,7 @@ class NetTrimADMM:
                  rho_fit: float, alpha: float = 1.8, dtype=np.float64):
         self.c = float(np.sqrt(rho / rho_fit))
         self.rho, self.alpha, self.d = float(rho), float(alpha), d
-        self.Xa64 = Xa
+        self.Xa64 = np.asfortranarray(Xa, dtype=np.float64)  # restore and dual_bound read it
         self.t = targets
         n, p = Xa.shape
         m = targets.Y.shape[1]
@@ -234,8 +235,8 @@ class NetTrimADMM:
             mean = np.where(cnt > 0, y.sum(axis=0) / np.maximum(cnt, 1), 0.0)
             y = np.where(om, y - mean, y)
             y[:, cnt == 0] = 0.0
-        g = self.gemm(1.0 / self.c, np.asfortranarray(self.Xa64), np.asfortranarray(y),
-                      trans_a=1)
+        g = _dgemm(1.0 / self.c, np.asfortranarray(self.Xa64), np.asfortranarray(y),
+                   trans_a=1)  # float64 whatever the iterations' dtype: a certificate
         # one scale per neuron: the dual constraints are per column, so a neuron whose
         # gradient overshoots 1 does not shrink every other neuron's share of the bound
         scale = np.maximum(1.0, np.max(np.abs(g[: self.d]), axis=0)) if self.d else np.ones(

@@ -106,9 +106,9 @@ def test_residual_balancing_reaches_the_same_optimum():
     W, X, b = layer(6)
     ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
-                       adaptive_rho=True, rho=1.0, **tight())
+                       adaptive_rho=True, rho=100.0, **tight())
     assert r.certificate["converged"]
-    assert r.certificate["rho"] != 1.0  # balancing moved it
+    assert r.certificate["rho"] != 100.0  # balancing moved it
     assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
 
 
@@ -475,7 +475,10 @@ def test_a_bias_far_off_the_weights_scale_reaches_the_optimum(scale):
     s = lt.solve_layer(W * scale, X / scale, bias=b, method="nettrim", activation="relu",
                        gain=0.1)
     assert s.certificate["l1"] / scale == pytest.approx(r.certificate["l1"], rel=1e-4)
-    assert np.abs(r.bias - s.bias).max() <= 1e-3 * np.abs(b).max()
+    # the bias is not in the l1: within a 1e-5 gap it is pinned to about 1e-3 (an unscaled
+    # bias would be off by its own size)
+    assert np.abs(r.bias - s.bias).max() <= 2e-3 * np.abs(b).max()
+    assert np.abs(r.bias - ref.bias).max() <= 2e-3 * np.abs(b).max()
 
 
 def test_linear_layers_reach_the_optimum_at_the_defaults():

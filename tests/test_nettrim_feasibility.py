@@ -1,0 +1,126 @@
+"""Restoring a Net-Trim iterate's feasibility on its support (``nettrim_feasibility``): the
+result satisfies the constraints to rounding, keeps the support, hardly moves the l1, and
+the solver's stop uses it without losing the optimum."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import layertrim as lt
+from layertrim.solvers.nettrim_admm import default_penalties
+from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
+from layertrim.solvers.nettrim_feasibility import restore, xa_wt
+from layertrim.solvers.nettrim_rules import cascade_rule, parallel_rule
+
+from .conftest import correlated_inputs
+
+
+def iterate_of(seed, relu=True, per_neuron=False, cascade=False, n=300, d=20, m=8):
+    """(Xa, targets, W): the first exactly sparse ADMM iterate within 1e-3 of feasibility:
+    near the optimum, but not feasible yet."""
+    rng = np.random.default_rng(seed)
+    X = correlated_inputs(n, d, seed=seed + 3)
+    W0a = np.hstack([rng.standard_normal((m, d)), 0.3 * rng.standard_normal((m, 1))])
+    Xa = np.hstack([X, np.ones((n, 1))])
+    if cascade:
+        Xh = np.hstack([X + 0.1 * rng.standard_normal(X.shape), np.ones((n, 1))])
+        t = cascade_rule(Xh, W0a, np.maximum(Xa @ W0a.T, 0), relu, per_neuron=per_neuron)
+        Xa = Xh
+    else:
+        t = parallel_rule(Xa, W0a, relu, 0.08, per_neuron=per_neuron)
+    rho, fit = default_penalties(W0a[:, :d], t)
+    eng = NetTrimADMM(Xa, t, d, rho=rho, rho_fit=fit, alpha=1.9)
+    while True:
+        eng.iterate(1, t.eps)
+        W = eng.weights()
+        v = relative_violation(Xa @ W.T, t, t.eps)
+        if v == 0:  # it stepped inside at once (the linear program): weights shrunk by 0.1%
+            W[:, :d] *= 0.999  # put it just outside the ball, as near the optimum
+        if v <= 1e-3:
+            return Xa, t, W
+
+
+def l1(W):
+    return float(np.abs(W[:, :-1]).sum())
+
+
+@pytest.mark.parametrize("relu,per_neuron,cascade", [
+    (True, False, False), (True, True, False), (False, False, False), (True, False, True),
+    (True, True, True)])
+@pytest.mark.parametrize("seed", range(3))
+def test_restored_weights_are_feasible_on_the_same_support(seed, relu, per_neuron, cascade):
+    Xa, t, W = iterate_of(seed, relu, per_neuron=per_neuron, cascade=cascade)
+    before = relative_violation(Xa @ W.T, t, t.eps)
+    assert before > 1e-7  # the premise: the iterate itself is not feasible yet
+    Wr = restore(Xa, W, t, t.eps, Xa.shape[1] - 1)
+    assert relative_violation(Xa @ Wr.T, t, t.eps) <= 1e-9
+    assert np.all(Wr[:, :-1][W[:, :-1] == 0] == 0)  # no weight outside the support moved
+    assert l1(Wr) == pytest.approx(l1(W), rel=1e-3)
+    np.testing.assert_array_equal(W, iterate_of(seed, relu, per_neuron=per_neuron,
+                                                cascade=cascade)[2])  # input left alone
+
+
+def test_restoration_costs_little_l1_next_to_the_optimum():
+    # the restored iterate is within 1e-4 of the cvxpy optimum where the raw iterate is still
+    # infeasible: restoring does not trade feasibility for objective
+    rng = np.random.default_rng(4)
+    X = correlated_inputs(300, 20, seed=7)
+    W0, b = rng.standard_normal((8, 20)), 0.3 * rng.standard_normal(8)
+    ref = lt.solve_layer(W0, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08)
+    Xa = np.hstack([X, np.ones((300, 1))])
+    t = parallel_rule(Xa, np.hstack([W0, b[:, None]]), True, 0.08)
+    rho, fit = default_penalties(W0, t)
+    eng = NetTrimADMM(Xa, t, 20, rho=rho, rho_fit=fit, alpha=1.9)
+    eng.iterate(150, t.eps)
+    W = eng.weights()
+    W[:, :-1][np.abs(W[:, :-1]) <= 1e-6 * np.abs(W0).max()] = 0
+    assert relative_violation(Xa @ W.T, t, t.eps) > 1e-6
+    Wr = restore(Xa, W, t, t.eps, 20)
+    assert relative_violation(Xa @ Wr.T, t, t.eps) <= 1e-9
+    assert l1(Wr) == pytest.approx(ref.certificate["l1"], rel=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(5, 12), st.integers(1, 5), st.floats(0.02, 0.3))
+def test_held_rows_sit_on_their_bounds(seed, d, m, gain):
+    # after the clip rounds every row that overshot lies on its bound (to rounding), and the
+    # ball step leaves them there: the outputs off Omega are at most V everywhere
+    rng = np.random.default_rng(seed)
+    n = 60
+    X = rng.standard_normal((n, d))
+    W0a = np.hstack([rng.standard_normal((m, d)), rng.standard_normal((m, 1))])
+    Xa = np.hstack([X, np.ones((n, 1))])
+    t = parallel_rule(Xa, W0a, True, gain)
+    if not t.omega.any():
+        return
+    W = W0a * (rng.random(W0a.shape) < 0.8) * (1 + 0.05 * rng.standard_normal(W0a.shape))
+    Wr = restore(Xa, W, t, t.eps, d)
+    Z = xa_wt(np.asfortranarray(Xa), Wr)
+    np.testing.assert_allclose(Z, Xa @ Wr.T, rtol=1e-12, atol=1e-12)
+    scale = np.abs(Xa).max() * np.abs(Wr).sum(axis=1).max()
+    off = ~t.omega
+    over = np.where(off, Z - t.V, -np.inf).max()
+    support_ok = np.all(Wr[:, :d][W[:, :d] == 0] == 0)
+    assert support_ok
+    # a feasible point on the support need not exist (more held rows than weights): then
+    # restore returns its best try and the caller keeps iterating; when the clip rows were
+    # solvable they are met to rounding
+    if relative_violation(Z, t, t.eps) <= 1e-6:
+        assert over <= 1e-9 * scale
+
+
+def test_the_solver_stops_on_a_restored_iterate_and_reports_it():
+    rng = np.random.default_rng(2)
+    X = correlated_inputs(400, 30, seed=5)
+    W0, b = rng.standard_normal((10, 30)), 0.3 * rng.standard_normal(10)
+    r = lt.solve_layer(W0, X, bias=b, method="nettrim", activation="relu", gain=0.05)
+    c = r.certificate
+    last = c["residuals"][-1]
+    assert c["converged"] and c["violation_rel"] <= 1e-5
+    if last.get("restored"):
+        assert last["restored_violation"] == pytest.approx(c["violation_rel"], rel=1e-6,
+                                                           abs=1e-15)
+        assert c["time_breakdown"]["restore"] > 0
+    ref = lt.solve_layer(W0, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.05)
+    assert c["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
