@@ -33,8 +33,10 @@ from layertrim.solvers.nettrim_rules import NetTrimTargets
 CLIP_ROUNDS = 3  # clip-row rounds per pass
 PASSES = 3  # clip rows then the ball, this many times at most
 BALL_MARGIN = 1e-7  # the ball step aims this far inside the radius (relative to eps)
-WORK_LIMIT = 1.0  # the held systems' flops, in products Xa W^T: a restoration that would
-# cost more (an iterate far from the optimum, thousands of overshooting rows) is not tried
+WORK_LIMIT = 0.5  # the held systems' flops over a whole restoration (every round and ball
+# pass), in products Xa W^T (their loops run about 3x slower than a BLAS product): one that
+# would cost more (an iterate far from the optimum, thousands of overshooting rows) stops
+WORK_FLOOR = 1e7  # flops always allowed (tiny layers: a product is nothing there)
 RIDGE = 1e-12  # relative to mean(diag(A A^T)): duplicate held rows make A A^T singular
 
 _dgemm = scipy.linalg.blas.get_blas_funcs("gemm", dtype=np.dtype(np.float64))
@@ -203,7 +205,8 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
     """A copy of W (m x p, exactly sparse in its first d columns) moved on its support towards
     the constraint set of ``t`` at radius ``eps`` (see the module docstring); it stops once
     the ball is within ``tol`` * eps of its radius. W itself comes back when the held rows'
-    systems would cost more than WORK_LIMIT products (an iterate far from feasibility). Xa is
+    systems would cost more than WORK_LIMIT products in all (an iterate far from
+    feasibility). Xa is
     n x p in float64 (Fortran order, or it is copied); the caller measures the result's
     violation."""
     W0 = W
@@ -214,6 +217,7 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
     held = np.zeros(t.Y.shape if relu else (0, W.shape[0]), np.bool_)
     off = ~t.omega if relu else None
     Z = xa_wt(Xa, W)
+    budget, spent = max(WORK_LIMIT * Z.size * Xa.shape[1], WORK_FLOOR), 0.0
     for _ in range(PASSES):
         for _ in range(CLIP_ROUNDS if relu else 0):
             # held rows stay on their bounds (the ball step moves along their null space):
@@ -223,7 +227,8 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
             if neurons.size == 0:
                 break
             held |= new
-            if _work(held, W, d, neurons) > WORK_LIMIT * Z.size * Xa.shape[1]:
+            spent += _work(held, W, d, neurons)
+            if spent > budget:
                 return W0  # too far from feasible to be worth it: the ADMM goes on
             _clip_step(Xa, W, Z, t.V, held, d, neurons)
             Z[:, neurons] = xa_wt(Xa, W[neurons])
@@ -236,6 +241,10 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
                 break
         elif np.all(per <= eps * (1.0 + tol)):
             break
+        if relu:  # the ball direction factors every neuron's held system again
+            spent += _work(held, W, d, np.arange(W.shape[0]))
+            if spent > budget:
+                return W0
         grad = _dgemm(1.0, R.T, Xa).T  # p x m: R's gradient Xa^T R
         G = _ball_direction(Xa, W, grad, held, d)
         D = xa_wt(Xa, G)  # the outputs' change per unit step

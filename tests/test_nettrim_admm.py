@@ -23,7 +23,8 @@ def layer(seed, d=14, m=6, n=150):
 
 
 def tight(**kw):  # well below the 1e-4 agreement asked of the engine, so the test can fail
-    return dict(reltol=1e-5, dual_reltol=1e-4, feas_tol=1e-6, max_iter=50000, **kw)
+    return dict(reltol=1e-5, dual_reltol=1e-4, feas_tol=1e-6, obj_tol=1e-8, max_iter=50000,
+                **kw)
 
 
 def cascade_case(seed, per_neuron=False):
@@ -106,9 +107,9 @@ def test_residual_balancing_reaches_the_same_optimum():
     W, X, b = layer(6)
     ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.08)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08,
-                       adaptive_rho=True, rho=100.0, **tight())
+                       adaptive_rho=True, rho=10.0, **tight())
     assert r.certificate["converged"]
-    assert r.certificate["rho"] != 100.0  # balancing moved it
+    assert r.certificate["rho"] != 10.0  # balancing moved it
     assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
 
 
@@ -475,10 +476,8 @@ def test_a_bias_far_off_the_weights_scale_reaches_the_optimum(scale):
     s = lt.solve_layer(W * scale, X / scale, bias=b, method="nettrim", activation="relu",
                        gain=0.1)
     assert s.certificate["l1"] / scale == pytest.approx(r.certificate["l1"], rel=1e-4)
-    # the bias is not in the l1: within a 1e-5 gap it is pinned to about 1e-3 (an unscaled
-    # bias would be off by its own size)
-    assert np.abs(r.bias - s.bias).max() <= 2e-3 * np.abs(b).max()
-    assert np.abs(r.bias - ref.bias).max() <= 2e-3 * np.abs(b).max()
+    assert np.abs(r.bias - s.bias).max() <= 1e-3 * np.abs(b).max()
+    assert np.abs(r.bias - ref.bias).max() <= 1e-3 * np.abs(b).max()
 
 
 def test_linear_layers_reach_the_optimum_at_the_defaults():

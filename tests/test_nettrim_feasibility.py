@@ -17,8 +17,8 @@ from .conftest import correlated_inputs
 
 
 def iterate_of(seed, relu=True, per_neuron=False, cascade=False, n=300, d=20, m=8):
-    """(Xa, targets, W): the first exactly sparse ADMM iterate within 1e-3 of feasibility:
-    near the optimum, but not feasible yet."""
+    """(Xa, targets, W, l1 near the optimum): the first exactly sparse ADMM iterate within
+    1e-4 of feasibility: near the optimum, but not feasible yet."""
     rng = np.random.default_rng(seed)
     X = correlated_inputs(n, d, seed=seed + 3)
     W0a = np.hstack([rng.standard_normal((m, d)), 0.3 * rng.standard_normal((m, 1))])
@@ -35,10 +35,14 @@ def iterate_of(seed, relu=True, per_neuron=False, cascade=False, n=300, d=20, m=
         eng.iterate(1, t.eps)
         W = eng.weights()
         v = relative_violation(Xa @ W.T, t, t.eps)
-        if v == 0:  # it stepped inside at once (the linear program): weights shrunk by 0.1%
-            W[:, :d] *= 0.999  # put it just outside the ball, as near the optimum
-        if v <= 1e-3:
-            return Xa, t, W
+        near = l1(W)
+        shrink = 1e-4
+        while v == 0:  # it stepped inside at once (the linear program): the weights shrunk
+            W[:, :d] *= 1 - shrink  # until just outside the ball, as near the optimum
+            v = relative_violation(Xa @ W.T, t, t.eps)
+            shrink *= 2
+        if v <= 1e-4:
+            return Xa, t, W, near
 
 
 def l1(W):
@@ -50,13 +54,16 @@ def l1(W):
     (True, True, True)])
 @pytest.mark.parametrize("seed", range(3))
 def test_restored_weights_are_feasible_on_the_same_support(seed, relu, per_neuron, cascade):
-    Xa, t, W = iterate_of(seed, relu, per_neuron=per_neuron, cascade=cascade)
+    Xa, t, W, near = iterate_of(seed, relu, per_neuron=per_neuron, cascade=cascade)
     before = relative_violation(Xa @ W.T, t, t.eps)
     assert before > 1e-7  # the premise: the iterate itself is not feasible yet
     Wr = restore(Xa, W, t, t.eps, Xa.shape[1] - 1)
     assert relative_violation(Xa @ Wr.T, t, t.eps) <= 1e-9
     assert np.all(Wr[:, :-1][W[:, :-1] == 0] == 0)  # no weight outside the support moved
-    assert l1(Wr) == pytest.approx(l1(W), rel=1e-3)
+    if relu:
+        assert l1(Wr) == pytest.approx(near, rel=1e-4)
+    else:  # from inside-then-shrunk: back up to the ball, not past the iterate it came from
+        assert l1(W) <= l1(Wr) <= near * (1 + 1e-4)
     np.testing.assert_array_equal(W, iterate_of(seed, relu, per_neuron=per_neuron,
                                                 cascade=cascade)[2])  # input left alone
 
@@ -81,46 +88,78 @@ def test_restoration_costs_little_l1_next_to_the_optimum():
     assert l1(Wr) == pytest.approx(ref.certificate["l1"], rel=1e-4)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000), st.integers(5, 12), st.integers(1, 5), st.floats(0.02, 0.3))
-def test_held_rows_sit_on_their_bounds(seed, d, m, gain):
-    # after the clip rounds every row that overshot lies on its bound (to rounding), and the
-    # ball step leaves them there: the outputs off Omega are at most V everywhere
+def test_overshooting_rows_end_on_their_bounds(seed, d, m, gain):
+    # every row off Omega that overshoots V at the start is held: it ends exactly on its bound
+    # (to rounding), and the ball steps leave it there; the support never grows
     rng = np.random.default_rng(seed)
     n = 60
     X = rng.standard_normal((n, d))
     W0a = np.hstack([rng.standard_normal((m, d)), rng.standard_normal((m, 1))])
     Xa = np.hstack([X, np.ones((n, 1))])
     t = parallel_rule(Xa, W0a, True, gain)
-    if not t.omega.any():
-        return
     W = W0a * (rng.random(W0a.shape) < 0.8) * (1 + 0.05 * rng.standard_normal(W0a.shape))
+    Z0 = Xa @ W.T
+    first = (Z0 > t.V) & ~t.omega
     Wr = restore(Xa, W, t, t.eps, d)
+    assert np.all(Wr[:, :d][W[:, :d] == 0] == 0)
     Z = xa_wt(np.asfortranarray(Xa), Wr)
     np.testing.assert_allclose(Z, Xa @ Wr.T, rtol=1e-12, atol=1e-12)
+    # a neuron with at least as many held rows as weights has no exact answer: its rows are
+    # met in least squares, and the caller (which measures) keeps iterating
+    support = np.count_nonzero(W[:, :d], axis=1) + 1
+    solvable = (first | ((Z > t.V) & ~t.omega)).sum(axis=0) < support
     scale = np.abs(Xa).max() * np.abs(Wr).sum(axis=1).max()
-    off = ~t.omega
-    over = np.where(off, Z - t.V, -np.inf).max()
-    support_ok = np.all(Wr[:, :d][W[:, :d] == 0] == 0)
-    assert support_ok
-    # a feasible point on the support need not exist (more held rows than weights): then
-    # restore returns its best try and the caller keeps iterating; when the clip rows were
-    # solvable they are met to rounding
-    if relative_violation(Z, t, t.eps) <= 1e-6:
-        assert over <= 1e-9 * scale
+    for j in np.flatnonzero(solvable & first.any(axis=0)):
+        np.testing.assert_allclose(Z[first[:, j], j], t.V[first[:, j], j], atol=1e-9 * scale)
+
+
+def test_an_iterate_far_from_feasible_is_returned_unchanged():
+    # thousands of overshooting rows: the held systems would cost more than WORK_LIMIT
+    # products, so restore gives up at once and hands back its input
+    rng = np.random.default_rng(0)
+    n, d, m = 3000, 40, 4
+    X = rng.standard_normal((n, d))
+    W0a = np.hstack([rng.standard_normal((m, d)), -np.ones((m, 1))])
+    Xa = np.hstack([X, np.ones((n, 1))])
+    t = parallel_rule(Xa, W0a, True, 0.05)
+    W = W0a.copy()
+    W[:, -1] += 5.0  # every output far above its bound off Omega
+    assert ((Xa @ W.T > t.V) & ~t.omega).sum() > 1000
+    assert restore(Xa, W, t, t.eps, d) is W
 
 
 def test_the_solver_stops_on_a_restored_iterate_and_reports_it():
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(0)
     X = correlated_inputs(400, 30, seed=5)
     W0, b = rng.standard_normal((10, 30)), 0.3 * rng.standard_normal(10)
     r = lt.solve_layer(W0, X, bias=b, method="nettrim", activation="relu", gain=0.05)
     c = r.certificate
     last = c["residuals"][-1]
     assert c["converged"] and c["violation_rel"] <= 1e-5
-    if last.get("restored"):
-        assert last["restored_violation"] == pytest.approx(c["violation_rel"], rel=1e-6,
-                                                           abs=1e-15)
-        assert c["time_breakdown"]["restore"] > 0
+    assert last["restored"]  # the premise: this layer stops on a restored iterate
+    attempt = last["restore_attempt"]
+    assert attempt["violation"] == pytest.approx(c["violation_rel"], rel=1e-6, abs=1e-15)
+    assert 0 <= attempt["l1_change"] <= 1e-5  # within RESTORE_L1
+    assert c["time_breakdown"]["restore"] > 0
     ref = lt.solve_layer(W0, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.05)
     assert c["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+
+
+@pytest.mark.parametrize("shape,gain,seed,kw", [
+    ((400, 10, 20), 0.3, 0, {}), ((200, 20, 8), 0.01, 1, {}), ((150, 40, 10), 0.3, 1, {}),
+    ((200, 20, 8), 0.005, 1, {"check_every": 1}), ((400, 10, 20), 0.3, 0, {"check_every": 1}),
+    ((300, 50, 5), 0.03, 0, {"precision": "float32"})])
+def test_the_stop_stays_near_the_optimum(shape, gain, seed, kw):
+    # cases where a stop on Boyd's residuals and a restored W alone ended 1.4e-4 (defaults)
+    # and 3.4e-4 (a check every iteration) above the optimum: the settled-l1 test over 20
+    # iterations and the restoration's l1 budget keep them within 1e-4
+    n, d, m = shape
+    rng = np.random.default_rng(seed)
+    X = correlated_inputs(n, d, seed=seed + 3)
+    W0, b = rng.standard_normal((m, d)), 0.3 * rng.standard_normal(m)
+    ref = lt.solve_layer(W0, X, bias=b, method="nettrim-cvx", activation="relu", gain=gain)
+    r = lt.solve_layer(W0, X, bias=b, method="nettrim", activation="relu", gain=gain, **kw)
+    assert r.certificate["converged"] and r.certificate["violation_rel"] <= 1e-5
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
