@@ -329,7 +329,7 @@ def summary(out) -> str:
                      f"{r['violation_rel']:.1e} |")
     lines += ["", "| layer | nettrim | original, 1 thread | speed-up | original, 2 threads | "
               "speed-up | nettrim gap / violation | original gap / violation | ms/iteration: "
-              "products / solves / kernels / checks |",
+              "products / solves / kernels / checks / restoration |",
               "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in out["speed"]:
         o = r["ours"]
@@ -346,7 +346,8 @@ def summary(out) -> str:
         lines.append(f"| {r['layer']} | {o['time_s']:.2f} s ({o['iterations']} it) | "
                      + " | ".join(cells) + f" | {o['gap_rel']:+.1e} / {o['violation_rel']:.1e}"
                      f" | {og} | {o['ms_per_iteration']:.1f}: {b['products']:.1f} / "
-                     f"{b['solves']:.1f} / {b['kernels']:.1f} / {b['checks']:.1f} |")
+                     f"{b['solves']:.1f} / {b['kernels']:.1f} / {b['checks']:.1f} / "
+                     f"{b.get('restore', 0.0):.1f} |")
     lines += ["", "| scheme | gain | nonzero fraction | test accuracy | per layer kept "
               "(fc1 / fc2 / fc3) | time |", "|---|---:|---:|---:|---|---:|"]
     for r in out["accuracy"]:

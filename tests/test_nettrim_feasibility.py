@@ -131,12 +131,15 @@ def test_an_iterate_far_from_feasible_is_returned_unchanged():
 
 
 def test_the_solver_stops_on_a_restored_iterate_and_reports_it():
-    rng = np.random.default_rng(0)
-    X = correlated_inputs(400, 30, seed=5)
-    W0, b = rng.standard_normal((10, 30)), 0.3 * rng.standard_normal(10)
-    r = lt.solve_layer(W0, X, bias=b, method="nettrim", activation="relu", gain=0.05)
-    c = r.certificate
-    last = c["residuals"][-1]
+    for seed in range(8):  # the first of these layers that stops on a restored iterate
+        rng = np.random.default_rng(seed)
+        X = correlated_inputs(400, 30, seed=5 + seed)
+        W0, b = rng.standard_normal((10, 30)), 0.3 * rng.standard_normal(10)
+        r = lt.solve_layer(W0, X, bias=b, method="nettrim", activation="relu", gain=0.05)
+        c = r.certificate
+        last = c["residuals"][-1]
+        if last.get("restored"):
+            break
     assert c["converged"] and c["violation_rel"] <= 1e-5
     assert last["restored"]  # the premise: this layer stops on a restored iterate
     attempt = last["restore_attempt"]
