@@ -9,16 +9,16 @@ references: ``NetTrimADMM.to_float64(refine=True)``).
 
 It stops when three things hold at a check: Boyd's primal and dual residuals are within their
 absolute + relative tolerances, the l1 of the iterate moved by at most ``obj_tol`` (relative)
-since the previous check, and the returned W (exactly sparse) is feasible to ``feas_tol``:
-dist(Xa W^T, C) <= feas_tol * eps, checked with a float64 product. W is the iterate itself
-when that is feasible, else the iterate moved on its own support onto the constraint set
-(``nettrim_feasibility.restore``: feasible to rounding, the l1 moved by ~1e-6): the ADMM's
-objective settles long before its exactly sparse iterate is feasible by itself (784->300
-MNIST: 460 iterations for that, where the l1 is within 2e-5 of the optimum after 200), so
-float32 iterations can stop too; float64 ones (with float32 products on differences) take
-over when the restoration fails. The dual residual and the settling test may be replaced by a
-certified duality gap: with the primal residual within tolerance and W feasible, (l1(W) - a
-weak-duality lower bound) / l1(W) <= ``gap_tol``. Otherwise the result says so (status
+over the last 20 or more iterations, and the returned W (exactly sparse) is feasible to
+``feas_tol``: dist(Xa W^T, C) <= feas_tol * eps, checked with a float64 product. W is the
+iterate itself when that is feasible, else the iterate moved on its own support onto the
+constraint set (``nettrim_feasibility.restore``: feasible to rounding, the l1 moved by ~1e-6):
+the ADMM's objective settles long before its exactly sparse iterate is feasible by itself
+(784->300 MNIST: 460 iterations for that, where the l1 is within 2e-5 of the optimum after
+200), so float32 iterations can stop too; float64 ones (with float32 products on differences)
+take over when the restoration fails. The dual residual and the settling test may be replaced
+by a certified duality gap: with the primal residual within tolerance and W feasible, (l1(W) -
+a weak-duality lower bound) / l1(W) <= ``gap_tol``. Otherwise the result says so (status
 "max_iter", ``certificate["converged"]`` False, the residual history).
 
 Inputs that are zero in every sample (``live_columns``) are dropped before the iterations:
@@ -150,12 +150,11 @@ def _l1_of_q(eng: NetTrimADMM, d: int, thresh: float) -> float:
     return float(q[q > thresh].sum())
 
 
-def _certified_gap(eng: NetTrimADMM, W: np.ndarray, eps, d: int, has_bias: bool,
-                   res: dict | None = None) -> float:
-    """(l1(W) - the dual's weak-duality bound) / l1(W): at least W's true relative gap when W
-    is feasible."""
+def _certified_gap(W: np.ndarray, bound: float, d: int, res: dict | None = None) -> float:
+    """(l1(W) - bound) / l1(W) for the dual's weak-duality ``bound``
+    (``NetTrimADMM.dual_bound``): at least W's true relative gap when W is feasible."""
     l1 = float(np.abs(W[:, :d]).sum())
-    gap = 0.0 if l1 == 0 else (l1 - eng.dual_bound(eps, has_bias)) / l1
+    gap = 0.0 if l1 == 0 else (l1 - bound) / l1
     if res is not None:
         res["gap"] = gap
     return gap
@@ -210,16 +209,15 @@ def run_admm(eng: NetTrimADMM, eps, *, d: int, thresh: float, abstol: float, rel
             W[:, :d][np.abs(W[:, :d]) <= thresh] = 0.0
             v = res["violation"] = eng.violation(W, eps)
         if boyd or gap_check:
-            gap = None
-            if not boyd:  # is the objective there? (the restoration moves it by ~1e-6)
-                gap = _certified_gap(eng, W, eps, d, has_bias)
-            if boyd or gap <= gap_tol:
+            # the dual's bound does not depend on W: one product serves the raw and the
+            # restored W (is the objective there? the restoration moves it by ~1e-6)
+            bound = None if boyd else eng.dual_bound(eps, has_bias)
+            if boyd or _certified_gap(W, bound, d) <= gap_tol:
                 # the restoration may cost the l1 at most RESTORE_L1 (relative) on Boyd's
                 # stop; the certified gap, when it decides, accounts for it by itself
                 Wr, vr, feasible = _restored(eng, W, v, eps, d, feas_tol, res,
                                              None if not boyd else RESTORE_L1)
-                if feasible and (boyd or _certified_gap(eng, Wr, eps, d, has_bias, res)
-                                 <= gap_tol):
+                if feasible and (boyd or _certified_gap(Wr, bound, d, res) <= gap_tol):
                     res["violation"], res["restored"] = vr, Wr is not W
                     return Wr, True, it, history
         if mixed32:  # hand over once float32 is close, or has stopped making progress
