@@ -37,6 +37,8 @@ WORK_LIMIT = 0.5  # the held systems' flops over a whole restoration (every roun
 # pass), in products Xa W^T (their loops run about 3x slower than a BLAS product): one that
 # would cost more (an iterate far from the optimum, thousands of overshooting rows) stops
 WORK_FLOOR = 1e7  # flops always allowed (tiny layers: a product is nothing there)
+DRIFT = 1e-12  # a held row this far off its bound (relative to the neuron's largest output)
+# after a ball step is put back on it
 RIDGE = 1e-12  # relative to mean(diag(A A^T)): duplicate held rows make A A^T singular
 
 _dgemm = scipy.linalg.blas.get_blas_funcs("gemm", dtype=np.dtype(np.float64))
@@ -170,7 +172,11 @@ def _ball_direction(Xa, W, grad, held, d):
         rows = np.flatnonzero(held[:, j]) if held.shape[0] else np.zeros(0, np.int64)
         if rows.size:
             A, L, by_rows = _held_system(Xa, rows, S)
-            g = g - _least_change(A, L, by_rows, _times(A, g))
+            # twice: one projection leaves a part along the rows of order cond(A A^T) times
+            # the rounding, which a long step (a ball out of reach in a small null space)
+            # blows up into rows well off their bounds; a second removes it
+            for _ in range(2):
+                g = g - _least_change(A, L, by_rows, _times(A, g))
         for b in range(S.size):
             out[j, S[b]] = g[b]
     return out
@@ -201,20 +207,24 @@ def _step(a: float, b: float, c: float) -> float:
 
 
 def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
-            tol: float = 0.0) -> np.ndarray:
+            tol: float = 0.0, info: dict | None = None) -> np.ndarray:
     """A copy of W (m x p, exactly sparse in its first d columns) moved on its support towards
     the constraint set of ``t`` at radius ``eps`` (see the module docstring); it stops once
     the ball is within ``tol`` * eps of its radius. W itself comes back when the held rows'
     systems would cost more than WORK_LIMIT products in all (an iterate far from
     feasibility). Xa is
     n x p in float64 (Fortran order, or it is copied); the caller measures the result's
-    violation."""
+    violation. ``info``, when given, receives "held": the n x m rows held on their bounds
+    (a neuron holding at least as many rows as it has weights meets them in least squares
+    only)."""
     W0 = W
     W = np.array(W, dtype=np.float64, order="C")
     Xa = np.asfortranarray(Xa, dtype=np.float64)
     eps = np.asarray(eps, dtype=np.float64)
     relu = t.omega is not None
     held = np.zeros(t.Y.shape if relu else (0, W.shape[0]), np.bool_)
+    if info is not None:
+        info["held"] = held  # filled in place as rows are held
     off = ~t.omega if relu else None
     Z = xa_wt(Xa, W)
     budget, spent = max(WORK_LIMIT * Z.size * Xa.shape[1], WORK_FLOOR), 0.0
@@ -258,4 +268,13 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
                             else 0.0 for j in range(len(per))])
         W -= tau[:, None] * G
         Z = xa_wt(Xa, W)
+        if relu:  # a long step along a small null space moves held rows by its rounding
+            off_by = np.where(held, np.abs(Z - t.V), 0.0)
+            drifted = np.flatnonzero(off_by.max(axis=0) > DRIFT * np.abs(Z).max(axis=0))
+            if drifted.size:
+                spent += _work(held, W, d, drifted)
+                if spent > budget:
+                    return W0
+                _clip_step(Xa, W, Z, t.V, held, d, drifted)
+                Z[:, drifted] = xa_wt(Xa, W[drifted])
     return W

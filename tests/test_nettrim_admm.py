@@ -321,6 +321,27 @@ def test_target_sparsity_is_hit_within_one_percent():
     assert len(r.certificate["bisection"]) >= 1
 
 
+def test_unconverged_search_solves_far_from_the_target_are_not_finished(monkeypatch):
+    """A capped search solve that did not converge but prunes far from the target only places
+    the target on one side: it is not run on to the accurate stop (that cost LeNet's cascade
+    layers thousands of iterations at gains the search then left). Near the band it still
+    is, and an accurate, converged solve confirms the gain."""
+    import layertrim.solvers.nettrim_admm as nettrim_admm
+
+    monkeypatch.setattr(nettrim_admm, "SEARCH_MAX_ITER", 20)  # capped solves cannot converge
+    W, X, b = layer(4, d=20, m=10, n=200)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", target_sparsity=0.6,
+                       check_every=20)
+    assert abs(r.sparsity - 0.6) <= 0.01 and r.certificate["converged"]
+    steps = r.certificate["bisection"]
+    left = [s for s in steps if not s["accurate"] and not s["converged"]]
+    assert left, steps  # (each used to be run on to the accurate stop)
+    for s in left:  # capped, and far from the target: near it they are finished
+        assert s["iterations"] == 20, steps
+        assert abs(s["sparsity"] - 0.6) > nettrim_admm.SEARCH_TRUST, steps
+    assert steps[-1]["accurate"] and steps[-1]["converged"]
+
+
 def test_warm_start_from_the_solution_converges_at_once():
     W, X, b = layer(5)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08)

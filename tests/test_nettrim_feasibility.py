@@ -102,14 +102,17 @@ def test_overshooting_rows_end_on_their_bounds(seed, d, m, gain):
     W = W0a * (rng.random(W0a.shape) < 0.8) * (1 + 0.05 * rng.standard_normal(W0a.shape))
     Z0 = Xa @ W.T
     first = (Z0 > t.V) & ~t.omega
-    Wr = restore(Xa, W, t, t.eps, d)
+    info: dict = {}
+    Wr = restore(Xa, W, t, t.eps, d, info=info)
     assert np.all(Wr[:, :d][W[:, :d] == 0] == 0)
     Z = xa_wt(np.asfortranarray(Xa), Wr)
     np.testing.assert_allclose(Z, Xa @ Wr.T, rtol=1e-12, atol=1e-12)
-    # a neuron with at least as many held rows as weights has no exact answer: its rows are
-    # met in least squares, and the caller (which measures) keeps iterating
-    support = np.count_nonzero(W[:, :d], axis=1) + 1
-    solvable = (first | ((Z > t.V) & ~t.omega)).sum(axis=0) < support
+    held = info["held"]
+    assert np.all(held[first])  # the rows that overshot at the start were held
+    # a neuron holding at least as many rows as it has weights (rows held in later rounds
+    # count) has no exact answer: its rows are met in least squares, and the caller (which
+    # measures) keeps iterating
+    solvable = held.sum(axis=0) < np.count_nonzero(W[:, :d], axis=1) + 1
     scale = np.abs(Xa).max() * np.abs(Wr).sum(axis=1).max()
     for j in np.flatnonzero(solvable & first.any(axis=0)):
         np.testing.assert_allclose(Z[first[:, j], j], t.V[first[:, j], j], atol=1e-9 * scale)
