@@ -190,6 +190,21 @@ def _work(held: np.ndarray, W: np.ndarray, d: int, neurons: np.ndarray) -> float
     return float(np.sum(np.minimum(k, s) ** 2 * np.maximum(k, s)))
 
 
+def _drifted(Z: np.ndarray, V: np.ndarray, held: np.ndarray, eps: np.ndarray,
+             tol: float) -> np.ndarray:
+    """Neurons whose held rows a ball step moved off their bounds by more than DRIFT of the
+    neuron's largest output, and (with ``tol``) over them by more than rows that many could
+    be while the clip part of the violation stays within tol * eps: below the bound is
+    feasible, and a tolerance asks no more."""
+    floor = DRIFT * np.abs(Z).max(axis=0)
+    if tol == 0:
+        return np.flatnonzero(np.where(held, np.abs(Z - V), 0.0).max(axis=0) > floor)
+    count = held.sum(axis=0)
+    slack = tol * (eps / np.sqrt(max(1, count.sum())) if eps.ndim == 0
+                   else eps / np.sqrt(np.maximum(count, 1)))
+    return np.flatnonzero(np.where(held, Z - V, 0.0).max(axis=0) > floor + slack)
+
+
 def xa_wt(Xa: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Xa W^T, n x m in C order (the targets' layout), as the transpose of an F-order m x n."""
     return _dgemm(1.0, W, Xa, trans_b=1).T
@@ -269,8 +284,7 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
         W -= tau[:, None] * G
         Z = xa_wt(Xa, W)
         if relu:  # a long step along a small null space moves held rows by its rounding
-            off_by = np.where(held, np.abs(Z - t.V), 0.0)
-            drifted = np.flatnonzero(off_by.max(axis=0) > DRIFT * np.abs(Z).max(axis=0))
+            drifted = _drifted(Z, t.V, held, eps, tol)
             if drifted.size:
                 spent += _work(held, W, d, drifted)
                 if spent > budget:
