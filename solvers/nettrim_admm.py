@@ -17,9 +17,11 @@ the ADMM's objective settles long before its exactly sparse iterate is feasible 
 (784->300 MNIST: 460 iterations for that, where the l1 is within 2e-5 of the optimum after
 200), so float32 iterations can stop too; float64 ones (with float32 products on differences)
 take over when the restoration fails. The dual residual and the settling test may be replaced
-by a certified duality gap: with the primal residual within tolerance and W feasible, (l1(W) -
-a weak-duality lower bound) / l1(W) <= ``gap_tol``. Otherwise the result says so (status
-"max_iter", ``certificate["converged"]`` False, the residual history).
+by a certified duality gap: with the primal residual within tolerance, the l1 moved by at most
+``gap_tol`` over the last 20 or more iterations (only then is the bound's float64 product
+taken) and W feasible, (l1(W) - a weak-duality lower bound) / l1(W) <= ``gap_tol``.
+Otherwise the result says so (status "max_iter", ``certificate["converged"]`` False, the
+residual history).
 
 Inputs that are zero in every sample (``live_columns``) are dropped before the iterations:
 their weights are zero at every optimum, and each iteration's two products shrink with them.
@@ -88,8 +90,9 @@ SEARCH_MAX_ITER = 400
 # an unconverged search solve whose pruned fraction is this far from the target still places
 # the target on one side: finishing it cost the CNN's cascade layers 400->120 and 120->84 up
 # to 10000 iterations at gains the search then left (fractions 0.35 and 0.86 for targets of
-# 0.55 and 0.4); the search's bracket tolerates a misplaced point, and an accurate solve
-# always confirms the gain it settles on
+# 0.55 and 0.4); such a point is tentative: the search solves it accurately when it stays an
+# end of the bracket that the other end keeps moving towards (it may be on the wrong side),
+# and an accurate solve always confirms the gain the search settles on
 SEARCH_TRUST = 0.05
 DUAL_RELTOL_RELU, DUAL_RELTOL_LINEAR = 3e-2, 1e-3  # the default dual_reltol (see solve)
 SETTLE_WINDOW = 20  # iterations over which the l1's change is measured against obj_tol
@@ -303,7 +306,8 @@ def solve(
         instead of 60).
     feas_tol : the returned W must satisfy dist(Xa W^T, C) <= feas_tol * eps.
     gap_tol : a second way to stop (None: Boyd's only): once the primal residual is within its
-        tolerance and W is feasible to feas_tol, a duality gap certified by
+        tolerance, the l1 has moved by at most gap_tol over the last 20 iterations and W is
+        feasible to feas_tol, a duality gap certified by
         ``NetTrimADMM.dual_bound`` (l1(W) - bound) / l1(W) <= gap_tol. Boyd's dual residual
         can stall for thousands of iterations after the objective has settled (seen on
         LeNet's cascade layers 400->120 and 120->84); the certificate cannot be fooled: weak
@@ -432,8 +436,10 @@ def solve(
         # a capped search solve that did not converge is not to be trusted near the band: it
         # goes on to the accurate stop, warm. Far from it, its side of the target is all the
         # search needs (see SEARCH_TRUST)
-        if out[1] or abs(pruned_fraction(out[0], d) - target) > SEARCH_TRUST:
+        if out[1]:
             return out, False
+        if abs(pruned_fraction(out[0], d) - target) > SEARCH_TRUST:
+            return out, False, True  # tentative (see bisect_gain)
         its = steps[-1]["iterations"]
         out = solve_at(g)  # (out of time, it raises and the search's record stands)
         del steps[-2]

@@ -37,8 +37,8 @@ WORK_LIMIT = 0.5  # the held systems' flops over a whole restoration (every roun
 # pass), in products Xa W^T (their loops run about 3x slower than a BLAS product): one that
 # would cost more (an iterate far from the optimum, thousands of overshooting rows) stops
 WORK_FLOOR = 1e7  # flops always allowed (tiny layers: a product is nothing there)
-DRIFT = 1e-12  # a held row this far off its bound (relative to the neuron's largest output)
-# after a ball step is put back on it
+DRIFT = 1e-12  # a held row this far off its bound after a ball step (relative to the
+# neuron's largest output; with a tolerance, this far plus what it allows) is put back on it
 RIDGE = 1e-12  # relative to mean(diag(A A^T)): duplicate held rows make A A^T singular
 
 _dgemm = scipy.linalg.blas.get_blas_funcs("gemm", dtype=np.dtype(np.float64))
@@ -190,19 +190,29 @@ def _work(held: np.ndarray, W: np.ndarray, d: int, neurons: np.ndarray) -> float
     return float(np.sum(np.minimum(k, s) ** 2 * np.maximum(k, s)))
 
 
-def _drifted(Z: np.ndarray, V: np.ndarray, held: np.ndarray, eps: np.ndarray,
-             tol: float) -> np.ndarray:
+def _drifted(Z: np.ndarray, V: np.ndarray, held: np.ndarray, W: np.ndarray, d: int,
+             eps: np.ndarray, tol: float) -> np.ndarray:
     """Neurons whose held rows a ball step moved off their bounds by more than DRIFT of the
     neuron's largest output, and (with ``tol``) over them by more than rows that many could
     be while the clip part of the violation stays within tol * eps: below the bound is
-    feasible, and a tolerance asks no more."""
+    feasible, and a tolerance asks no more. A neuron holding at least as many rows as it has
+    weights is left out: its rows are met in least squares only, and putting them back would
+    undo its share of the ball step."""
+    count = held.sum(axis=0)
+    exact = count < np.count_nonzero(W[:, :d], axis=1) + (W.shape[1] - d)
     floor = DRIFT * np.abs(Z).max(axis=0)
     if tol == 0:
-        return np.flatnonzero(np.where(held, np.abs(Z - V), 0.0).max(axis=0) > floor)
-    count = held.sum(axis=0)
+        off = np.where(held, np.abs(Z - V), 0.0).max(axis=0)
+        return np.flatnonzero(exact & (off > floor))
     slack = tol * (eps / np.sqrt(max(1, count.sum())) if eps.ndim == 0
                    else eps / np.sqrt(np.maximum(count, 1)))
-    return np.flatnonzero(np.where(held, Z - V, 0.0).max(axis=0) > floor + slack)
+    return np.flatnonzero(exact & (np.where(held, Z - V, 0.0).max(axis=0) > floor + slack))
+
+
+def _gave_up(W0: np.ndarray, info: dict | None) -> np.ndarray:
+    if info is not None:
+        info["gave_up"] = True
+    return W0
 
 
 def xa_wt(Xa: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -229,9 +239,10 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
     systems would cost more than WORK_LIMIT products in all (an iterate far from
     feasibility). Xa is
     n x p in float64 (Fortran order, or it is copied); the caller measures the result's
-    violation. ``info``, when given, receives "held": the n x m rows held on their bounds
-    (a neuron holding at least as many rows as it has weights meets them in least squares
-    only)."""
+    violation. ``info``, when given, receives "held": the rows held on their bounds (n x m; 0 x m
+    for a linear layer, which has none; a neuron holding at least as many rows as it has
+    weights meets them in least squares only), and "gave_up": True when the work limit
+    handed W back unchanged."""
     W0 = W
     W = np.array(W, dtype=np.float64, order="C")
     Xa = np.asfortranarray(Xa, dtype=np.float64)
@@ -239,7 +250,7 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
     relu = t.omega is not None
     held = np.zeros(t.Y.shape if relu else (0, W.shape[0]), np.bool_)
     if info is not None:
-        info["held"] = held  # filled in place as rows are held
+        info["held"], info["gave_up"] = held, False  # held: filled in place
     off = ~t.omega if relu else None
     Z = xa_wt(Xa, W)
     budget, spent = max(WORK_LIMIT * Z.size * Xa.shape[1], WORK_FLOOR), 0.0
@@ -254,7 +265,7 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
             held |= new
             spent += _work(held, W, d, neurons)
             if spent > budget:
-                return W0  # too far from feasible to be worth it: the ADMM goes on
+                return _gave_up(W0, info)  # too far from feasible: the ADMM goes on
             _clip_step(Xa, W, Z, t.V, held, d, neurons)
             Z[:, neurons] = xa_wt(Xa, W[neurons])
         R = Z - t.Y if not relu else np.where(t.omega, Z - t.Y, 0.0)
@@ -269,7 +280,7 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
         if relu:  # the ball direction factors every neuron's held system again
             spent += _work(held, W, d, np.arange(W.shape[0]))
             if spent > budget:
-                return W0
+                return _gave_up(W0, info)
         grad = _dgemm(1.0, R.T, Xa).T  # p x m: R's gradient Xa^T R
         G = _ball_direction(Xa, W, grad, held, d)
         D = xa_wt(Xa, G)  # the outputs' change per unit step
@@ -284,11 +295,11 @@ def restore(Xa: np.ndarray, W: np.ndarray, t: NetTrimTargets, eps, d: int,
         W -= tau[:, None] * G
         Z = xa_wt(Xa, W)
         if relu:  # a long step along a small null space moves held rows by its rounding
-            drifted = _drifted(Z, t.V, held, eps, tol)
+            drifted = _drifted(Z, t.V, held, W, d, eps, tol)
             if drifted.size:
                 spent += _work(held, W, d, drifted)
                 if spent > budget:
-                    return W0
+                    return _gave_up(W0, info)
                 _clip_step(Xa, W, Z, t.V, held, d, drifted)
                 Z[:, drifted] = xa_wt(Xa, W[drifted])
     return W

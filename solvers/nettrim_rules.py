@@ -102,6 +102,11 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
     ``(output, accurate)``; it may fall back to an accurate solve when the cheap one is not
     to be trusted) the search runs on it to within tol / 2 and ``solve_at`` confirms the
     answer; when the accurate solve misses the band the search goes on with accurate solves.
+    ``search_at`` may return ``(output, False, True)`` for a *tentative* point (a capped solve
+    that did not converge, trusted for its side of the target only): a tentative end of the
+    bracket that the other end moves towards twice in a row is solved accurately, and once
+    such a recheck finds a tentative point on the wrong side, every later tentative point is
+    solved accurately at once.
     A point that contradicts the bracket (the fraction is not monotone in noisy solves)
     replaces the end it contradicts. Below ``min_gain`` the radius no longer changes (a
     cascade floor, ``radius_at``); a bracket narrower than 1e-6 in log(gain) means the
@@ -114,21 +119,35 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
     lo_x = math.log(min(max(min_gain, GAIN_RANGE[0]), top_gain))
     hi_x = math.log(top_gain)
     x = min(max(math.log(gain), lo_x), hi_x)
-    below = above = None  # (log gain, pruned fraction - target, accurate) on either side
+    # (log gain, pruned fraction - target, accurate, tentative) on either side
+    below = above = None
     kept = 0  # +1 / -1: the side replaced at the last step (the Illinois rule)
+    stuck, stuck_x = 0, None  # steps in a row the tentative end at stuck_x was kept
+    recheck = False  # the next step solves a tentative point accurately
+    recheck_side = 0  # the side (+1 / -1) the tentative point being rechecked read
+    distrust = False  # a tentative point was on the wrong side: recheck every later one
     accurate, confirming = search_at is None, False
     steps: list[dict] = []
     out, g_out = None, math.exp(x)
     best = None  # (|miss|, output, gain) of the accurate solve closest to the target
     for _ in range(max_bisect):
         g_out = math.exp(x)
-        was_accurate = accurate
-        if accurate:
+        was_accurate, tentative = accurate or recheck, False
+        if was_accurate:
             out = solve_at(g_out)
         else:
-            out, was_accurate = search_at(g_out)
+            res = search_at(g_out)
+            out, was_accurate = res[0], res[1]
+            tentative = len(res) > 2 and bool(res[2])
+        recheck = False
         f = pruned_fraction(out, d) - target
         steps.append({"gain": g_out, "sparsity": f + target, "accurate": was_accurate})
+        if recheck_side and (f < 0) != (recheck_side < 0):
+            distrust = True
+        recheck_side = 0
+        if tentative and distrust:  # tentative points have misled this search once
+            recheck, recheck_side = True, -1 if f < 0 else 1
+            continue
         if was_accurate and (best is None or abs(f) <= best[0]):
             best = (abs(f), out, g_out)
         if within(f + target, target, tol if was_accurate else tol / 2):
@@ -141,19 +160,31 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
             below = below if below is not None and below[2] else None
             above = above if above is not None and above[2] else None
         if f < 0:
-            below = (x, f, was_accurate)
+            below = (x, f, was_accurate, tentative)
             if above is not None and above[0] <= x:
                 above = None
             elif kept == -1 and above is not None:
-                above = (above[0], above[1] / 2, above[2])
+                above = (above[0], above[1] / 2, *above[2:])
             kept = -1
         else:
-            above = (x, f, was_accurate)
+            above = (x, f, was_accurate, tentative)
             if below is not None and below[0] >= x:
                 below = None
             elif kept == 1 and below is not None:
-                below = (below[0], below[1] / 2, below[2])
+                below = (below[0], below[1] / 2, *below[2:])
             kept = 1
+        # a tentative end (a search solve that did not converge, trusted for its side only)
+        # that the other end keeps moving towards may lie on the wrong side, where nothing
+        # inside the bracket can contradict it: after two such steps it is solved accurately
+        end = above if kept == -1 else below
+        if end is not None and end[3]:
+            stuck, stuck_x = (stuck + 1 if end[0] == stuck_x else 1), end[0]
+        else:
+            stuck, stuck_x = 0, None
+        if stuck >= 2:
+            stuck, stuck_x, recheck, x = 0, None, True, end[0]
+            recheck_side = -1 if end[1] < 0 else 1
+            continue
         if above is None:
             x_new = min(x + _STEP_OUT, hi_x)
         elif below is None:
@@ -161,7 +192,7 @@ def bisect_gain(solve_at, gain: float, target: float, max_bisect: int, d: int, *
         elif above[0] - below[0] < 1e-6:
             x_new = x  # the fraction jumps over the band between two gains
         else:
-            (xb, fb, _), (xa, fa, _) = below, above
+            (xb, fb, *_), (xa, fa, *_) = below, above
             x_new = xb + (xa - xb) * (-fb) / (fa - fb)
             x_new = min(max(x_new, xb + 0.02 * (xa - xb)), xa - 0.02 * (xa - xb))
         if x_new == x:  # the end of the gain's range, or a jump: the band is out of reach
