@@ -363,6 +363,28 @@ def test_the_certificate_is_taken_only_once_the_l1_is_steady():
     assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
 
 
+def test_hopeless_restorations_are_skipped_without_changing_the_solve(monkeypatch):
+    """At a high gain the restored W costs more l1 than RESTORE_L1 allows for many checks; the
+    attempts whose l1 change (predicted from the last one, scaled by the violation) is beyond
+    twice the budget are skipped, and the solve ends where it did with an attempt at every
+    check: same iterations, same W."""
+    import layertrim.solvers.nettrim_admm as nettrim_admm
+
+    W, X, b = layer(4, d=40, m=20, n=1000)
+    runs = []
+    for skip in (float("inf"), nettrim_admm.RESTORE_SKIP):
+        monkeypatch.setattr(nettrim_admm, "RESTORE_SKIP", skip)
+        r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.3)
+        hist = r.certificate["residuals"]
+        runs.append((r, sum("restore_attempt" in h for h in hist),
+                     sum("restore_skipped" in h for h in hist)))
+    (every, tried_all, none), (r, tried, skipped) = runs
+    assert none == 0 and skipped >= 2 and tried < tried_all, (tried_all, tried, skipped)
+    assert r.certificate["converged"] and every.certificate["converged"]
+    assert r.certificate["iterations"] == every.certificate["iterations"]
+    np.testing.assert_array_equal(r.W, every.W)
+
+
 def test_warm_start_from_the_solution_converges_at_once():
     W, X, b = layer(5)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.08)
