@@ -27,7 +27,12 @@ import scipy.linalg
 import scipy.linalg.blas
 import scipy.linalg.lapack
 
-from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
+from layertrim.solvers.nettrim_kernels import (
+    pair_sums,
+    project_set_and_update,
+    shrink_and_update,
+    violation_sums,
+)
 from layertrim.solvers.nettrim_rules import NetTrimTargets, violation_scale
 
 _dgemm = scipy.linalg.blas.get_blas_funcs("gemm", dtype=np.dtype(np.float64))
@@ -198,8 +203,10 @@ class NetTrimADMM:
         X, AB, B, U, Q = self.X, self.AB, self.B, self.U, self.Q
         n, m = U.shape
         p = B.shape[0]
-        r = float(np.sqrt(np.sum((AB - U) ** 2, dtype=np.float64)
-                          + np.sum((B - Q) ** 2, dtype=np.float64)))
+        # one pass each (in float64) for ||AB - U||, ||AB|| and ||U||, likewise for B and Q
+        du2, ab2, u2 = pair_sums(AB, U)
+        dq2, b2, q2 = pair_sums(B, Q)
+        r = float(np.sqrt(du2 + dq2))
         dQ = np.asfortranarray(Q - self.Q_old)
         if self.refine is None:
             dz = self.gemm(1.0, X, U - self.U_old, 1.0, dQ, trans_a=1)
@@ -207,8 +214,7 @@ class NetTrimADMM:
             dU = np.subtract(U, self.U_old, order="F").astype(np.float32, order="F")
             dz = dQ + self.refine["sgemm"](1.0, self.refine["X32"], dU, trans_a=1)
         s = self.rho * _norm(dz)
-        ax = np.sqrt(np.sum(AB**2, dtype=np.float64) + np.sum(B**2, dtype=np.float64))
-        z = np.sqrt(np.sum(U**2, dtype=np.float64) + np.sum(Q**2, dtype=np.float64))
+        ax, z = np.sqrt(ab2 + b2), np.sqrt(u2 + q2)
         eps_pri = np.sqrt((n + p) * m) * abstol + reltol * max(ax, z)
         dual_reltol = reltol if dual_reltol is None else dual_reltol
         L2 = self.L2
@@ -272,9 +278,8 @@ class NetTrimADMM:
         if ref is not None and ref.get("B") is not None:  # X W^T = X B_ref + X (W^T - B_ref)
             D = np.subtract(W.T, ref["B"], order="F").astype(np.float32, order="F")
             Z = self.c * (ref["XB"] + ref["sgemm"](1.0, ref["X32"], D))
-        else:
-            Z = self.gemm(self.c, self.X, np.asfortranarray(W.T, dtype=self.dtype))
-            Z = np.asarray(Z, dtype=np.float64)
+        else:  # (W X^T)^T: C-ordered like the targets, read in place by the kernel
+            Z = self.gemm(self.c, np.asfortranarray(W, dtype=self.dtype), self.X, trans_b=1).T
         out = relative_violation(Z, self.t, eps)
         self.timing["checks"] += time.perf_counter() - t0
         return out
@@ -291,11 +296,18 @@ def relative_violation(Z: np.ndarray, t: NetTrimTargets, eps) -> float:
     where eps is 0, relative to the fit's target: ``violation_scale``)."""
     eps = np.asarray(eps, dtype=np.float64)
     scale = violation_scale(t, eps)
-    fit = Z - t.Y if t.omega is None else np.where(t.omega, Z - t.Y, 0.0)
-    over = (np.zeros(Z.shape[1]) if t.omega is None
-            else np.sum(np.where(t.omega, 0.0, np.maximum(Z - t.V, 0.0)) ** 2, axis=0))
+    if t.omega is None:
+        fit2 = np.sum(np.square(Z - t.Y, dtype=np.float64), axis=0)
+        over2 = np.zeros(Z.shape[1])
+    else:
+        fit2, over2 = violation_sums(*_row_order(Z, t.Y, t.V, t.omega))
     if eps.ndim == 1:
-        ball = np.maximum(np.sqrt(np.sum(fit**2, axis=0)) - eps, 0.0)
-        return float(np.max(np.sqrt(ball**2 + over) / np.maximum(scale, 1e-300)))
-    ball = max(_norm(fit) - float(eps), 0.0)
-    return float(np.sqrt(ball**2 + over.sum()) / max(float(scale), 1e-300))
+        ball = np.maximum(np.sqrt(fit2) - eps, 0.0)
+        return float(np.max(np.sqrt(ball**2 + over2) / np.maximum(scale, 1e-300)))
+    ball = max(float(np.sqrt(fit2.sum())) - float(eps), 0.0)
+    return float(np.sqrt(ball**2 + over2.sum()) / max(float(scale), 1e-300))
+
+
+def _row_order(*arrays: np.ndarray) -> list[np.ndarray]:
+    """The arrays C-ordered (a copy only of one that is not): the kernel walks rows."""
+    return [np.ascontiguousarray(a) for a in arrays]

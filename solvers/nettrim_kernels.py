@@ -97,3 +97,41 @@ def shrink_and_update(B, Q, L, kappa, n_pen, alpha, Q_old, R, save_old, support=
             L[i, j] = t - q
             R[i, j] = q - (t - q)
 
+
+
+@numba.njit(cache=True)
+def violation_sums(Z, Y, V, omega):
+    """Per column j: the fit's ||(Z - Y)_{Omega, j}||^2 and the overshoot's
+    ||max(Z - V, 0)_{not Omega, j}||^2, in float64 whatever Z's dtype: one pass over Z, Y, V and
+    omega in row order (C-ordered arrays), where the array expressions took eight full-size
+    temporaries (60-80 ms a check on a 10000 x 300 layer)."""
+    n, m = Z.shape
+    fit2 = np.zeros(m)
+    over2 = np.zeros(m)
+    for i in range(n):
+        for j in range(m):
+            z = np.float64(Z[i, j])
+            if omega[i, j]:
+                r = z - Y[i, j]
+                fit2[j] += r * r
+            else:
+                e = z - V[i, j]
+                if e > 0.0:
+                    over2[j] += e * e
+    return fit2, over2
+
+
+@numba.njit(cache=True)
+def pair_sums(A, B):
+    """(||A - B||^2, ||A||^2, ||B||^2) in float64, in one pass down the columns (Fortran-ordered
+    A and B of one shape): the residuals' three norms without full-size temporaries."""
+    n, m = A.shape
+    diff = a2 = b2 = 0.0
+    for j in range(m):
+        for i in range(n):
+            a = np.float64(A[i, j])
+            b = np.float64(B[i, j])
+            diff += (a - b) * (a - b)
+            a2 += a * a
+            b2 += b * b
+    return diff, a2, b2

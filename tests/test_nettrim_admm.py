@@ -10,7 +10,12 @@ import layertrim as lt
 from layertrim.errors import InvalidInputError
 from layertrim.solvers.nettrim_admm import default_penalties, live_columns
 from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
-from layertrim.solvers.nettrim_kernels import project_set_and_update, shrink_and_update
+from layertrim.solvers.nettrim_kernels import (
+    pair_sums,
+    project_set_and_update,
+    shrink_and_update,
+    violation_sums,
+)
 from layertrim.solvers.nettrim_rules import cascade_rule, parallel_rule
 
 from .conftest import correlated_inputs
@@ -504,6 +509,40 @@ def test_shrink_kernel_matches_the_closed_form(shape, seed, alpha, kappa):
     shrink_and_update(_f(B), Qf, Lf, kappa, n_pen, alpha, Qold, R, False, support)
     expect = np.vstack([np.where(support, t[:n_pen], 0.0), t[n_pen:]])
     np.testing.assert_allclose(Qf, expect, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dims, st.integers(0, 2**31 - 1), st.booleans(), st.booleans())
+def test_violation_and_residual_sums_match_the_array_expressions(shape, seed, single, fortran):
+    """The one-pass kernels behind relative_violation and the residuals, against numpy, for
+    float32 or float64 Z in either layout."""
+    n, m = shape
+    rng = np.random.default_rng(seed)
+    Y = np.maximum(rng.standard_normal((n, m)), 0.0)
+    omega = Y > 0
+    V = np.where(omega, 0.0, 0.3 * rng.standard_normal((n, m)))
+    Z = Y + rng.standard_normal((n, m))
+    Z = Z.astype(np.float32) if single else Z
+    Z = np.asfortranarray(Z) if fortran else Z
+    Z64 = np.asarray(Z, dtype=np.float64)
+    fit2, over2 = violation_sums(np.ascontiguousarray(Z), Y, V, omega)
+    np.testing.assert_allclose(fit2, np.sum(np.where(omega, Z64 - Y, 0.0) ** 2, axis=0),
+                               rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(over2, np.sum(np.where(omega, 0.0, np.maximum(Z64 - V, 0.0)) ** 2,
+                                             axis=0), rtol=1e-12, atol=1e-300)
+    from layertrim.solvers.nettrim_rules import NetTrimTargets
+
+    for eps in (1.0 + float(np.sqrt(fit2.sum())) / 2, 1.0 + np.sqrt(fit2) / 2):
+        t = NetTrimTargets(Y, omega, V, eps)
+        ball = np.maximum(np.sqrt(np.atleast_1d(fit2) if np.ndim(eps) else fit2.sum()) - eps,
+                          0.0)
+        over = over2 if np.ndim(eps) else over2.sum()
+        expect = np.max(np.sqrt(ball**2 + over) / np.asarray(eps))
+        assert relative_violation(Z, t, eps) == pytest.approx(expect, rel=1e-10, abs=1e-300)
+    A, B = _f(Z64), _f(rng.standard_normal((n, m)).astype(Z.dtype))
+    B64 = np.asarray(B, dtype=np.float64)
+    np.testing.assert_allclose(pair_sums(A, B), [np.sum((A - B64) ** 2), np.sum(A**2),
+                                                 np.sum(B64**2)], rtol=1e-12, atol=1e-300)
 
 
 def test_relative_violation_is_the_distance_to_the_set():
