@@ -111,7 +111,7 @@ def warm_restore():
     restore(Xa, 0.9 * W0a, t, t.eps, 5)
 
 
-def speed(name, W, b, X, relu, *, baseline=(1, 2), reference=True):
+def speed(name, W, b, X, relu, *, baseline=(1, 2), reference=True, repeats=3):
     """Ours (default threads) vs the original iteration (one BLAS thread, as the authors'
     numbers were taken, and two), both judged against a tightly converged reference whose
     optimality a weak-duality bound certifies."""
@@ -121,7 +121,11 @@ def speed(name, W, b, X, relu, *, baseline=(1, 2), reference=True):
     p = problem(W, b, X, relu)
     run(p, "nettrim", gain=GAIN, max_iter=20)  # compile and warm up
     warm_restore()
-    r = run(p, "nettrim", gain=GAIN)
+    # ours: the median of ``repeats`` runs (a second or a few each: one run moved by 10-20%
+    # from one minute to the next on the shared 2-core machine); the original: one run
+    runs = [run(p, "nettrim", gain=GAIN) for _ in range(repeats)]
+    r = runs[0]
+    wall = float(np.median([x.wall_time for x in runs]))
     opt, ref_viol = r.certificate["l1"], None
     if reference:  # a tight float64 run from our solution (not timed)
         ref = run(p, "nettrim", gain=GAIN, warm_start=wa(r), **TIGHT)
@@ -136,8 +140,9 @@ def speed(name, W, b, X, relu, *, baseline=(1, 2), reference=True):
     rec = {"layer": name, "n": len(X), "d": d, "m": W.shape[0], "reference_l1": opt,
            "reference_violation": ref_viol,
            "dual_bound": bound, "certified_gap": (opt - bound) / opt,
-           "ours": {"time_s": r.wall_time, "iterations": its, "converged": c["converged"],
-                    "ms_per_iteration": 1e3 * r.wall_time / its,
+           "ours": {"time_s": wall, "iterations": its, "converged": c["converged"],
+                    "times_s": [x.wall_time for x in runs],
+                    "ms_per_iteration": 1e3 * wall / its,
                     "breakdown_ms_per_iteration": {k: 1e3 * v / its
                                                    for k, v in c["time_breakdown"].items()},
                     **quality(wa(r), Xa, t, d, opt)}}
@@ -148,7 +153,7 @@ def speed(name, W, b, X, relu, *, baseline=(1, 2), reference=True):
                                                 max_iter=10000)
             rec[f"original_{threads}thread"] = {"time_s": sec, "iterations": itb,
                                                 **quality(Wb, Xa, t, d, opt)}
-            rec[f"speedup_vs_original_{threads}thread"] = sec / r.wall_time
+            rec[f"speedup_vs_original_{threads}thread"] = sec / wall
     print("speed", json.dumps(rec), flush=True)
     return rec
 
@@ -263,7 +268,7 @@ def speed_section(big, quick: bool) -> list[dict]:
         sp.append(speed("mnist 784->300 P=2000", fc1[0], fc1[1], fc1[2][:2000], True,
                         baseline=(1,)))
         sp.append(speed("mnist 784->300 P=10000", fc1[0], fc1[1], fc1[2], True,
-                        baseline=(), reference=False))
+                        baseline=(), reference=False, repeats=1))
     return sp
 
 
