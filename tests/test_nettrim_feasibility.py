@@ -135,7 +135,7 @@ def test_an_iterate_far_from_feasible_is_returned_unchanged():
 
 
 def test_the_solver_stops_on_a_restored_iterate_and_reports_it():
-    for seed in range(8):  # the first of these layers that stops on a restored iterate
+    for seed in range(12):  # the first of these layers that stops on a restored iterate
         rng = np.random.default_rng(seed)
         X = correlated_inputs(400, 30, seed=5 + seed)
         W0, b = rng.standard_normal((10, 30)), 0.3 * rng.standard_normal(10)
