@@ -98,7 +98,6 @@ def shrink_and_update(B, Q, L, kappa, n_pen, alpha, Q_old, R, save_old, support=
             R[i, j] = q - (t - q)
 
 
-
 @numba.njit(cache=True)
 def violation_sums(Z, Y, V, omega):
     """Per column j: the fit's ||(Z - Y)_{Omega, j}||^2 and the overshoot's

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import layertrim as lt
+import layertrim.solvers.nettrim_admm as nettrim_admm
 from layertrim.errors import InvalidInputError
 from layertrim.solvers.nettrim_admm import default_penalties, live_columns
 from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
@@ -333,8 +334,6 @@ def test_unconverged_search_solves_far_from_the_target_are_not_finished(monkeypa
     the target on one side: it is not run on to the accurate stop (that cost LeNet's cascade
     layers thousands of iterations at gains the search then left). Near the band it still
     is, and an accurate, converged solve confirms the gain."""
-    import layertrim.solvers.nettrim_admm as nettrim_admm
-
     monkeypatch.setattr(nettrim_admm, "SEARCH_MAX_ITER", 20)  # capped solves cannot converge
     W, X, b = layer(4, d=20, m=10, n=200)
     r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", target_sparsity=0.6,
@@ -375,8 +374,6 @@ def test_hopeless_restorations_are_skipped_without_changing_the_solve(monkeypatc
     attempts whose l1 change (predicted from the last one, scaled by the violation) is beyond
     twice the budget are skipped, and the solve ends where it did with an attempt at every
     check: same iterations, same W."""
-    import layertrim.solvers.nettrim_admm as nettrim_admm
-
     W, X, b = layer(4, d=40, m=20, n=1000)
     runs = []
     for skip in (float("inf"), nettrim_admm.RESTORE_SKIP):
