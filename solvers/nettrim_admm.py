@@ -38,9 +38,15 @@ rho_fit 25 x0.5 / x0.7 / x0.8 / x1 took 240 / 280 / 300 / 360 on 784->300 and 32
 220 / 240 on 300->100 (gaps 5e-6 to 1.1e-5): x0.8 is the default. rho mattered less
 (x0.5 to x2 within 1.4x, but rho x2 with rho_fit x0.5 stopped 2.2e-4 above the optimum on
 300->100: the settling test is a heuristic, and penalties far from these defaults can fool
-it). Boyd's residual balancing (section 3.4.1) is available (``adaptive_rho``) but off by
-default: on those layers it drove rho an order of magnitude away from the best fixed value
-and took 5-10x more iterations.
+it). Those sweeps were at n = 2000; with more samples a lower rho_fit pays, but not in
+proportion to 1/n (the fit term's scale): at n = 10000, rho_fit x1 / x0.67 / x0.5 / x0.45 /
+x0.2 took 480 / 340 / 320 / 320 / 620 iterations on 784->300 and x1 / x0.7 / x0.67 / x0.45
+560 / 500 / 540 / 700 on 300->100; at n = 5000, x1 / x0.84 / x0.63 took 380 / 320 / 260 on
+784->300 and x1 / x0.84 460 / 380 on 300->100. rho_fit is therefore scaled by
+(2000 / n)^(1/4) above n = 2000, which helped all four (x0.67 at 10000, x0.84 at 5000), where
+the best factor for one layer would hurt the other. Boyd's residual balancing (section
+3.4.1) is available (``adaptive_rho``) but off by default: on those layers it drove rho an
+order of magnitude away from the best fixed value and took 5-10x more iterations.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ from layertrim.solvers.registry import register
 from layertrim.validate import check_bool
 
 RHO_W = 2.0  # rho = RHO_W / mean|W0|
-RHO_FIT = 20.0  # rho_fit = RHO_FIT * mean|W0| / mean(Y^2 on Omega)
+RHO_FIT = 20.0  # rho_fit = RHO_FIT * mean|W0| / mean(Y^2 on Omega) * (FIT_N_REF / n)^FIT_N_EXP
+FIT_N_REF, FIT_N_EXP = 2000, 0.25  # ... the last factor only for n > FIT_N_REF (see above)
 BALANCE_MU, BALANCE_TAU = 10.0, 2.0  # Boyd's residual balancing constants
 # mixed precision: float32 hands over to float64 when the violation is within SWITCH_FACTOR *
 # feas_tol, or has not improved by 10% in SWITCH_STALE checks (float32's floor: about 5e-5 on
@@ -106,7 +113,8 @@ def default_penalties(W0: np.ndarray, t: NetTrimTargets) -> tuple[float, float]:
     w = float(np.mean(np.abs(W0))) or 1.0
     y = t.Y if t.omega is None else t.Y[t.omega]
     y2 = float(np.mean(y**2)) or 1.0
-    return RHO_W / w, RHO_FIT * w / y2
+    fewer = min(1.0, FIT_N_REF / max(1, t.Y.shape[0])) ** FIT_N_EXP
+    return RHO_W / w, RHO_FIT * w / y2 * fewer
 
 
 def _check_alpha(alpha) -> float:

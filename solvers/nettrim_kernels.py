@@ -12,19 +12,23 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+# reassociation lets LLVM vectorise the sums (the order of a float64 sum changes in its last
+# digits); no other fast-math flag, so comparisons and NaN keep their meaning
+_SUM_MATH = {"reassoc"}
 
-@numba.njit(cache=True)
+
+@numba.njit(cache=True, fastmath=_SUM_MATH)
 def omega_col_sq_norms(AB, U, L, Y, omega, alpha):
     """Per column j: ||(alpha AB + (1 - alpha) U + L - Y)_{Omega, j}||^2 (float64; Y is only
-    read on Omega)."""
+    read on Omega). Branch-free, so that the loop vectorises."""
     n, m = AB.shape
+    beta = 1.0 - alpha
     out = np.zeros(m)
     for j in range(m):
         acc = 0.0
         for i in range(n):
-            if omega[i, j]:
-                t = alpha * AB[i, j] + (1.0 - alpha) * U[i, j] + L[i, j] - Y[i, j]
-                acc += t * t
+            t = alpha * AB[i, j] + beta * U[i, j] + L[i, j] - Y[i, j]
+            acc += t * t if omega[i, j] else 0.0
         out[j] = acc
     return out
 
@@ -57,18 +61,26 @@ def project_set_and_update(AB, U, L, YV, omega, eps, alpha, U_old, T, save_old, 
             nr = np.sqrt(sq[j])
             if nr > eps[j]:
                 scale[j] = eps[j] / nr
+    if save_old:
+        U_old[:, :] = U
+    _project_columns(AB, U, L, YV, omega, scale, alpha, T)
+
+
+@numba.njit(cache=True)
+def _project_columns(AB, U, L, YV, omega, scale, alpha, T):
+    """The U, L and T updates of project_set_and_update for given per-column ball scales.
+    Both branches are computed and one selected: a branch per entry kept LLVM from
+    vectorising the loop (2.4x slower in float32 on a 10000 x 300 layer, 1.4x in float64)."""
+    n, m = AB.shape
+    beta = 1.0 - alpha
     for j in range(m):
         s = scale[j]
         for i in range(n):
-            u_old = U[i, j]
-            t = alpha * AB[i, j] + (1.0 - alpha) * u_old + L[i, j]  # over-relaxed, shifted
+            t = alpha * AB[i, j] + beta * U[i, j] + L[i, j]  # over-relaxed, shifted
             y = YV[i, j]
-            if omega[i, j]:
-                u = y + s * (t - y)  # the ball's radial scaling; the fit prox is the same form
-            else:
-                u = t if t <= y else y
-            if save_old:
-                U_old[i, j] = u_old
+            ball = y + s * (t - y)  # the ball's radial scaling; the fit prox is the same form
+            clip = t if t <= y else y
+            u = ball if omega[i, j] else clip
             U[i, j] = u
             L[i, j] = t - u
             T[i, j] = u - (t - u)
