@@ -28,6 +28,7 @@ import scipy.linalg.blas
 import scipy.linalg.lapack
 
 from layertrim.solvers.nettrim_kernels import (
+    dual_terms,
     pair_sums,
     project_set_and_update,
     shrink_and_update,
@@ -233,25 +234,19 @@ class NetTrimADMM:
         -sigma_C(y) (the support function of C). Weak duality makes it a certificate:
         l1(W) - bound >= true gap."""
         t0 = time.perf_counter()
-        y = self.rho * np.asarray(self.L1, dtype=np.float64)
-        om = self.omega
-        Y = self.t.Y / self.c
-        if has_bias:
-            cnt = om.sum(axis=0)
-            mean = np.where(cnt > 0, y.sum(axis=0) / np.maximum(cnt, 1), 0.0)
-            y = np.where(om, y - mean, y)
-            y[:, cnt == 0] = 0.0
-        g = _dgemm(1.0 / self.c, np.asfortranarray(self.Xa64), np.asfortranarray(y),
-                   trans_a=1)  # float64 whatever the iterations' dtype: a certificate
-        # one scale per neuron: the dual constraints are per column, so a neuron whose
-        # gradient overshoots 1 does not shrink every other neuron's share of the bound
+        t = self.t
+        Y = np.ascontiguousarray(t.Y, dtype=np.float64)
+        V = Y if t.V is None else np.ascontiguousarray(t.V, dtype=np.float64)
+        y = np.empty(self.L1.shape, order="F")
+        lin, nrm2 = dual_terms(self.L1, self.rho, self.omega, Y, V, t.V is not None, has_bias,
+                               y)
+        lin /= self.c  # Y and V in the scaled units of y
+        g = _dgemm(1.0 / self.c, self.Xa64, y, trans_a=1)  # float64 whatever the iterations'
+        # dtype: a certificate. One scale per neuron: the dual constraints are per column, so
+        # a neuron whose gradient overshoots 1 does not shrink every other neuron's share
         scale = np.maximum(1.0, np.max(np.abs(g[: self.d]), axis=0)) if self.d else np.ones(
             y.shape[1])
-        y_on = np.where(om, y, 0.0)
-        lin = np.sum(y_on * Y, axis=0)
-        if self.t.V is not None:
-            lin += np.sum(np.where(om, 0.0, y * (self.t.V / self.c)), axis=0)
-        nrm = np.sqrt(np.sum(y_on**2, axis=0)) / scale
+        nrm = np.sqrt(nrm2) / scale
         eps_s = np.asarray(eps, dtype=np.float64) / self.c
         ball = float(np.sum(eps_s * nrm)) if eps_s.ndim == 1 else float(eps_s) * _norm(nrm)
         self.timing["checks"] += time.perf_counter() - t0

@@ -146,3 +146,44 @@ def pair_sums(A, B):
             a2 += a * a
             b2 += b * b
     return diff, a2, b2
+
+
+@numba.njit(cache=True)
+def dual_terms(L, rho, omega, Y, V, has_v, center, y):
+    """The dual bound's (``NetTrimADMM.dual_bound``) elementwise part, in float64 in one pass
+    after the column sums: y = rho L, with a bias made to sum to zero per column by
+    subtracting its mean over Omega on Omega (a column without Omega is zeroed), written into
+    ``y``; returns per column lin = sum_Omega y Y + sum_not-Omega y V (V when ``has_v``) and
+    nrm2 = sum_Omega y^2. Rows outer, columns inner: Y, V and y's rows are read from C-ordered
+    or cached column strips, where the array expressions took ten full-size temporaries."""
+    n, m = L.shape
+    mean = np.zeros(m)
+    dead = np.zeros(m, dtype=np.bool_)
+    if center:
+        total = np.zeros(m)
+        cnt = np.zeros(m)
+        for i in range(n):
+            for j in range(m):
+                total[j] += rho * np.float64(L[i, j])
+                if omega[i, j]:
+                    cnt[j] += 1.0
+        for j in range(m):
+            if cnt[j] > 0:
+                mean[j] = total[j] / cnt[j]
+            else:
+                dead[j] = True
+    lin = np.zeros(m)
+    nrm2 = np.zeros(m)
+    for i in range(n):
+        for j in range(m):
+            v = rho * np.float64(L[i, j])
+            if dead[j]:
+                v = 0.0
+            elif omega[i, j]:
+                v -= mean[j]
+                lin[j] += v * Y[i, j]
+                nrm2[j] += v * v
+            elif has_v:
+                lin[j] += v * V[i, j]
+            y[i, j] = v
+    return lin, nrm2

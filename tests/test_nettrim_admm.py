@@ -12,6 +12,7 @@ from layertrim.errors import InvalidInputError
 from layertrim.solvers.nettrim_admm import default_penalties, live_columns
 from layertrim.solvers.nettrim_engine import NetTrimADMM, relative_violation
 from layertrim.solvers.nettrim_kernels import (
+    dual_terms,
     pair_sums,
     project_set_and_update,
     shrink_and_update,
@@ -67,6 +68,33 @@ def test_defaults_meet_the_advertised_tolerances():
     assert r.certificate["converged"]
     assert r.certificate["violation_rel"] <= 1e-5
     assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-3)
+
+
+def test_rho_fit_shrinks_slowly_with_the_sample_count():
+    W, X, b = layer(3, d=20, m=8, n=8000)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    W0a = np.hstack([W, b[:, None]])
+    rhos = {n: default_penalties(W, parallel_rule(Xa[:n], W0a, True, 0.05)) for n in
+            (1000, 2000, 8000)}
+    # the same scales at 1000 and 2000 rows (the first 1000 rows' statistics aside)
+    t1, t2 = (parallel_rule(Xa[:n], W0a, True, 0.05) for n in (1000, 2000))
+    y2 = [float(np.mean(t.Y[t.omega] ** 2)) for t in (t1, t2)]
+    assert rhos[1000][1] * y2[0] == pytest.approx(rhos[2000][1] * y2[1], rel=1e-12)
+    t8 = parallel_rule(Xa, W0a, True, 0.05)
+    y8 = float(np.mean(t8.Y[t8.omega] ** 2))
+    assert rhos[8000][1] * y8 == pytest.approx(rhos[2000][1] * y2[1] * 4 ** -0.25, rel=1e-12)
+    assert rhos[8000][0] == rhos[2000][0]  # rho on W does not depend on n
+
+
+def test_defaults_agree_with_the_reference_on_many_samples():
+    # n = 8000: the scaled rho_fit; the engine's defaults, judged against Clarabel
+    W, X, b = layer(4, d=20, m=8, n=8000)
+    ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.1)
+    r = lt.solve_layer(W, X, bias=b, method="nettrim", activation="relu", gain=0.1)
+    assert r.certificate["converged"]
+    assert r.certificate["violation_rel"] <= 1e-5
+    assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+    assert r.certificate["l1"] < 0.9 * np.abs(W).sum()
 
 
 def test_cascade_data_and_per_neuron_radii_match_cvxpy():
@@ -554,6 +582,41 @@ def test_violation_and_residual_sums_match_the_array_expressions(shape, seed, si
     B64 = np.asarray(B, dtype=np.float64)
     np.testing.assert_allclose(pair_sums(A, B), [np.sum((A - B64) ** 2), np.sum(A**2),
                                                  np.sum(B64**2)], rtol=1e-12, atol=1e-300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dims, st.integers(0, 2**31 - 1), st.booleans(), st.booleans(), st.booleans())
+def test_dual_terms_match_the_array_expressions(shape, seed, single, center, with_v):
+    """The dual bound's one-pass kernel against the numpy it replaced: a float32 or float64
+    dual, centred on Omega or not (a column without Omega zeroed when centred), with or
+    without bounds V off Omega."""
+    n, m = shape
+    rng = np.random.default_rng(seed)
+    L = _f(rng.standard_normal((n, m)).astype(np.float32 if single else np.float64))
+    omega = _f(rng.random((n, m)) < 0.6)
+    omega[:, 0] = False  # a dead neuron
+    Y = np.abs(rng.standard_normal((n, m)))
+    V = -np.abs(rng.standard_normal((n, m))) if with_v else Y
+    rho = 1.7
+    y_out = np.empty((n, m), order="F")
+    lin, nrm2 = dual_terms(L, rho, omega, Y, V, with_v, center, y_out)
+    y = rho * np.asarray(L, dtype=np.float64)
+    if center:
+        cnt = omega.sum(axis=0)
+        mean = np.where(cnt > 0, y.sum(axis=0) / np.maximum(cnt, 1), 0.0)
+        y = np.where(omega, y - mean, y)
+        y[:, cnt == 0] = 0.0
+    y_on = np.where(omega, y, 0.0)
+    expect = np.sum(y_on * Y, axis=0)
+    if with_v:
+        expect += np.sum(np.where(omega, 0.0, y * V), axis=0)
+    scale = np.abs(y).sum() + 1.0
+    np.testing.assert_allclose(y_out, y, rtol=1e-12, atol=1e-12 * scale)
+    np.testing.assert_allclose(lin, expect, rtol=1e-10, atol=1e-12 * scale * Y.max())
+    np.testing.assert_allclose(nrm2, np.sum(y_on**2, axis=0), rtol=1e-10,
+                               atol=1e-12 * scale**2)
+    if center:  # the dual constraint of an unpenalised bias: every column sums to zero
+        np.testing.assert_allclose(y_out.sum(axis=0), 0.0, atol=1e-10 * scale)
 
 
 def test_relative_violation_is_the_distance_to_the_set():
