@@ -19,8 +19,8 @@ _SUM_MATH = {"reassoc"}
 
 @numba.njit(cache=True, fastmath=_SUM_MATH)
 def omega_col_sq_norms(AB, U, L, Y, omega, alpha):
-    """Per column j: ||(alpha AB + (1 - alpha) U + L - Y)_{Omega, j}||^2 (float64; Y is only
-    read on Omega). Branch-free, so that the loop vectorises."""
+    """Per column j: ||(alpha AB + (1 - alpha) U + L - Y)_{Omega, j}||^2 in float64 (off
+    Omega the term is computed and dropped: branch-free, so that the loop vectorises)."""
     n, m = AB.shape
     beta = 1.0 - alpha
     out = np.zeros(m)
