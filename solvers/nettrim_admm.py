@@ -43,10 +43,11 @@ proportion to 1/n (the fit term's scale): at n = 10000, rho_fit x1 / x0.67 / x0.
 x0.2 took 480 / 340 / 320 / 320 / 620 iterations on 784->300 and x1 / x0.7 / x0.67 / x0.45
 560 / 500 / 540 / 700 on 300->100; at n = 5000, x1 / x0.84 / x0.63 took 380 / 320 / 260 on
 784->300 and x1 / x0.84 460 / 380 on 300->100. rho_fit is therefore scaled by
-(2000 / n)^(1/4) above n = 2000, which helped all four (x0.67 at 10000, x0.84 at 5000), where
-the best factor for one layer would hurt the other. Boyd's residual balancing (section
-3.4.1) is available (``adaptive_rho``) but off by default: on those layers it drove rho an
-order of magnitude away from the best fixed value and took 5-10x more iterations.
+(2000 / n)^(1/4) above n = 2000, which helped all four (x0.67 at 10000; x0.80 at 5000: 320
+and 420 iterations), where the best factor for one layer would hurt the other. Boyd's
+residual balancing (section 3.4.1) is available (``adaptive_rho``) but off by default: on
+those layers it drove rho an order of magnitude away from the best fixed value and took
+5-10x more iterations.
 """
 
 from __future__ import annotations

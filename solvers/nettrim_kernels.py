@@ -151,11 +151,12 @@ def pair_sums(A, B):
 @numba.njit(cache=True)
 def dual_terms(L, rho, omega, Y, V, has_v, center, y):
     """The dual bound's (``NetTrimADMM.dual_bound``) elementwise part, in float64 in one pass
-    after the column sums: y = rho L, with a bias made to sum to zero per column by
-    subtracting its mean over Omega on Omega (a column without Omega is zeroed), written into
-    ``y``; returns per column lin = sum_Omega y Y + sum_not-Omega y V (V when ``has_v``) and
-    nrm2 = sum_Omega y^2. Rows outer, columns inner: Y, V and y's rows are read from C-ordered
-    or cached column strips, where the array expressions took ten full-size temporaries."""
+    after the column sums: y = rho L, with a bias (``center``) made to sum to zero per column
+    by subtracting the column's total divided by its Omega count on Omega (a column without
+    Omega is zeroed), written into ``y``; returns per column lin = sum_Omega y Y +
+    sum_not-Omega y V (V when ``has_v``) and nrm2 = sum_Omega y^2. Rows outer, columns
+    inner: Y, V and y's rows are read from C-ordered or cached column strips, where the array
+    expressions took ten full-size temporaries."""
     n, m = L.shape
     mean = np.zeros(m)
     dead = np.zeros(m, dtype=np.bool_)
