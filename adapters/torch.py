@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from layertrim.adapters.torch_calib import (  # noqa: F401  (re-exported: the public names)
+    LayerSums,
     accumulate,
     batches,
     calibrate,
@@ -24,7 +25,7 @@ from layertrim.adapters.torch_calib import (  # noqa: F401  (re-exported: the pu
     forward_order,
     output_errors,
 )
-from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
+from layertrim.adapters.torch_gram import check_gram_dtype
 from layertrim.adapters.torch_layers import (  # noqa: F401
     PIECE,
     PRUNABLE,
@@ -149,12 +150,12 @@ class TorchBridge:
                 raise InvalidInputError(f"a calibration batch does not fit the model before "
                                         f"layer {name}: {e}") from None
         self._front = (i, xp, xr)
-        sums = [GramSum(layer.d, layer.d, self.gram_dtype == "float32")
-                for _ in range(layer.groups)]
-        gen = stream_generator(self.seed, name)  # the rows collect_grams would draw
+        # the rows collect_grams would draw
+        sums = LayerSums(layer, True, self.gram_dtype == "float32", self.max_rows,
+                         stream_generator(self.seed, name))
         for x, x0 in zip(xp, xr, strict=True):
             try:
-                accumulate(layer, sums, x, x0, self.max_rows, gen)
+                sums.add(x, x0)
             except InvalidInputError as e:
                 raise InvalidInputError(f"layer {name}: {e}") from None
         return finish(name, sums)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from layertrim.adapters import torch_layers
+from layertrim.adapters.torch_conv_gram import PixelGramSum, pixel_plan
 from layertrim.adapters.torch_gram import GramSum, check_gram_dtype
 from layertrim.adapters.torch_layers import TorchLayer, find_layers, stream_generator
 from layertrim.errors import InvalidInputError
@@ -116,14 +117,57 @@ def accumulate(layer: TorchLayer, sums: list[GramSum], x_in: torch.Tensor,
             s.add(V[g * c:(g + 1) * c], None if V0 is None else V0[g * c:(g + 1) * c])
 
 
-def finish(name: str, sums: list[GramSum]) -> list[Gram]:
+class LayerSums:
+    """One layer's running statistics: per group a GramSum of its rows (a convolution's
+    patches), or for a convolution over small feature maps the Grams of its input images
+    (``torch_conv_gram``), chosen at the first batch; a batch of another shape than that
+    one's (a fully convolutional model fed several sizes) goes the patch route."""
+
+    def __init__(self, layer: TorchLayer, cross: bool, float32: bool, max_rows: int | None,
+                 gen: torch.Generator) -> None:
+        self.layer, self.cross, self.float32 = layer, cross, float32
+        self.max_rows, self.gen = max_rows, gen
+        self.groups = [GramSum(layer.d, layer.d if cross else None, float32)
+                       for _ in range(layer.groups)]
+        self.pixels: PixelGramSum | None = None
+        # rows drawn at random are patches: they keep the patch route
+        self._planned = max_rows is not None or isinstance(layer.module, nn.Linear)
+
+    @property
+    def n(self) -> int:
+        return sum(s.n for s in self.groups) + (0 if self.pixels is None else self.pixels.n)
+
+    def add(self, x_in: torch.Tensor, x_ref: torch.Tensor | None) -> None:
+        if not self._planned:
+            plan = pixel_plan(self.layer, x_in, self.cross)
+            if plan is not None:
+                self.pixels = PixelGramSum(self.layer, plan, self.cross, self.float32)
+            self._planned = True
+        if self.pixels is not None and self.pixels.fits(x_in) and (
+                x_ref is None or self.pixels.fits(x_ref)):
+            self.pixels.add(x_in, x_ref)
+        else:
+            accumulate(self.layer, self.groups, x_in, x_ref, self.max_rows, self.gen)
+
+    def to_grams(self) -> list[Gram]:
+        grams = [s.to_gram() for s in self.groups]
+        if self.pixels is None or self.pixels.n == 0:
+            return grams
+        pixel_grams = self.pixels.to_grams()
+        for g, p in zip(grams, pixel_grams, strict=True):
+            if g.n:  # both routes saw batches: their sums add up
+                p.add_stats(g.H, g.sum, g.n, g.cross, g.sum0)
+        return pixel_grams
+
+
+def finish(name: str, sums: LayerSums) -> list[Gram]:
     """The layer's float64 Grams; a NaN or Inf in its inputs is named by the layer."""
-    if all(s.n == 0 for s in sums):
+    if sums.n == 0:
         raise InvalidInputError(f"layer {name} never ran in the forward pass over the "
                                 f"calibration data (unused, or called outside forward): leave "
                                 f"it out (exclude=...)")
     try:
-        return [s.to_gram() for s in sums]
+        return sums.to_grams()
     except InvalidInputError as e:
         raise InvalidInputError(f"layer {name}: {e}") from None
 
@@ -147,12 +191,9 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
     """
     float32 = check_gram_dtype(gram_dtype) == "float32"
     check_int("max_rows", max_rows, allow_none=True)
-    sums = {la.name: [GramSum(la.d, la.d if reference is not None else None, float32)
-                      for _ in range(la.groups)] for la in layers}
-    gens = {la.name: stream_generator(seed, la.name) for la in layers}
-    calibrate(model, layers, calib,
-              lambda la, x, x_ref: accumulate(la, sums[la.name], x, x_ref, max_rows,
-                                              gens[la.name]),
+    sums = {la.name: LayerSums(la, reference is not None, float32, max_rows,
+                               stream_generator(seed, la.name)) for la in layers}
+    calibrate(model, layers, calib, lambda la, x, x_ref: sums[la.name].add(x, x_ref),
               reference=reference, progress=progress)
     return {name: finish(name, s) for name, s in sums.items()}
 

@@ -47,6 +47,7 @@ class Gram:
         self.d = int(d)
         self.d0 = None if d0 is None else int(d0)
         self.n = 0
+        self._empty = True  # nothing added yet (add_stats may then adopt its arrays)
         self.H = np.zeros((self.d, self.d), dtype=np.float64)
         self.sum = np.zeros(self.d, dtype=np.float64)
         self.cross: np.ndarray | None = None
@@ -76,7 +77,7 @@ class Gram:
         # checked before anything is committed, so a refused batch leaves the state valid
         if not np.all(np.isfinite(H)) or (cross is not None and not np.all(np.isfinite(cross))):
             raise InvalidInputError("X^T X overflows float64 on this batch: rescale the inputs")
-        self.H = H
+        self.H, self._empty = H, False
         self.sum += X.sum(axis=0)
         if cross is not None and self.sum0 is not None and X0 is not None:
             self.cross = cross
@@ -84,10 +85,16 @@ class Gram:
         self.n += X.shape[0]
         return self
 
-    def add_stats(self, H, total, n: int, cross=None, total0=None) -> Gram:
+    def add_stats(self, H, total, n: int, cross=None, total0=None, *,
+                  adopt: bool = False) -> Gram:
         """Add one batch given by its own statistics (X^T X, column sums, row count; and
         X^T X0 and X0's column sums with a cross term), computed elsewhere in float64, e.g.
-        by torch next to the activations. Only the d x d results are checked."""
+        by torch next to the activations. Only the d x d results are checked.
+
+        adopt : when this Gram is still empty, keep H (and cross) themselves where they are
+            C-contiguous float64 arrays, instead of adding them to zeros: the caller gives
+            them up (the end of a calibration, where the d x d pass was a fifth of the
+            finish)."""
         H = np.asarray(H, dtype=np.float64)
         total = np.asarray(total, dtype=np.float64)
         if H.shape != self.H.shape or total.shape != self.sum.shape:
@@ -95,13 +102,19 @@ class Gram:
                                     f"not fit a Gram of d={self.d}")
         if (cross is None) != (self.cross is None):
             raise InvalidInputError("the cross term must be given exactly when this Gram has d0")
-        new_H = self.H + H
-        new_cross = None if cross is None or self.cross is None else \
-            self.cross + np.asarray(cross, dtype=np.float64)
+        if cross is not None:
+            cross = np.asarray(cross, dtype=np.float64)
+            if self.cross is not None and cross.shape != self.cross.shape:
+                raise InvalidInputError(f"a cross term of shape {cross.shape} does not fit a "
+                                        f"Gram of d={self.d}, d0={self.d0}")
+        fresh = adopt and getattr(self, "_empty", False)
+        new_H = np.ascontiguousarray(H) if fresh else self.H + H
+        new_cross = None if cross is None or self.cross is None else (
+            np.ascontiguousarray(cross) if fresh else self.cross + cross)
         if not np.all(np.isfinite(new_H)) or not np.all(np.isfinite(total)) or (
                 new_cross is not None and not np.all(np.isfinite(new_cross))):
             raise InvalidInputError("X batch contains NaN or Inf (or X^T X overflows)")
-        self.H = new_H
+        self.H, self._empty = new_H, False
         self.sum += total
         if new_cross is not None and self.sum0 is not None:
             self.cross = new_cross

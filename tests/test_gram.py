@@ -97,3 +97,27 @@ def test_add_stats_equals_update_and_checks_its_input():
         Gram(3).add_stats(np.eye(3), np.zeros(3), 1, cross=np.eye(3))
     with pytest.raises(InvalidInputError, match="NaN"):
         Gram(3).add_stats(np.full((3, 3), np.nan), np.zeros(3), 1)
+
+
+def test_add_stats_adopts_only_into_an_empty_gram():
+    """adopt keeps the caller's contiguous arrays in a fresh Gram, and adds as before once
+    anything was added (a batch of rows or another batch's statistics)."""
+    rng = np.random.default_rng(1)
+    X, X0 = rng.standard_normal((30, 4)), rng.standard_normal((30, 4))
+    H, C = X.T @ X, X.T @ X0
+    g = Gram(4, 4).add_stats(H, X.sum(0), 30, C, X0.sum(0), adopt=True)
+    assert np.shares_memory(g.H, H) and np.shares_memory(g.cross, C)
+    g.add_stats(H.copy(), X.sum(0), 30, C.copy(), X0.sum(0), adopt=True)  # not empty: a sum
+    np.testing.assert_allclose(g.H, 2 * X.T @ X)
+    np.testing.assert_allclose(g.cross, 2 * X.T @ X0)
+    assert g.n == 60 and np.shares_memory(g.H, H) is False
+    u = Gram(4).update(X)
+    u.add_stats(H, X.sum(0), 30, adopt=True)
+    np.testing.assert_allclose(u.H, 2 * H)
+    wide = np.zeros((4, 6))
+    wide[:, :4] = H
+    v = Gram(4).add_stats(wide[:, :4], X.sum(0), 30, adopt=True)  # strided: copied
+    assert not np.shares_memory(v.H, wide)
+    np.testing.assert_array_equal(v.H, H)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        Gram(3).add_stats(np.full((3, 3), np.inf), np.zeros(3), 1, adopt=True)

@@ -168,19 +168,31 @@ LAYERS = {
 @pytest.mark.parametrize("gram_dtype", ["float64", "float32"])
 @pytest.mark.parametrize("kind", list(LAYERS))
 @pytest.mark.parametrize("direct_rows", [256, 1])
-def test_grams_equal_brute_force_augmented_grams(kind, gram_dtype, direct_rows, monkeypatch):
+@pytest.mark.parametrize("route", ["patches", "pixels", "both"])
+def test_grams_equal_brute_force_augmented_grams(kind, gram_dtype, direct_rows, route,
+                                                 monkeypatch):
     """Every statistic, the column sums and the reference's from the ones row included, equals
     the float64 Gram of [X, 1] and the cross term [X, 1]^T [X0, 1], over batches of uneven
     sizes: with short batches buffered (DIRECT_ROWS 256) and with every batch multiplied as it
     comes (DIRECT_ROWS 1), for Linear, Conv1d and Conv2d with groups, padding (zeros, reflect,
-    'same'), stride and dilation."""
+    'same'), stride and dilation; a convolution by its patches, by the Grams of its input
+    images (torch_conv_gram; reflect padding keeps the patches), and by both (a batch of
+    another spatial size than the first goes the patch route, and the two sums add up)."""
+    from layertrim.adapters import torch_conv_gram as tcg
     from layertrim.adapters.torch import TorchLayer
 
     monkeypatch.setattr(tg, "DIRECT_ROWS", direct_rows)
+    monkeypatch.setattr(tcg, "PIXEL_FLOPS", 0.0 if route == "patches" else 1e9)
     build, shape = LAYERS[kind]
     torch.manual_seed(0)
     net, ref = nn.Sequential(build()), nn.Sequential(build())
     calib = [torch.randn(b, *shape) for b in (5, 1, 9, 3)]
+    if route == "both" and kind != "linear":  # a wider image in the middle
+        calib.insert(2, torch.randn(4, *shape[:-1], shape[-1] + 3))
+    by_pixels = []
+    real_add = tcg.PixelGramSum.add
+    monkeypatch.setattr(tcg.PixelGramSum, "add",
+                        lambda self, x, x0: (by_pixels.append(len(x)), real_add(self, x, x0)))
     layer = TorchLayer("0", net[0])
     got = collect_grams(net, [layer], calib, reference=ref, gram_dtype=gram_dtype)["0"]
     rows = [_augmented_rows(layer, x) for x in calib]
@@ -196,6 +208,9 @@ def test_grams_equal_brute_force_augmented_grams(kind, gram_dtype, direct_rows, 
         for have, want in [(G.augmented(), Xa.T @ Xa), (G.cross, Xa[:, :-1].T @ X0a[:, :-1]),
                            (G.sum0, X0a[:, :-1].sum(0))]:
             np.testing.assert_allclose(have, want, rtol=0, atol=tol * np.abs(want).max())
+    zero_padded = kind in ("conv1d", "conv2d")  # what the pixel route takes
+    assert len(by_pixels) == (0 if route == "patches" or not zero_padded else
+                              len(calib) - (route == "both"))
 
 
 @pytest.mark.parametrize("float32", [False, True])
@@ -260,6 +275,11 @@ def test_upper_gram_panels_by_dtype(d, dtype):
         assert (np.tril(H.numpy(), -1) == 0).any()
     tg.mirror_upper(H)
     np.testing.assert_allclose(H.double().numpy(), want, rtol=0, atol=tol)
+    wide = torch.zeros(d + 1, d + 16, dtype=dtype)  # a strided view, as GramSum's sums are
+    add_upper_gram(wide[:d, :d], A)
+    tg.mirror_upper(wide[:d, :d])
+    np.testing.assert_allclose(wide[:d, :d].double().numpy(), want, rtol=0, atol=tol)
+    assert not wide[d:].any() and not wide[:, d:].any()
 
 
 def test_grouped_layer_shares_the_buffer_budget(monkeypatch):
@@ -320,3 +340,23 @@ def test_memory_is_bounded_by_the_buffer_not_the_rows(monkeypatch):
     for _ in range(3):
         narrow.add(torch.randn(8, 16, dtype=torch.float64))
     assert narrow.capacity == tg.BUFFER_ROWS and narrow._buf[0].shape[1] <= tg.BUFFER_ROWS
+
+
+def test_pixel_route_is_chosen_for_small_feature_maps_only():
+    """LeNet-5's convolutions take their Grams from the input images; a 3 x 64 x 64 image
+    (G of 12288^2 entries), a reflect padding and rows drawn at random keep the patches."""
+    from layertrim.adapters import torch_conv_gram as tcg
+    from layertrim.adapters.torch import TorchLayer
+
+    conv1, conv2 = nn.Conv2d(1, 6, 5, padding=2), nn.Conv2d(6, 16, 5)
+    assert tcg.pixel_plan(TorchLayer("a", conv1), torch.zeros(2, 1, 28, 28), True) is not None
+    plan = tcg.pixel_plan(TorchLayer("b", conv2), torch.zeros(2, 6, 14, 14), False)
+    assert plan is not None and plan.index.shape == (100, 150) and plan.index.min() == 0
+    big = TorchLayer("c", nn.Conv2d(3, 8, 3, padding=1))
+    assert tcg.pixel_plan(big, torch.zeros(2, 3, 64, 64), False) is None
+    reflect = TorchLayer("d", nn.Conv2d(1, 6, 5, padding=2, padding_mode="reflect"))
+    assert tcg.pixel_plan(reflect, torch.zeros(2, 1, 28, 28), False) is None
+    from layertrim.adapters.torch_calib import LayerSums
+    sampled = LayerSums(TorchLayer("a", conv1), False, False, 50, torch.Generator())
+    sampled.add(torch.randn(3, 1, 28, 28), None)
+    assert sampled.pixels is None and sampled.groups[0].n == 50  # max_rows per batch

@@ -1,0 +1,141 @@
+"""A convolution's patch Grams from the Gram of its input pixels, for small feature maps.
+
+The patch Gram of a convolution is a sum of pixel products: with P[t, a] the input pixel that
+patch entry a (channel, kernel row, kernel column) reads at output position t,
+
+    H[a, b] = sum over images and t of x[P[t, a]] x[P[t, b]] = sum_t G[P[t, a], P[t, b]],
+
+where G is the Gram of the flattened input images (pixels x pixels, one row per image). Taking
+G with one GEMM per batch straight from the input's memory, then summing its entries over the
+positions, skips the patch copy (kh kw times the input) and the narrow, memory-bound GEMM on
+it. Worth it where G is not much bigger than the patch Gram's work: LeNet-5's convolutions
+(28 x 28 and 6 x 14 x 14 inputs) have G at 1.3x and 0.6x the patch products' flops, and
+calibrating them this way is several times faster; a 3 x 224 x 224 image (150528 pixels) is
+far out of reach, and keeps the patches. ``pixel_plan`` decides, per input shape.
+
+Padding by zeros reads no pixel (P = -1 there); other padding modes read pixels more than
+once per patch and keep the patches, as do row subsampling (``max_rows``) and inputs of other
+shapes than the plan's.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import nn
+
+from layertrim.adapters.torch_gram import GramSum
+from layertrim.adapters.torch_layers import TorchLayer
+from layertrim.gram import Gram
+
+PIXEL_FLOPS = 1.5  # the pixel route when G's entries <= this x positions x patch Gram entries
+PIXEL_BYTES = 32 << 20  # and every group's float64 G (twice, with the cross term) fits here
+
+
+class PixelPlan:
+    """Where each patch entry of one group reads the group's flattened input, per position:
+    ``index`` (positions x d, int64; -1 in the zero padding), for inputs of ``shape``."""
+
+    def __init__(self, layer: TorchLayer, shape: tuple[int, ...]) -> None:
+        mod = layer.module
+        self.shape = tuple(shape)  # one item's (C, H, W) or (C, L)
+        c = mod.in_channels // layer.groups
+        self.pixels = c * int(np.prod(shape[1:]))  # one group's
+        # the patch view of an image of its own pixel numbers (1-based: the padding reads 0)
+        ids = torch.arange(1, self.pixels + 1, dtype=torch.float64).reshape(1, c, *shape[1:])
+        V = layer._patch_view(ids)  # (c, kh, kw, 1, OH, OW)
+        self.positions = V.shape[4] * V.shape[5]
+        self.index = np.ascontiguousarray(
+            V.reshape(-1, self.positions).T.numpy().astype(np.int64) - 1)
+
+
+def pixel_plan(layer: TorchLayer, x: torch.Tensor, cross: bool) -> PixelPlan | None:
+    """The plan for a batch ``x`` of ``layer``'s inputs when the pixel route pays, else None
+    (a Linear, padding other than zeros, a feature map too big for it)."""
+    mod = layer.module
+    if isinstance(mod, nn.Linear) or mod.padding_mode != "zeros":
+        return None
+    item = x.shape[1:] if x.dim() == mod.weight.dim() else x.shape
+    pixels = mod.in_channels // layer.groups * int(np.prod(item[1:]))
+    if layer.groups * pixels**2 * 8 * (2 if cross else 1) > PIXEL_BYTES:
+        return None
+    plan = PixelPlan(layer, tuple(item))
+    if pixels**2 > PIXEL_FLOPS * plan.positions * layer.d**2:
+        return None
+    return plan
+
+
+class PixelGramSum:
+    """Per group, the running Gram of the flattened input images (``GramSum``, with its dtype
+    rules and buffering), turned into the patch Grams by ``to_grams``."""
+
+    def __init__(self, layer: TorchLayer, plan: PixelPlan, cross: bool, float32: bool) -> None:
+        self.layer, self.plan = layer, plan
+        self.sums = [GramSum(plan.pixels, plan.pixels if cross else None, float32)
+                     for _ in range(layer.groups)]
+
+    def fits(self, x: torch.Tensor) -> bool:
+        item = x.shape[1:] if x.dim() == self.layer.module.weight.dim() else x.shape
+        return tuple(item) == self.plan.shape
+
+    def add(self, x: torch.Tensor, x_ref: torch.Tensor | None) -> None:
+        """Add a batch of whole images (and the reference's, for the cross term)."""
+        c = self.layer.module.in_channels // self.layer.groups
+        flat = [None if t is None else t.reshape(-1, self.layer.module.in_channels,
+                                                 *self.plan.shape[1:]) for t in (x, x_ref)]
+        for g, s in enumerate(self.sums):
+            A, A0 = (None if t is None else t[:, g * c:(g + 1) * c].reshape(len(t), -1).T
+                     for t in flat)
+            s.add(A, A0)
+
+    @property
+    def n(self) -> int:
+        return self.sums[0].n
+
+    def to_grams(self) -> list[Gram]:
+        out = []
+        index = self.plan.index
+        for s in self.sums:
+            G = s.to_gram()
+            d = index.shape[1]
+            g = Gram(d, None if G.cross is None else d)
+            if G.n == 0:
+                out.append(g)
+                continue
+            H = np.zeros((d, d))
+            _window_sums(G.H, index, H, True)
+            cross = total0 = None
+            if G.cross is not None:
+                cross = np.zeros((d, d))
+                _window_sums(G.cross, index, cross, False)
+                total0 = _window_vector(G.sum0, index)
+            out.append(g.add_stats(H, _window_vector(G.sum, index), G.n * self.plan.positions,
+                                   cross, total0, adopt=True))
+        return out
+
+
+@numba.njit(cache=True)
+def _window_sums(G, index, out, symmetric):
+    """out[a, b] += sum_t G[index[t, a], index[t, b]] over the entries that read pixels; with
+    ``symmetric`` only a <= b is summed and mirrored. Position by position, so the rows of G
+    that one position reads stay in cache for the next, which reads them shifted by one."""
+    T, d = index.shape
+    for t in range(T):
+        for a in range(d):
+            i = index[t, a]
+            if i < 0:
+                continue
+            for b in range(a if symmetric else 0, d):
+                j = index[t, b]
+                if j >= 0:
+                    out[a, b] += G[i, j]
+    if symmetric:
+        for a in range(d):
+            for b in range(a + 1, d):
+                out[b, a] = out[a, b]
+
+
+def _window_vector(v: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """sum_t v[index[t, a]] over the entries that read pixels."""
+    return np.where(index >= 0, v[np.maximum(index, 0)], 0.0).sum(axis=0)
