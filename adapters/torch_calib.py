@@ -139,7 +139,7 @@ class LayerSums:
 
     def add(self, x_in: torch.Tensor, x_ref: torch.Tensor | None) -> None:
         if not self._planned:
-            plan = pixel_plan(self.layer, x_in, self.cross)
+            plan = pixel_plan(self.layer, x_in, self.cross, self.float32)
             if plan is not None:
                 self.pixels = PixelGramSum(self.layer, plan, self.cross, self.float32)
             self._planned = True

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from layertrim.adapters import torch_layers
 from layertrim.adapters.torch_gram import GramSum
 from layertrim.adapters.torch_layers import TorchLayer
 from layertrim.gram import Gram
 
 PIXEL_FLOPS = 1.5  # the pixel route when G's entries <= this x positions x patch Gram entries
-PIXEL_BYTES = 32 << 20  # and every group's float64 G (twice, with the cross term) fits here
+PIXEL_BYTES = 64 << 20  # and what the route holds for the layer fits here (_bytes)
 
 
 class PixelPlan:
@@ -46,11 +47,29 @@ class PixelPlan:
         ids = torch.arange(1, self.pixels + 1, dtype=torch.float64).reshape(1, c, *shape[1:])
         V = layer._patch_view(ids)  # (c, kh, kw, 1, OH, OW)
         self.positions = V.shape[4] * V.shape[5]
-        self.index = np.ascontiguousarray(
-            V.reshape(-1, self.positions).T.numpy().astype(np.int64) - 1)
+        index = V.reshape(-1, self.positions).T.numpy().astype(np.int64) - 1
+        # G over the pixels that some patch reads (a stride or a dilation can skip some: a
+        # NaN there must not reach the Gram, which the patches never see)
+        read = np.unique(index[index >= 0])
+        self.read = None if len(read) == self.pixels else torch.from_numpy(read)
+        remap = np.full(self.pixels + 1, -1, dtype=np.int64)  # remap[-1] stays -1
+        remap[read] = np.arange(len(read))
+        self.index = np.ascontiguousarray(remap[index])
+        self.size = len(read)  # G's side
 
 
-def pixel_plan(layer: TorchLayer, x: torch.Tensor, cross: bool) -> PixelPlan | None:
+def _bytes(plan: PixelPlan, groups: int, cross: bool, float32: bool) -> int:
+    """What the pixel route holds for one layer at the end: per group and matrix (X^T X, and
+    X^T X0 with the cross term) the float64 running sums (rows padded to 16 entries), the
+    float32 partial sums with ``float32``, and to_gram's float64 copy; plus the groups'
+    shared buffer (torch_layers.PIECE entries)."""
+    p = plan.size + 1
+    per_matrix = p * (-(-p // 16) * 16) * (8 + (4 if float32 else 0)) + p * p * 8
+    return groups * per_matrix * (2 if cross else 1) + 8 * torch_layers.PIECE
+
+
+def pixel_plan(layer: TorchLayer, x: torch.Tensor, cross: bool,
+               float32: bool = False) -> PixelPlan | None:
     """The plan for a batch ``x`` of ``layer``'s inputs when the pixel route pays, else None
     (a Linear, padding other than zeros, a feature map too big for it)."""
     mod = layer.module
@@ -58,10 +77,11 @@ def pixel_plan(layer: TorchLayer, x: torch.Tensor, cross: bool) -> PixelPlan | N
         return None
     item = x.shape[1:] if x.dim() == mod.weight.dim() else x.shape
     pixels = mod.in_channels // layer.groups * int(np.prod(item[1:]))
-    if layer.groups * pixels**2 * 8 * (2 if cross else 1) > PIXEL_BYTES:
-        return None
+    if layer.groups * pixels**2 * 8 * (2 if cross else 1) > 2 * PIXEL_BYTES:
+        return None  # too big whatever the plan says (and not worth building the plan)
     plan = PixelPlan(layer, tuple(item))
-    if pixels**2 > PIXEL_FLOPS * plan.positions * layer.d**2:
+    if plan.size**2 > PIXEL_FLOPS * plan.positions * layer.d**2 or _bytes(
+            plan, layer.groups, cross, float32) > PIXEL_BYTES:
         return None
     return plan
 
@@ -72,8 +92,10 @@ class PixelGramSum:
 
     def __init__(self, layer: TorchLayer, plan: PixelPlan, cross: bool, float32: bool) -> None:
         self.layer, self.plan = layer, plan
-        self.sums = [GramSum(plan.pixels, plan.pixels if cross else None, float32)
+        self.sums = [GramSum(plan.size, plan.size if cross else None, float32)
                      for _ in range(layer.groups)]
+        for s in self.sums:  # the groups share one buffer budget, as their patches do
+            s.limit_buffer(torch_layers.PIECE // layer.groups)
 
     def fits(self, x: torch.Tensor) -> bool:
         item = x.shape[1:] if x.dim() == self.layer.module.weight.dim() else x.shape
@@ -84,10 +106,16 @@ class PixelGramSum:
         c = self.layer.module.in_channels // self.layer.groups
         flat = [None if t is None else t.reshape(-1, self.layer.module.in_channels,
                                                  *self.plan.shape[1:]) for t in (x, x_ref)]
+        read = self.plan.read
         for g, s in enumerate(self.sums):
-            A, A0 = (None if t is None else t[:, g * c:(g + 1) * c].reshape(len(t), -1).T
-                     for t in flat)
-            s.add(A, A0)
+            mats = []
+            for t in flat:
+                if t is None:
+                    mats.append(None)
+                    continue
+                A = t[:, g * c:(g + 1) * c].reshape(t.shape[0], self.plan.pixels)
+                mats.append((A if read is None else A[:, read.to(A.device)]).T)
+            s.add(*mats)
 
     @property
     def n(self) -> int:

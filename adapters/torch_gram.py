@@ -140,6 +140,7 @@ class GramSum:
         self._part_rows = 0
         self._buf: list[torch.Tensor] | None = None  # [(d+1) x cap, (d0+1) x cap], ones last
         self._fill = 0  # buffered rows
+        self._final = False  # to_gram hands the sums over
 
     def limit_buffer(self, entries: int) -> None:
         """Lower the buffer's budget to ``entries`` (once made, the buffer keeps its size)."""
@@ -173,6 +174,8 @@ class GramSum:
         at once, so the allocator hands the same pages to the next batch: fresh pages cost
         about as much as the copy). A shorter one waits in the buffer, so that the GEMM's
         inner dimension is long enough to run at speed."""
+        if self._final:
+            raise RuntimeError("GramSum.add after to_gram: the sums were handed over")
         if (A0 is None) != (self.d0 is None):
             raise InvalidInputError("the cross term's inputs must be given exactly when d0 is set")
         rows = A.numel() // self.d if self.d else 0
@@ -274,7 +277,8 @@ class GramSum:
         self._part_rows = 0
 
     def to_gram(self) -> Gram:
-        """The float64 Gram of everything added (raises InvalidInputError on NaN or Inf)."""
+        """The float64 Gram of everything added (raises InvalidInputError on NaN or Inf). The
+        sums are handed over: no batch can be added afterwards."""
         self._multiply_buffer()
         self._buf = None
         g = Gram(self.d, self.d0)
@@ -291,7 +295,11 @@ class GramSum:
         mirror_upper(H)
         total = src[0][:d, d].to("cpu", torch.float64)
         cross = total0 = None
-        if d0 is not None:
-            cross = src[1][:d, :d0].to("cpu", torch.float64).numpy()
+        if d0 is not None:  # a copy as well: the Gram keeps it
+            cross = torch.empty(d, d0, dtype=torch.float64)
+            cross.copy_(src[1][:d, :d0])
+            cross = cross.numpy()
             total0 = src[1][d, :d0].to("cpu", torch.float64).numpy()
+        self._total = self._part = None  # final: the sums are the Gram's now (and freed)
+        self._final = True
         return g.add_stats(H.numpy(), total.numpy(), self.n, cross, total0, adopt=True)

@@ -107,7 +107,7 @@ class Gram:
             if self.cross is not None and cross.shape != self.cross.shape:
                 raise InvalidInputError(f"a cross term of shape {cross.shape} does not fit a "
                                         f"Gram of d={self.d}, d0={self.d0}")
-        fresh = adopt and getattr(self, "_empty", False)
+        fresh = adopt and getattr(self, "_empty", False) and self.n == 0
         new_H = np.ascontiguousarray(H) if fresh else self.H + H
         new_cross = None if cross is None or self.cross is None else (
             np.ascontiguousarray(cross) if fresh else self.cross + cross)

@@ -360,3 +360,50 @@ def test_pixel_route_is_chosen_for_small_feature_maps_only():
     sampled = LayerSums(TorchLayer("a", conv1), False, False, 50, torch.Generator())
     sampled.add(torch.randn(3, 1, 28, 28), None)
     assert sampled.pixels is None and sampled.groups[0].n == 50  # max_rows per batch
+
+
+def test_pixel_route_edge_cases(monkeypatch):
+    """The pixel route takes an empty batch as the patches do; a pixel that no patch reads (a
+    stride skipping the last column) stays out of G, so a NaN there is no error; the groups of
+    a depthwise layer share one buffer budget; and a GramSum is final after to_gram (its cross
+    term is the Gram's own copy)."""
+    from layertrim.adapters import torch_conv_gram as tcg
+    from layertrim.adapters import torch_layers as tl
+    from layertrim.adapters.torch import TorchLayer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))
+    layer = TorchLayer("0", net[0])
+    full = [torch.randn(3, 1, 5, 5)]
+    with_empty = collect_grams(net, [layer], full + [torch.zeros(0, 1, 5, 5)])["0"][0]
+    want = collect_grams(net, [layer], full)["0"][0]
+    assert with_empty.n == want.n == 75
+    np.testing.assert_array_equal(with_empty.H, want.H)
+
+    strided = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2))
+    x = torch.randn(4, 1, 6, 6)
+    monkeypatch.setattr(tcg, "PIXEL_FLOPS", 1e9)  # G is bigger than the patches' work here
+    plan = tcg.pixel_plan(TorchLayer("0", strided[0]), x, False)
+    assert plan is not None and plan.size == 25 < plan.pixels == 36  # column 5, row 5 unread
+    x[:, :, 5, :] = float("nan")
+    got = collect_grams(strided, [TorchLayer("0", strided[0])], [x])["0"][0]
+    monkeypatch.setattr(tcg, "PIXEL_FLOPS", 0.0)  # the patches
+    ref = collect_grams(strided, [TorchLayer("0", strided[0])], [x])["0"][0]
+    assert np.isfinite(got.H).all()
+    np.testing.assert_allclose(got.augmented(), ref.augmented(), rtol=1e-12, atol=1e-12)
+    monkeypatch.undo()
+
+    depthwise = TorchLayer("dw", nn.Conv2d(64, 64, 3, padding=1, groups=64))
+    plan = tcg.pixel_plan(depthwise, torch.zeros(2, 64, 7, 7), True)
+    assert plan is not None
+    sums = tcg.PixelGramSum(depthwise, plan, True, False)
+    assert sum(s.capacity * (s.d + 1) for s in sums.sums) <= tl.PIECE + len(sums.sums) * 50
+
+    s = tg.GramSum(1, 1)
+    A = torch.randn(1, 300, dtype=torch.float64)
+    s.add(A, A)
+    g = s.to_gram()
+    before = g.cross.copy()
+    with pytest.raises(RuntimeError, match="after to_gram"):
+        s.add(A, A)
+    np.testing.assert_array_equal(g.cross, before)
