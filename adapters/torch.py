@@ -23,6 +23,7 @@ from layertrim.adapters.torch_calib import (  # noqa: F401  (re-exported: the pu
     eval_mode,
     finish,
     forward_order,
+    model_input,
     output_errors,
 )
 from layertrim.adapters.torch_gram import check_gram_dtype
@@ -133,7 +134,7 @@ class TorchBridge:
         (running only the children in between), then accumulate its Grams from them."""
         layer, i = self.by_name[name], self.position[name]
         if self._front is None:
-            xs = list(batches(self.calib))
+            xs = [model_input(self.model, x) for x in batches(self.calib)]
             if not xs:
                 raise InvalidInputError("the calibration data is empty")
             self._front = (0, xs, list(xs))
@@ -177,7 +178,7 @@ class TorchBridge:
             raise InvalidInputError("the calibration data is empty")
         net = self.reference if self.reference is not None else self.model
         return relu_layers(net, [TorchLayer(n, dict(net.named_modules())[n]) for n in names],
-                           first)
+                           model_input(net, first))
 
     def output_errors(self, names: list[str], dense: dict | None = None
                       ) -> dict[str, list[float]] | None:

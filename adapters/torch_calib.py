@@ -39,6 +39,7 @@ def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tenso
         return fn
 
     handles = [la.module.register_forward_pre_hook(hook(la.name)) for la in layers]
+    x = model_input(model, x)
     try:
         with torch.no_grad(), eval_mode(model):
             model(x)
@@ -81,6 +82,18 @@ def batches(calib) -> Iterable[torch.Tensor]:
                                     f"dict with one, under one of {INPUT_KEYS}), got "
                                     f"{type(x).__name__}")
         yield x
+
+
+def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A calibration batch as the model takes it: on the device of the model's first floating
+    parameter and, when floating, in its dtype (a float16 model given float32 batches, as
+    ``layertrim prune`` converts them); integer inputs (token ids) keep their dtype."""
+    p = next((q for q in model.parameters() if q.is_floating_point()), None)
+    if p is None:
+        return x
+    if x.is_floating_point() and x.dtype != p.dtype:
+        x = x.to(p.dtype)
+    return x if x.device == p.device else x.to(p.device)
 
 
 def accumulate(layer: TorchLayer, sums: list[GramSum], x_in: torch.Tensor,
@@ -271,6 +284,7 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                           leave=False, disable=not progress):
                 current["layer"] = None
                 ref_in.clear()
+                x = model_input(model, x)
                 try:
                     if reference is not None:
                         reference(x)
@@ -331,6 +345,7 @@ def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[Torch
     try:
         with torch.no_grad(), eval_mode(model), eval_mode(reference):
             for x in batches(calib):
+                x = model_input(model, x)
                 ref_out.clear()
                 reference(x)
                 model(x)

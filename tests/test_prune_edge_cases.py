@@ -204,3 +204,21 @@ def test_a_checkpoint_of_another_format_is_refused_by_its_format(tmp_path):
     with pytest.raises(InvalidInputError, match="written in format 1"):
         lt.prune_model(mlp(), data(), sparsity=0.5, method="magnitude", executor="serial",
                        allocation="uniform", resume=ck)
+
+
+@pytest.mark.parametrize("schedule", ["cascade", "parallel"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_batches_take_the_models_dtype(schedule, dtype):
+    """A float64 or bfloat16 model calibrated with float32 batches (what the Python API used
+    to refuse with a dtype mismatch) prunes exactly as with batches already in its dtype, as
+    the CLI does by converting them."""
+    got, want = mlp(seed=3).to(dtype), mlp(seed=3).to(dtype)
+    x = data(3)
+    lt.prune_model(got, x, sparsity=0.5, method="sparsegpt", schedule=schedule,
+                   executor="serial")
+    lt.prune_model(want, [b.to(dtype) for b in x], sparsity=0.5, method="sparsegpt",
+                   schedule=schedule, executor="serial")
+    for a, b in zip(weights(got), weights(want), strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (weights(got)[0] == 0).float().mean() > 0.3
