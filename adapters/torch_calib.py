@@ -51,20 +51,32 @@ def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tenso
     return sorted(layers, key=lambda la: seen.get(la.name, len(layers)))
 
 
+def labelled_pair(obj) -> bool:
+    """Whether ``obj`` is one (inputs, targets) pair rather than two batches: a 2-tuple of
+    tensors of equal length whose second is a vector (or a scalar batch) of integer labels,
+    or of float targets beside inputs of more dimensions (two batches of one model's inputs
+    have the same number of dimensions)."""
+    if not (isinstance(obj, tuple) and len(obj) == 2
+            and all(isinstance(t, torch.Tensor) for t in obj)):
+        return False
+    x, y = obj
+    if y.dim() > 1 or x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+        return False
+    return not y.is_floating_point() or x.dim() > y.dim()
+
+
 def batches(calib) -> Iterable[torch.Tensor]:
-    """Model inputs from a tensor (one batch), an (inputs, integer labels) pair, or an iterable
-    of tensors, of (x, ...) tuples (a DataLoader over a labelled dataset) or of dicts (their
-    INPUT_KEYS entry)."""
+    """Model inputs from a tensor (one batch), an (inputs, labels) pair (``labelled_pair``), or
+    an iterable of tensors, of (x, ...) tuples (a DataLoader over a labelled dataset) or of
+    dicts (their INPUT_KEYS entry)."""
     if isinstance(calib, np.ndarray):
         calib = torch.from_numpy(calib)
     if isinstance(calib, torch.Tensor):
         if calib.dim() == 0 or len(calib) > 0:  # a tensor of no rows holds no batch
             yield calib
         return
-    if (isinstance(calib, tuple) and len(calib) == 2
-            and all(isinstance(t, torch.Tensor) for t in calib) and calib[1].dim() == 1
-            and not calib[1].is_floating_point() and len(calib[0]) == len(calib[1])):
-        yield calib[0]  # (inputs, integer labels): one labelled batch, not two batches
+    if labelled_pair(calib):
+        yield calib[0]  # one labelled batch, not two batches
         return
     try:
         it = iter(calib)

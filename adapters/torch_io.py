@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from layertrim.adapters.torch_calib import INPUT_KEYS
+from layertrim.adapters.torch_calib import INPUT_KEYS, labelled_pair
 from layertrim.atomic import _write_atomically, check_not_input
 from layertrim.errors import InvalidInputError
 
@@ -390,9 +390,7 @@ def _calibration_inputs(obj) -> torch.Tensor | None:
         return next((obj[k] for k in INPUT_KEYS
                      if isinstance(obj.get(k), torch.Tensor)), None)
     if isinstance(obj, (tuple, list)) and obj:
-        if isinstance(obj, tuple) and len(obj) == 2 and all(
-                isinstance(o, torch.Tensor) for o in obj) and len(obj[0]) == len(obj[1]) \
-                and obj[1].dim() <= 1:
+        if labelled_pair(obj):
             return obj[0]  # (inputs, labels)
         parts = [o[0] if isinstance(o, (tuple, list)) and o else o for o in obj]
         if all(isinstance(p, torch.Tensor) and p.dim() >= 1 for p in parts) and len(

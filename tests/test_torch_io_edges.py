@@ -208,3 +208,20 @@ def test_tied_weights_refuse_the_mask_convention_before_any_work():
         lt.prune_model(model, [X], sparsity=0.5, method="magnitude", executor="serial",
                        mask_convention=True)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_one_rule_tells_a_labelled_pair_from_two_batches(tmp_path):
+    """The API's batches() and the CLI's calibration files agree on (inputs, targets): integer
+    labels, or float targets beside inputs of more dimensions, make one labelled batch; two
+    tensors of one shape are two batches."""
+    from layertrim.adapters.torch_calib import batches
+
+    x, labels, targets = torch.randn(8, 5), torch.arange(8) % 3, torch.randn(8)
+    for pair in ((x, labels), (x, targets)):
+        assert [b.shape for b in batches(pair)] == [(8, 5)]
+        torch.save(pair, tmp_path / "p.pt")
+        assert torch.equal(torch.cat(load_calibration(tmp_path / "p.pt", 8)), x)
+    two = (torch.randn(8, 5), torch.randn(8, 5))
+    assert len(list(batches(two))) == 2
+    torch.save(two, tmp_path / "t.pt")
+    assert torch.cat(load_calibration(tmp_path / "t.pt", 16)).shape == (16, 5)
