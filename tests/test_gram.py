@@ -121,3 +121,25 @@ def test_add_stats_adopts_only_into_an_empty_gram():
     np.testing.assert_array_equal(v.H, H)
     with pytest.raises(InvalidInputError, match="NaN"):
         Gram(3).add_stats(np.full((3, 3), np.inf), np.zeros(3), 1, adopt=True)
+
+
+def test_objective_is_never_negative_from_rounding():
+    """A weight change in H's null space (an input that is a combination of two others) has
+    zero error; the quadratic form rounds to about +-1e-15 there, and the negative half is
+    reported as 0, not as a negative relative error."""
+    from layertrim.problem import LayerProblem
+
+    rng = np.random.default_rng(1)  # a seed whose rounding goes below zero
+    X = rng.standard_normal((40, 3))
+    X = np.hstack([X, X[:, :1] + 0.3 * X[:, 1:2]])
+    W0 = rng.standard_normal((5, 4))
+    p = LayerProblem.create(W0, X, sparsity=0.5)
+    vals = []
+    for t in np.linspace(1e-9, 1.0, 50):
+        W = W0.copy()
+        W[:, 0] += t
+        W[:, 1] += 0.3 * t
+        W[:, 3] -= t  # the same output on every row
+        vals.append(p.objective(W))
+    assert min(vals) >= 0.0 and vals.count(0.0) > 5  # rounded below zero for some t
+    assert max(vals) < 1e-12 * p.reference_energy()
