@@ -139,7 +139,8 @@ class TorchBridge:
                 raise InvalidInputError("the calibration data is empty")
             self._front = (0, xs, list(xs))
         j, xp, xr = self._front
-        if i < j:  # not in forward order: fall back to a full pass
+        if i < j or isinstance(xp[0], dict):  # not in forward order, or keyword inputs (a
+            # slice of the Sequential takes one positional input): a full pass
             return collect_grams(self.model, [layer], self.calib, max_rows=self.max_rows,
                                  seed=self.seed, reference=self.reference,
                                  gram_dtype=self.gram_dtype)

@@ -42,7 +42,7 @@ def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tenso
     x = model_input(model, x)
     try:
         with torch.no_grad(), eval_mode(model):
-            model(x)
+            run_model(model, x)
     except Exception:  # a batch that does not fit: calibration reports it, by layer
         return list(layers)
     finally:
@@ -65,10 +65,14 @@ def labelled_pair(obj) -> bool:
     return not y.is_floating_point() or x.dim() > y.dim()
 
 
-def batches(calib) -> Iterable[torch.Tensor]:
-    """Model inputs from a tensor (one batch), an (inputs, labels) pair (``labelled_pair``), or
-    an iterable of tensors, of (x, ...) tuples (a DataLoader over a labelled dataset) or of
-    dicts (their INPUT_KEYS entry)."""
+Batch = torch.Tensor | dict  # a dict: the model's keyword inputs, model(**batch)
+
+
+def batches(calib) -> Iterable[Batch]:
+    """Model inputs from a tensor (one batch), an (inputs, labels) pair (``labelled_pair``), a
+    dict (one batch), or an iterable of tensors, of (x, ...) tuples (a DataLoader over a
+    labelled dataset) or of dicts. A dict's INPUT_KEYS entry is the input; a dict without one
+    is the model's keyword inputs (``input_ids=..., attention_mask=...``), passed whole."""
     if isinstance(calib, np.ndarray):
         calib = torch.from_numpy(calib)
     if isinstance(calib, torch.Tensor):
@@ -78,6 +82,8 @@ def batches(calib) -> Iterable[torch.Tensor]:
     if labelled_pair(calib):
         yield calib[0]  # one labelled batch, not two batches
         return
+    if isinstance(calib, dict):  # one batch (iterating it would give its keys)
+        calib = [calib]
     try:
         it = iter(calib)
     except TypeError:
@@ -87,22 +93,49 @@ def batches(calib) -> Iterable[torch.Tensor]:
         x = item[0] if isinstance(item, (tuple, list)) else item
         if isinstance(x, dict):  # a DataLoader over a dataset of dicts
             x = next((x[k] for k in INPUT_KEYS if k in x), x)
+            if isinstance(x, dict):
+                if not any(isinstance(v, torch.Tensor) for v in x.values()):
+                    raise InvalidInputError(f"a calibration batch given as a dict must hold "
+                                            f"tensors (the model's keyword inputs), got keys "
+                                            f"{sorted(map(str, x))} with no tensor")
+                yield x
+                continue
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
         if not isinstance(x, torch.Tensor):
             raise InvalidInputError(f"a calibration batch must be a tensor (or a tuple or a "
-                                    f"dict with one, under one of {INPUT_KEYS}), got "
-                                    f"{type(x).__name__}")
+                                    f"dict with one, under one of {INPUT_KEYS}, or a dict of "
+                                    f"keyword inputs), got {type(x).__name__}")
         yield x
 
 
-def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def run_model(model: nn.Module, x: Batch):
+    """The model on one batch: keyword inputs for a dict, else one positional input."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def describe(x: Batch) -> str:
+    """A batch's shape for an error message."""
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k}: {tuple(v.shape)}" for k, v in x.items()
+                               if isinstance(v, torch.Tensor)) + "}"
+    return f"shape {tuple(x.shape)}"
+
+
+def model_input(model: nn.Module, x: Batch) -> Batch:
     """A calibration batch as the model takes it: on the device of the model's first floating
     parameter and, when floating, in its dtype (a float16 model given float32 batches, as
-    ``layertrim prune`` converts them); integer inputs (token ids) keep their dtype."""
+    ``layertrim prune`` converts them); integer inputs (token ids) keep their dtype. A dict's
+    tensors likewise."""
     p = next((q for q in model.parameters() if q.is_floating_point()), None)
     if p is None:
         return x
+    if isinstance(x, dict):
+        return {k: _like(v, p) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return _like(x, p)
+
+
+def _like(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     if x.is_floating_point() and x.dtype != p.dtype:
         x = x.to(p.dtype)
     return x if x.device == p.device else x.to(p.device)
@@ -299,14 +332,14 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                 x = model_input(model, x)
                 try:
                     if reference is not None:
-                        reference(x)
-                    model(x)
+                        run_model(reference, x)
+                    run_model(model, x)
                 except InvalidInputError as e:  # raised by a hook
                     raise InvalidInputError(f"layer {current['layer']}: {e}") from None
                 except (RuntimeError, ValueError, TypeError) as e:
                     where = f" at layer {current['layer']}" if current["layer"] else ""
                     raise InvalidInputError(
-                        f"a calibration batch of shape {tuple(x.shape)} does not fit the "
+                        f"a calibration batch of {describe(x)} does not fit the "
                         f"model{where}: {e}") from None
                 seen += 1
     finally:
@@ -359,8 +392,8 @@ def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[Torch
             for x in batches(calib):
                 x = model_input(model, x)
                 ref_out.clear()
-                reference(x)
-                model(x)
+                run_model(reference, x)
+                run_model(model, x)
                 seen += 1
     finally:
         for h in handles:

@@ -75,5 +75,13 @@ def calibration_fingerprint(calib, **settings) -> str:
 
     h = hashlib.sha256(repr(sorted(settings.items())).encode())
     for i, x in enumerate(batches(calib)):
-        _update(h, str(i), x)  # batches() yields tensors
+        if isinstance(x, dict):  # keyword inputs: every entry, by name
+            for k in sorted(x, key=str):
+                v = x[k]
+                if isinstance(v, torch.Tensor):
+                    _update(h, f"{i}.{k}", v)
+                else:
+                    h.update(f"{i}.{k}={v!r}".encode())
+        else:
+            _update(h, str(i), x)
     return h.hexdigest()

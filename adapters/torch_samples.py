@@ -25,6 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from layertrim.adapters.torch import TorchLayer, calibrate, eval_mode
+from layertrim.adapters.torch_calib import run_model
 from layertrim.adapters.torch_layers import stream_generator
 from layertrim.errors import InvalidInputError
 from layertrim.validate import check_int
@@ -178,7 +179,7 @@ def relu_layers(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tensor)
     try:
         with torch.no_grad(), eval_mode(model):
             with rec:
-                y = model(x)
+                y = run_model(model, x)
     finally:
         for h in handles:
             h.remove()

@@ -191,3 +191,55 @@ def test_counts_round_to_the_nearest_whole_weight_at_any_size():
     assert round_half_up(0.145 * 100) == 15  # a binary hair below the half
     assert round_half_up(0.123 * 100000004) == 12300000  # 12300000.492
     assert round_half_up(1e8 + 0.45) == 100000000
+
+
+class _Tagger(nn.Module):
+    """A model called with keyword inputs, as tokenised batches are: token ids and a mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(30, 12)
+        self.fc1 = nn.Linear(12, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.relu(self.fc1(self.emb(input_ids)))
+        h = (h * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("schedule", ["cascade", "parallel"])
+@pytest.mark.parametrize("method", ["sparsegpt", "nettrim"])
+def test_a_model_with_keyword_inputs_is_calibrated_from_dict_batches(schedule, method,
+                                                                      tmp_path):
+    """Dict batches without an input key are the model's keyword inputs (model(**batch)); the
+    Grams are those of the inputs the layers really see (checked against the hooks' own
+    capture), the prune runs in both schedules and resumes from its checkpoint."""
+    from layertrim.adapters.torch import collect_grams, find_layers
+
+    torch.manual_seed(0)
+    net = _Tagger()
+    g = torch.Generator().manual_seed(1)
+    calib = [{"input_ids": torch.randint(0, 30, (8, 5), generator=g),
+              "attention_mask": (torch.rand(8, 5, generator=g) > 0.2).float()}
+             for _ in range(3)]
+    layers = find_layers(net)
+    grams = collect_grams(net, layers, calib)
+    with torch.no_grad():
+        X = torch.cat([net.emb(b["input_ids"]).reshape(-1, 12) for b in calib]).double()
+    np.testing.assert_allclose(grams["fc1"][0].H, (X.T @ X).numpy(), rtol=1e-12, atol=1e-12)
+    assert grams["fc2"][0].n == 24
+    opts = dict(sparsity=0.5, method=method, schedule=schedule, executor="serial")
+    dense = copy.deepcopy(net)
+    report = lt.prune_model(net, calib, checkpoint=tmp_path / "ck", **opts)
+    assert {r.name for r in report.layers} == {"fc1", "fc2"}
+    assert (net.fc1.weight == 0).float().mean() > 0.2
+    resumed = copy.deepcopy(dense)  # the dict batches' fingerprint matches the checkpoint's
+    lt.prune_model(resumed, calib, resume=tmp_path / "ck", **opts)
+    for p, q in zip(resumed.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    other = [dict(b, attention_mask=torch.ones(8, 5)) for b in calib]
+    with pytest.raises(InvalidInputError, match="calibration"):
+        lt.prune_model(copy.deepcopy(dense), other, resume=tmp_path / "ck", **opts)
+    with pytest.raises(InvalidInputError, match="keyword inputs.*no tensor"):
+        lt.prune_model(_Tagger(), [{"input_ids": [1, 2]}], **opts)
