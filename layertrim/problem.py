@@ -127,7 +127,7 @@ class LayerProblem:
         pat.check_width(d)
         if not require_target and sparsity is None and nnz is None and pat.kind != "nm":
             return cls(W0, b, H, Xarr, activation, pat, m * d, has_target=False)
-        k = _target_nnz(pat, m, d, sparsity, nnz)
+        k = target_nnz(pat, m, d, sparsity, nnz)
         return cls(W0, b, H, Xarr, activation, pat, k)
 
     def objective(self, Wa: np.ndarray) -> float:
@@ -206,7 +206,7 @@ def _raw_gram(gram, d: int, with_bias: bool) -> np.ndarray:
     return H
 
 
-def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
+def target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
     total = m * d
     if sparsity is not None and nnz is not None:
         raise InvalidInputError("give either sparsity (a fraction) or nnz (a count), not both")

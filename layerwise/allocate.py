@@ -23,13 +23,14 @@ and uniform 90% leaves one. Two rules:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
-from layertrim.problem import round_half_up
+from layertrim.problem import LayerProblem, round_half_up, target_nnz
 
 MAX_BINS = 20000
 # solvers cheap enough to draw their own error curves; any other method's curves are drawn
@@ -48,19 +49,36 @@ def _check_target(target) -> float:
 
 def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *,
                  grid: Sequence[float] = GRID, method: str = "sparsegpt") -> np.ndarray:
-    """(L, len(grid)) relative errors of each (W, b, Gram) layer at each grid sparsity."""
-    from layertrim.api import solve_layer
+    """(L, len(grid)) relative errors of each (W, b, Gram) layer at each grid sparsity: each
+    entry is ``solve_layer(W, gram=Gram, bias=b, sparsity=s, method=method).rel_error``, with
+    the layer's problem built (validated, its Gram copied) once rather than per level, and
+    sparsegpt's inverse Hessian factor shared by the levels (``sparsegpt.error_curve``)."""
+    from layertrim.solvers import sparsegpt
+    from layertrim.solvers.registry import _blas_threads, get_solver, run
 
     out = np.zeros((len(layers), len(grid)))
     for i, (W, b, g) in enumerate(layers):
+        levels = []
         for k, s in enumerate(grid):
             # LayerProblem's count (round half up), not Python's round (half to even): at 0.99
             # of 50 weights (1 - s) * 50 is 0.5000000000000004, which round() takes for 1 kept
             if s > 0 and W.size - round_half_up(s * W.size) < 1:
                 out[i, k] = np.inf  # the level would leave no weight: never chosen
             elif s > 0:
-                out[i, k] = solve_layer(W, gram=g, bias=b, sparsity=float(s),
-                                        method=method).rel_error
+                levels.append(k)
+        if not levels:
+            continue
+        problem = LayerProblem.create(W, gram=g, bias=b, sparsity=float(grid[levels[0]]),
+                                      require_target=get_solver(method).needs_target)
+        if method == "sparsegpt":
+            with _blas_threads(problem):
+                out[i, levels] = sparsegpt.error_curve(problem, [grid[k] for k in levels])
+            continue
+        problem.reference_energy()  # computed once, carried by the copies
+        for k in levels:
+            level = dataclasses.replace(problem, nnz=target_nnz(
+                problem.pattern, problem.m, problem.d, float(grid[k]), None))
+            out[i, k] = run(level, method).rel_error
     return out
 
 

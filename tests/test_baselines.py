@@ -141,3 +141,46 @@ def test_sparsegpt_damping_is_relative_to_the_real_inputs_not_the_bias_entry():
     W, b = rng.standard_normal((8, 32)), rng.standard_normal(8)
     r = lt.solve_layer(W, X, bias=b, sparsity=0.5, method="sparsegpt", damp=0.01)
     assert r.settings["lambda"] == pytest.approx(0.01 * np.mean(np.sum(X**2, axis=0)))
+
+
+def _numpy_block_sweep(W1, U1, mask1, Err1):
+    """The column loop SparseGPT's compiled block sweep replaced, as it was written."""
+    for i in range(W1.shape[1]):
+        err = np.where(mask1[:, i], 0.0, W1[:, i]) / U1[i, i]
+        W1[:, i:] -= np.outer(err, U1[i, i:])
+        W1[:, i] = np.where(mask1[:, i], W1[:, i], 0.0)
+        Err1[:, i] = err
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparsegpt_compiled_block_sweep_is_bitwise_the_numpy_loop(seed):
+    from layertrim.solvers.sparsegpt import _sweep_block
+
+    rng = np.random.default_rng(seed)
+    m, B = 7 + seed, 13
+    A = rng.standard_normal((B, 3 * B))
+    U = np.linalg.cholesky(np.linalg.inv(A @ A.T + np.eye(B))).T  # upper, positive diagonal
+    W = rng.standard_normal((m, B))
+    mask = rng.random((m, B)) < 0.4
+    got, want = W.copy(), W.copy()
+    e_got, e_want = np.zeros_like(W), np.zeros_like(W)
+    _sweep_block(got, np.ascontiguousarray(U), mask, e_got)
+    _numpy_block_sweep(want, U, mask, e_want)
+    assert np.array_equal(got, want) and np.array_equal(e_got, e_want)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "magnitude", "wanda"])
+def test_error_curves_equal_one_solve_per_level(method, layer):
+    """The allocation's curves share the problem (and sparsegpt's factor) across levels; every
+    entry is still bitwise the rel_error of solve_layer at that level."""
+    from layertrim.gram import Gram
+    from layertrim.layerwise.allocate import error_curves
+
+    W, X, b = layer
+    g = Gram.from_data(X)
+    grid = (0.0, 0.3, 0.5, 0.9, 0.99)
+    got = error_curves([(W, b, g)], grid=grid, method=method)[0]
+    for s, e in zip(grid, got, strict=True):
+        want = 0.0 if s == 0 else lt.solve_layer(W, gram=g, bias=b, sparsity=s,
+                                                  method=method).rel_error
+        assert e == want
