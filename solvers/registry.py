@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
@@ -140,8 +141,16 @@ def _blas_threads(problem: LayerProblem, per_sample: bool = False):
     if per_sample and problem.X is not None:
         small = problem.m * p * problem.X.shape[0] < _SMALL_SAMPLE_FLOPS
     if small:
-        return threadpool_limits(limits=1, user_api="blas")
+        return _controller().limit(limits=1, user_api="blas")
     return contextlib.nullcontext()
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    """The BLAS libraries loaded when first asked (numpy's and scipy's, which the solvers
+    use), found once: ``threadpool_limits`` scans every loaded library at each call, 2-4 ms,
+    which was most of a small layer's solve (LeNet-5's allocation curves: 120 of them)."""
+    return ThreadpoolController()
 
 
 def takes_option(entry: SolverEntry, name: str) -> bool:

@@ -184,3 +184,23 @@ def test_error_curves_equal_one_solve_per_level(method, layer):
         want = 0.0 if s == 0 else lt.solve_layer(W, gram=g, bias=b, sparsity=s,
                                                   method=method).rel_error
         assert e == want
+
+
+def test_small_layers_solve_on_one_blas_thread_and_restore_it():
+    """A small layer's solve limits numpy's and scipy's BLAS to one thread (through a cached
+    controller, not a library scan per call) and gives the previous count back, also inside a
+    worker that set its own limit."""
+    import threadpoolctl
+
+    from layertrim.solvers.registry import _blas_threads
+
+    def counts():  # numpy's and scipy's OpenBLAS: what the solvers multiply with
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if "scipy_openblas" in i["filepath"]}
+
+    small = LayerProblem.create(np.ones((3, 4)), np.random.default_rng(0).random((10, 4)),
+                                sparsity=0.5)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        with _blas_threads(small):
+            assert counts() == {1}
+        assert counts() == {2}
