@@ -8,7 +8,7 @@ batch.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tenso
         return fn
 
     handles = [la.module.register_forward_pre_hook(hook(la.name)) for la in layers]
-    x = model_input(model, x)
     try:
+        x = model_input(model, x)
         with torch.no_grad(), eval_mode(model):
             run_model(model, x)
     except Exception:  # a batch that does not fit: calibration reports it, by layer
@@ -55,13 +55,18 @@ def labelled_pair(obj) -> bool:
     """Whether ``obj`` is one (inputs, targets) pair rather than two batches: a 2-tuple of
     tensors of equal length whose second is a vector (or a scalar batch) of integer labels,
     or of float targets beside inputs of more dimensions (two batches of one model's inputs
-    have the same number of dimensions)."""
+    have the same number of dimensions). Two float vectors of one length could be either, and
+    are refused rather than guessed."""
     if not (isinstance(obj, tuple) and len(obj) == 2
             and all(isinstance(t, torch.Tensor) for t in obj)):
         return False
     x, y = obj
     if y.dim() > 1 or x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
         return False
+    if y.is_floating_point() and x.dim() == y.dim() and x.is_floating_point():
+        raise InvalidInputError(
+            f"a pair of two float vectors of length {len(x)} could be (inputs, targets) or two "
+            f"batches of one-dimensional inputs: pass the inputs alone, or a list of batches")
     return not y.is_floating_point() or x.dim() > y.dim()
 
 
@@ -82,7 +87,7 @@ def batches(calib) -> Iterable[Batch]:
     if labelled_pair(calib):
         yield calib[0]  # one labelled batch, not two batches
         return
-    if isinstance(calib, dict):  # one batch (iterating it would give its keys)
+    if isinstance(calib, Mapping):  # one batch (iterating it would give its keys)
         calib = [calib]
     try:
         it = iter(calib)
@@ -91,7 +96,10 @@ def batches(calib) -> Iterable[Batch]:
                                 f"got {type(calib).__name__}") from None
     for item in it:
         x = item[0] if isinstance(item, (tuple, list)) else item
-        if isinstance(x, dict):  # a DataLoader over a dataset of dicts
+        if isinstance(x, Mapping):  # a DataLoader over a dataset of dicts; a tokenizer's
+            # BatchEncoding (a UserDict)
+            x = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                 for k, v in x.items()}
             x = next((x[k] for k in INPUT_KEYS if k in x), x)
             if isinstance(x, dict):
                 if not any(isinstance(v, torch.Tensor) for v in x.values()):
@@ -123,22 +131,35 @@ def describe(x: Batch) -> str:
 
 
 def model_input(model: nn.Module, x: Batch) -> Batch:
-    """A calibration batch as the model takes it: on the device of the model's first floating
-    parameter and, when floating, in its dtype (a float16 model given float32 batches, as
-    ``layertrim prune`` converts them); integer inputs (token ids) keep their dtype. A dict's
-    tensors likewise."""
-    p = next((q for q in model.parameters() if q.is_floating_point()), None)
-    if p is None:
+    """A calibration batch as the model takes it, when the model says so unambiguously: on its
+    device when all its parameters share one, and floating inputs in its floating dtype when
+    all its floating parameters share one (a float16 model given float32 batches, as
+    ``layertrim prune`` converts them). A model of mixed dtypes or devices (a float32 head
+    over a float16 body, a model split across GPUs, parameters offloaded to ``meta``) gets
+    the batch as given. Integer inputs (token ids) keep their dtype; the tensors inside a
+    dict, list or tuple are converted likewise."""
+    params = list(model.parameters())
+    devices = {q.device for q in params}
+    dtypes = {q.dtype for q in params if q.is_floating_point()}
+    device = devices.pop() if len(devices) == 1 else None
+    if device is not None and device.type == "meta":
+        device = None
+    dtype = dtypes.pop() if len(dtypes) == 1 else None
+    if device is None and dtype is None:
         return x
+    return _converted(x, dtype, device)
+
+
+def _converted(x, dtype, device):
+    if isinstance(x, torch.Tensor):
+        if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+            x = x.to(dtype)
+        return x if device is None or x.device == device else x.to(device)
     if isinstance(x, dict):
-        return {k: _like(v, p) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
-    return _like(x, p)
-
-
-def _like(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    if x.is_floating_point() and x.dtype != p.dtype:
-        x = x.to(p.dtype)
-    return x if x.device == p.device else x.to(p.device)
+        return {k: _converted(v, dtype, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_converted(v, dtype, device) for v in x)
+    return x
 
 
 def accumulate(layer: TorchLayer, sums: list[GramSum], x_in: torch.Tensor,
@@ -310,7 +331,7 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
     current = {"layer": None}  # the prunable layer last entered, to name it in an error
     seen = 0
     total = len(calib) if hasattr(calib, "__len__") and not isinstance(
-        calib, (torch.Tensor, np.ndarray)) else None
+        calib, (torch.Tensor, np.ndarray, Mapping)) else None
     try:  # every hook is removed, whatever fails
         handles += [la.module.register_forward_hook(hook(la)) for la in layers]
         if reference is not None:
@@ -329,8 +350,8 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                           leave=False, disable=not progress):
                 current["layer"] = None
                 ref_in.clear()
-                x = model_input(model, x)
                 try:
+                    x = model_input(model, x)
                     if reference is not None:
                         run_model(reference, x)
                     run_model(model, x)

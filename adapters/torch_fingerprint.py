@@ -4,9 +4,13 @@ resume is refused when either differs from the run that wrote the checkpoint."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
+
+from layertrim.errors import InvalidInputError
 
 
 def _update(h, name: str, t: torch.Tensor) -> None:
@@ -75,13 +79,29 @@ def calibration_fingerprint(calib, **settings) -> str:
 
     h = hashlib.sha256(repr(sorted(settings.items())).encode())
     for i, x in enumerate(batches(calib)):
-        if isinstance(x, dict):  # keyword inputs: every entry, by name
-            for k in sorted(x, key=str):
-                v = x[k]
-                if isinstance(v, torch.Tensor):
-                    _update(h, f"{i}.{k}", v)
-                else:
-                    h.update(f"{i}.{k}={v!r}".encode())
-        else:
-            _update(h, str(i), x)
+        _update_value(h, str(i), x)
     return h.hexdigest()
+
+
+def _update_value(h, name: str, v) -> None:
+    """A batch's value in full: tensors and arrays by their bytes, dicts (by key), lists and
+    tuples entry by entry, plain scalars and strings by repr. Anything else has no faithful
+    digest (a repr abbreviates or names a memory address) and is refused."""
+    if isinstance(v, torch.Tensor):
+        _update(h, name, v)
+    elif isinstance(v, np.ndarray):
+        _update(h, name, torch.from_numpy(np.ascontiguousarray(v)))
+    elif isinstance(v, Mapping):
+        h.update(f"{name}|dict|{len(v)}|".encode())
+        for k in sorted(v, key=str):
+            _update_value(h, f"{name}.{k}", v[k])
+    elif isinstance(v, (list, tuple)):
+        h.update(f"{name}|{type(v).__name__}|{len(v)}|".encode())
+        for j, e in enumerate(v):
+            _update_value(h, f"{name}[{j}]", e)
+    elif v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+        h.update(f"{name}={v!r}".encode())
+    else:
+        raise InvalidInputError(f"calibration batch entry {name} is a {type(v).__name__}, "
+                                f"which a checkpoint cannot fingerprint: give tensors, arrays, "
+                                f"numbers or strings")

@@ -133,8 +133,10 @@ class LayerProblem:
     def objective(self, Wa: np.ndarray) -> float:
         """Reconstruction error tr((Wa - W0a) H (Wa - W0a)^T) = ||Xa (Wa - W0a)^T||_F^2."""
         D = Wa - self.W0a
-        # a PSD quadratic form: a negative value is rounding (-1e-17 where D H D^T is ~0)
-        return max(0.0, float(np.einsum("ij,ij->", D @ self.H, D)))
+        # a PSD quadratic form: a negative value is rounding (-1e-17 where D H D^T is ~0);
+        # NaN (weights that blew up) stays NaN
+        v = float(np.einsum("ij,ij->", D @ self.H, D))
+        return 0.0 if v < 0 else v
 
     def reference_energy(self) -> float:
         """||Xa W0a^T||_F^2, the denominator of the relative error (computed once: a d^2 m

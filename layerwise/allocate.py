@@ -74,7 +74,8 @@ def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *
             with _blas_threads(problem):
                 out[i, levels] = sparsegpt.error_curve(problem, [grid[k] for k in levels])
             continue
-        problem.reference_energy()  # computed once, carried by the copies
+        with _blas_threads(problem):  # as inside run: the same threads, the same bits
+            problem.reference_energy()  # computed once, carried by the copies
         for k in levels:
             level = dataclasses.replace(problem, nnz=target_nnz(
                 problem.pattern, problem.m, problem.d, float(grid[k]), None))

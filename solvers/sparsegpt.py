@@ -140,7 +140,7 @@ def _sweep(problem: LayerProblem, factor: tuple[np.ndarray, np.ndarray, float],
     return finalize(problem, W, mask, solver="sparsegpt", settings=settings, t0=t0, iterations=d)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _sweep_block(W1, U1, mask1, Err1):
     """The OBS updates inside one block for a fixed mask, column by column: the same
     arithmetic as ``W1[:, i:] -= np.outer(err, U1[i, i:])`` (one product, one subtraction per

@@ -143,3 +143,11 @@ def test_objective_is_never_negative_from_rounding():
         vals.append(p.objective(W))
     assert min(vals) >= 0.0 and vals.count(0.0) > 5  # rounded below zero for some t
     assert max(vals) < 1e-12 * p.reference_energy()
+
+
+def test_a_nan_objective_stays_nan():
+    """Weights that blew up must not read as a perfect layer."""
+    from layertrim.problem import LayerProblem
+
+    p = LayerProblem.create(np.ones((2, 3)), np.ones((4, 3)), sparsity=0.5)
+    assert np.isnan(p.objective(np.full((2, 3), np.nan)))

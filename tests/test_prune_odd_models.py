@@ -243,3 +243,47 @@ def test_a_model_with_keyword_inputs_is_calibrated_from_dict_batches(schedule, m
         lt.prune_model(copy.deepcopy(dense), other, resume=tmp_path / "ck", **opts)
     with pytest.raises(InvalidInputError, match="keyword inputs.*no tensor"):
         lt.prune_model(_Tagger(), [{"input_ids": [1, 2]}], **opts)
+
+
+class _MixedPrecision(nn.Module):
+    """A float32 head registered before a float64 body: the batch must reach the body as
+    given (float64), not cast to the first parameter's dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 2)
+        self.body = nn.Linear(4, 8).double()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)).float())
+
+
+def test_batches_stay_as_given_for_a_model_of_mixed_dtypes():
+    torch.manual_seed(0)
+    net = _MixedPrecision()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    lt.prune_model(net, [x], sparsity=0.5, method="magnitude", schedule="parallel",
+                   executor="serial", allocation="uniform", vs_dense=False)
+    assert (net.body.weight == 0).float().mean() == 0.5
+
+
+def test_keyword_batches_from_mappings_and_nested_values_fingerprint_in_full():
+    """A tokenizer's BatchEncoding is a UserDict: taken as keyword inputs like a dict. The
+    checkpoint's fingerprint reads nested values in full (a repr abbreviates long arrays) and
+    refuses what it cannot digest."""
+    from collections import UserDict
+
+    from layertrim.adapters.torch_calib import batches
+    from layertrim.adapters.torch_fingerprint import calibration_fingerprint
+
+    ids = torch.randint(0, 30, (4, 5))
+    got = list(batches([UserDict(input_ids=ids, attention_mask=np.ones((4, 5)))]))
+    assert isinstance(got[0], dict) and torch.equal(got[0]["input_ids"], ids)
+    assert isinstance(got[0]["attention_mask"], torch.Tensor)
+    a = {"ids": ids, "extra": {"m": torch.zeros(2000)}}
+    b = {"ids": ids, "extra": {"m": torch.zeros(2000)}}
+    b["extra"]["m"][1000] = 1
+    assert calibration_fingerprint([a]) != calibration_fingerprint([b])
+    assert calibration_fingerprint([a]) == calibration_fingerprint([dict(a)])
+    with pytest.raises(InvalidInputError, match="cannot fingerprint"):
+        calibration_fingerprint([{"ids": ids, "tok": object()}])

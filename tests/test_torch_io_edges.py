@@ -225,3 +225,14 @@ def test_one_rule_tells_a_labelled_pair_from_two_batches(tmp_path):
     assert len(list(batches(two))) == 2
     torch.save(two, tmp_path / "t.pt")
     assert torch.cat(load_calibration(tmp_path / "t.pt", 16)).shape == (16, 5)
+
+
+def test_two_float_vectors_of_one_length_are_refused_as_ambiguous(tmp_path):
+    from layertrim.adapters.torch_calib import batches
+
+    pair = (torch.randn(6), torch.randn(6))
+    with pytest.raises(InvalidInputError, match="could be"):
+        list(batches(pair))
+    torch.save(pair, tmp_path / "p.pt")
+    with pytest.raises(InvalidInputError, match="could be"):
+        load_calibration(tmp_path / "p.pt", 8)
