@@ -53,10 +53,16 @@ def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tenso
 
 def labelled_pair(obj) -> bool:
     """Whether ``obj`` is one (inputs, targets) pair rather than two batches: a 2-tuple of
+    keyword inputs (a dict) and a label vector as long as their batch, or of
     tensors of equal length whose second is a vector (or a scalar batch) of integer labels,
     or of float targets beside inputs of more dimensions (two batches of one model's inputs
     have the same number of dimensions). Two float vectors of one length could be either, and
     are refused rather than guessed."""
+    if (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], Mapping)
+            and isinstance(obj[1], torch.Tensor) and obj[1].dim() == 1):
+        # (keyword inputs, labels): labels as long as the inputs' batch
+        rows = {len(v) for v in obj[0].values() if isinstance(v, torch.Tensor) and v.dim()}
+        return rows == {len(obj[1])}
     if not (isinstance(obj, tuple) and len(obj) == 2
             and all(isinstance(t, torch.Tensor) for t in obj)):
         return False
@@ -85,9 +91,8 @@ def batches(calib) -> Iterable[Batch]:
             yield calib
         return
     if labelled_pair(calib):
-        yield calib[0]  # one labelled batch, not two batches
-        return
-    if isinstance(calib, Mapping):  # one batch (iterating it would give its keys)
+        calib = [calib[0]]  # one labelled batch, not two batches
+    elif isinstance(calib, Mapping):  # one batch (iterating it would give its keys)
         calib = [calib]
     try:
         it = iter(calib)

@@ -287,3 +287,18 @@ def test_keyword_batches_from_mappings_and_nested_values_fingerprint_in_full():
     assert calibration_fingerprint([a]) == calibration_fingerprint([dict(a)])
     with pytest.raises(InvalidInputError, match="cannot fingerprint"):
         calibration_fingerprint([{"ids": ids, "tok": object()}])
+
+
+def test_keyword_inputs_with_labels_given_as_one_pair():
+    """(keyword inputs, labels) passed as the calibration data is one labelled batch, as a
+    DataLoader's (dict, labels) items are: the labels never reach the model."""
+    from layertrim.adapters.torch_calib import batches
+
+    ids = torch.randint(0, 30, (8, 5))
+    batch = {"input_ids": ids, "attention_mask": torch.ones(8, 5)}
+    got = list(batches((batch, torch.arange(8) % 3)))
+    assert len(got) == 1 and torch.equal(got[0]["input_ids"], ids)
+    net = _Tagger()
+    lt.prune_model(net, (batch, torch.arange(8) % 3), sparsity=0.5, method="sparsegpt",
+                   schedule="parallel", executor="serial")
+    assert (net.fc1.weight == 0).float().mean() > 0.2
