@@ -390,7 +390,7 @@ def _calibration_inputs(obj) -> torch.Tensor | None:
         return next((obj[k] for k in INPUT_KEYS
                      if isinstance(obj.get(k), torch.Tensor)), None)
     if isinstance(obj, (tuple, list)) and obj:
-        if labelled_pair(obj):
+        if labelled_pair(obj) and isinstance(obj[0], torch.Tensor):  # (a dict: not a file's)
             return obj[0]  # (inputs, labels)
         parts = [o[0] if isinstance(o, (tuple, list)) and o else o for o in obj]
         if all(isinstance(p, torch.Tensor) and p.dim() >= 1 for p in parts) and len(

@@ -236,3 +236,12 @@ def test_two_float_vectors_of_one_length_are_refused_as_ambiguous(tmp_path):
     torch.save(pair, tmp_path / "p.pt")
     with pytest.raises(InvalidInputError, match="could be"):
         load_calibration(tmp_path / "p.pt", 8)
+
+
+def test_a_keyword_inputs_pair_in_a_file_is_a_clean_error(tmp_path):
+    """A calibration file holds input tensors: a saved (dict of keyword inputs, labels) pair is
+    refused by name, not by an AttributeError."""
+    torch.save(({"input_ids": torch.zeros(4, 3, dtype=torch.long)}, torch.arange(4)),
+               tmp_path / "kw.pt")
+    with pytest.raises(InvalidInputError, match="expected a tensor of inputs"):
+        load_calibration(tmp_path / "kw.pt", 8)
