@@ -8,6 +8,7 @@ the last, never-pruned column of the augmented weights [W, b].
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,7 +128,7 @@ class LayerProblem:
         pat.check_width(d)
         if not require_target and sparsity is None and nnz is None and pat.kind != "nm":
             return cls(W0, b, H, Xarr, activation, pat, m * d, has_target=False)
-        k = target_nnz(pat, m, d, sparsity, nnz)
+        k = _target_nnz(pat, m, d, sparsity, nnz)
         return cls(W0, b, H, Xarr, activation, pat, k)
 
     def objective(self, Wa: np.ndarray) -> float:
@@ -137,6 +138,14 @@ class LayerProblem:
         # NaN (weights that blew up) stays NaN
         v = float(np.einsum("ij,ij->", D @ self.H, D))
         return 0.0 if v < 0 else v
+
+    def with_sparsity(self, sparsity: float) -> LayerProblem:
+        """The same problem at another sparsity (its arrays shared, not copied or validated
+        again; the reference energy computed first, so that every copy carries it): what the
+        allocation's error curves solve at each level."""
+        self.reference_energy()
+        return dataclasses.replace(self, nnz=_target_nnz(self.pattern, self.m, self.d,
+                                                        float(sparsity), None))
 
     def reference_energy(self) -> float:
         """||Xa W0a^T||_F^2, the denominator of the relative error (computed once: a d^2 m
@@ -208,7 +217,7 @@ def _raw_gram(gram, d: int, with_bias: bool) -> np.ndarray:
     return H
 
 
-def target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
+def _target_nnz(pat: Pattern, m: int, d: int, sparsity, nnz) -> int:
     total = m * d
     if sparsity is not None and nnz is not None:
         raise InvalidInputError("give either sparsity (a fraction) or nnz (a count), not both")

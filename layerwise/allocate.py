@@ -23,14 +23,13 @@ and uniform 90% leaves one. Two rules:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
-from layertrim.problem import LayerProblem, round_half_up, target_nnz
+from layertrim.problem import LayerProblem, round_half_up
 
 MAX_BINS = 20000
 # solvers cheap enough to draw their own error curves; any other method's curves are drawn
@@ -70,16 +69,12 @@ def error_curves(layers: Sequence[tuple[np.ndarray, np.ndarray | None, Gram]], *
             continue
         problem = LayerProblem.create(W, gram=g, bias=b, sparsity=float(grid[levels[0]]),
                                       require_target=get_solver(method).needs_target)
-        if method == "sparsegpt":
-            with _blas_threads(problem):
-                out[i, levels] = sparsegpt.error_curve(problem, [grid[k] for k in levels])
-            continue
         with _blas_threads(problem):  # as inside run: the same threads, the same bits
-            problem.reference_energy()  # computed once, carried by the copies
-        for k in levels:
-            level = dataclasses.replace(problem, nnz=target_nnz(
-                problem.pattern, problem.m, problem.d, float(grid[k]), None))
-            out[i, k] = run(level, method).rel_error
+            if method == "sparsegpt":
+                out[i, levels] = sparsegpt.error_curve(problem, [grid[k] for k in levels])
+            else:
+                out[i, levels] = [run(problem.with_sparsity(grid[k]), method).rel_error
+                                  for k in levels]
     return out
 
 

@@ -11,7 +11,6 @@ but absorbs compensation like any later column.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 import scipy.linalg
 
 from layertrim.errors import InvalidInputError
-from layertrim.problem import LayerProblem, target_nnz
+from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.common import check_damp, finalize
 from layertrim.solvers.masks import layer_topk, nm_topk, row_topk, split_count
@@ -71,13 +70,8 @@ def error_curve(problem: LayerProblem, sparsities: Sequence[float], *, blocksize
     third of each solve."""
     _check(blocksize, damp)
     factor = _factor(problem, damp)
-    problem.reference_energy()  # computed once, carried by the copies below
-    out = []
-    for s in sparsities:
-        level = dataclasses.replace(problem, nnz=target_nnz(problem.pattern, problem.m,
-                                                            problem.d, float(s), None))
-        out.append(_sweep(level, factor, blocksize, damp, time.perf_counter()).rel_error)
-    return out
+    return [_sweep(problem.with_sparsity(s), factor, blocksize, damp,
+                   time.perf_counter()).rel_error for s in sparsities]
 
 
 def _check(blocksize, damp) -> None:
