@@ -110,23 +110,19 @@ def _sweep(problem: LayerProblem, factor: tuple[np.ndarray, np.ndarray, float],
         Err1 = np.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
         diag1 = np.diag(U1)
-        if pat.kind == "nm":
+        U1c = np.ascontiguousarray(U1)
+        if pat.kind == "nm":  # each group's mask from the weights the sweep has updated
             mask1 = np.zeros(W1.shape, dtype=bool)
-            for i in range(i2 - i1):
-                if i % pat.m == 0:
-                    g = slice(i, i + pat.m)
-                    mask1[:, g] = nm_topk(W1[:, g] ** 2 / diag1[g] ** 2, pat.n, pat.m)
-                w = W1[:, i]
-                err = np.where(mask1[:, i], 0.0, w) / U1[i, i]
-                W1[:, i:] -= np.outer(err, U1[i, i:])
-                W1[:, i] = np.where(mask1[:, i], W1[:, i], 0.0)
-                Err1[:, i] = err
-        else:  # the mask is chosen once per block: the sweep is one compiled loop
+            for g0 in range(0, i2 - i1, pat.m):
+                g = slice(g0, g0 + pat.m)
+                mask1[:, g] = nm_topk(W1[:, g] ** 2 / diag1[g] ** 2, pat.n, pat.m)
+                _sweep_block(W1, U1c, mask1, Err1, g0, min(g0 + pat.m, i2 - i1))
+        else:  # the mask is chosen once per block
             if pat.kind == "layer":
                 mask1 = layer_topk(W1**2 / diag1**2, split_count(k, i1, i2, d))
             else:
                 mask1 = row_topk(W1**2 / diag1**2, split_count(k_row, i1, i2, d))
-            _sweep_block(W1, np.ascontiguousarray(U1), mask1, Err1)
+            _sweep_block(W1, U1c, mask1, Err1, 0, i2 - i1)
         W[:, i1:i2] = W1
         mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
@@ -135,14 +131,15 @@ def _sweep(problem: LayerProblem, factor: tuple[np.ndarray, np.ndarray, float],
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _sweep_block(W1, U1, mask1, Err1):
-    """The OBS updates inside one block for a fixed mask, column by column: the same
-    arithmetic as ``W1[:, i:] -= np.outer(err, U1[i, i:])`` (one product, one subtraction per
-    entry; no fused multiply-add), so the result is bitwise that of the NumPy loop, which
-    cost a Python iteration and an m x B temporary per column (half of a solve on the MNIST
-    MLP's 784 -> 300 layer)."""
+def _sweep_block(W1, U1, mask1, Err1, start, stop):
+    """The OBS updates of a block's columns [start, stop) for their mask, column by column,
+    each compensated on the block's columns to its right: the same arithmetic as
+    ``W1[:, i:] -= np.outer(err, U1[i, i:])`` (one product, one subtraction per entry; no
+    fused multiply-add), so the result is bitwise that of the NumPy loop, which cost a Python
+    iteration and an m x B temporary per column (half of a solve on the MNIST MLP's
+    784 -> 300 layer)."""
     m, B = W1.shape
-    for i in range(B):
+    for i in range(start, stop):
         uii = U1[i, i]
         for r in range(m):
             e = (0.0 if mask1[r, i] else W1[r, i]) / uii
