@@ -75,15 +75,20 @@ def pixel_plan(layer: TorchLayer, x: torch.Tensor, cross: bool,
     mod = layer.module
     if isinstance(mod, nn.Linear) or mod.padding_mode != "zeros":
         return None
-    item = x.shape[1:] if x.dim() == mod.weight.dim() else x.shape
+    item = _item_shape(layer, x)
     pixels = mod.in_channels // layer.groups * int(np.prod(item[1:]))
     if layer.groups * pixels**2 * 8 * (2 if cross else 1) > 2 * PIXEL_BYTES:
         return None  # too big whatever the plan says (and not worth building the plan)
-    plan = PixelPlan(layer, tuple(item))
+    plan = PixelPlan(layer, item)
     if plan.size**2 > PIXEL_FLOPS * plan.positions * layer.d**2 or _bytes(
             plan, layer.groups, cross, float32) > PIXEL_BYTES:
         return None
     return plan
+
+
+def _item_shape(layer: TorchLayer, x: torch.Tensor) -> tuple[int, ...]:
+    """One input item's shape, (C, H, W) or (C, L), of a batch or of an unbatched input."""
+    return tuple(x.shape[1:] if x.dim() == layer.module.weight.dim() else x.shape)
 
 
 class PixelGramSum:
@@ -98,8 +103,7 @@ class PixelGramSum:
             s.limit_buffer(torch_layers.PIECE // layer.groups)
 
     def fits(self, x: torch.Tensor) -> bool:
-        item = x.shape[1:] if x.dim() == self.layer.module.weight.dim() else x.shape
-        return tuple(item) == self.plan.shape
+        return _item_shape(self.layer, x) == self.plan.shape
 
     def add(self, x: torch.Tensor, x_ref: torch.Tensor | None) -> None:
         """Add a batch of whole images (and the reference's, for the cross term)."""
