@@ -23,6 +23,7 @@ from layertrim.adapters.torch_calib import (  # noqa: F401  (re-exported: the pu
     eval_mode,
     finish,
     forward_order,
+    input_converter,
     model_input,
     output_errors,
 )
@@ -134,7 +135,8 @@ class TorchBridge:
         (running only the children in between), then accumulate its Grams from them."""
         layer, i = self.by_name[name], self.position[name]
         if self._front is None:
-            xs = [model_input(self.model, x) for x in batches(self.calib)]
+            to_model = input_converter(self.model)
+            xs = [to_model(x) for x in batches(self.calib)]
             if not xs:
                 raise InvalidInputError("the calibration data is empty")
             self._front = (0, xs, list(xs))

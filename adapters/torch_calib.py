@@ -58,16 +58,14 @@ def labelled_pair(obj) -> bool:
     or of float targets beside inputs of more dimensions (two batches of one model's inputs
     have the same number of dimensions). Two float vectors of one length could be either, and
     are refused rather than guessed."""
-    if (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], Mapping)
-            and isinstance(obj[1], torch.Tensor) and obj[1].dim() == 1):
-        # (keyword inputs, labels): labels as long as the inputs' batch
-        rows = {len(v) for v in obj[0].values() if isinstance(v, torch.Tensor) and v.dim()}
-        return rows == {len(obj[1])}
-    if not (isinstance(obj, tuple) and len(obj) == 2
-            and all(isinstance(t, torch.Tensor) for t in obj)):
+    if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], torch.Tensor)):
         return False
     x, y = obj
-    if y.dim() > 1 or x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+    if isinstance(x, Mapping):  # (keyword inputs, labels): labels as long as their batch
+        rows = {len(v) for v in x.values() if isinstance(v, torch.Tensor) and v.dim()}
+        return y.dim() == 1 and rows == {len(y)}
+    if (not isinstance(x, torch.Tensor) or y.dim() > 1 or x.dim() == 0 or y.dim() == 0
+            or len(x) != len(y)):
         return False
     if y.is_floating_point() and x.dim() == y.dim() and x.is_floating_point():
         raise InvalidInputError(
@@ -136,13 +134,19 @@ def describe(x: Batch) -> str:
 
 
 def model_input(model: nn.Module, x: Batch) -> Batch:
-    """A calibration batch as the model takes it, when the model says so unambiguously: on its
-    device when all its parameters share one, and floating inputs in its floating dtype when
-    all its floating parameters share one (a float16 model given float32 batches, as
-    ``layertrim prune`` converts them). A model of mixed dtypes or devices (a float32 head
-    over a float16 body, a model split across GPUs, parameters offloaded to ``meta``) gets
-    the batch as given. Integer inputs (token ids) keep their dtype; the tensors inside a
-    dict, list or tuple are converted likewise."""
+    """One calibration batch as the model takes it (``input_converter``)."""
+    return input_converter(model)(x)
+
+
+def input_converter(model: nn.Module) -> Callable[[Batch], Batch]:
+    """What turns a calibration batch into what the model takes, when the model says so
+    unambiguously: on its device when all its parameters share one, and floating inputs in
+    its floating dtype when all its floating parameters share one (a float16 model given
+    float32 batches, as ``layertrim prune`` converts them). A model of mixed dtypes or
+    devices (a float32 head over a float16 body, a model split across GPUs, parameters
+    offloaded to ``meta``) gets the batch as given. Integer inputs (token ids) keep their
+    dtype; the tensors inside a dict, list or tuple are converted likewise. Read from the
+    parameters once, for a whole pass."""
     params = list(model.parameters())
     devices = {q.device for q in params}
     dtypes = {q.dtype for q in params if q.is_floating_point()}
@@ -151,8 +155,8 @@ def model_input(model: nn.Module, x: Batch) -> Batch:
         device = None
     dtype = dtypes.pop() if len(dtypes) == 1 else None
     if device is None and dtype is None:
-        return x
-    return _converted(x, dtype, device)
+        return lambda x: x
+    return lambda x: _converted(x, dtype, device)
 
 
 def _converted(x, dtype, device):
@@ -333,6 +337,7 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
         return fn
 
     handles: list = []
+    to_model = input_converter(model)
     current = {"layer": None}  # the prunable layer last entered, to name it in an error
     seen = 0
     total = len(calib) if hasattr(calib, "__len__") and not isinstance(
@@ -356,7 +361,7 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                 current["layer"] = None
                 ref_in.clear()
                 try:
-                    x = model_input(model, x)
+                    x = to_model(x)
                     if reference is not None:
                         run_model(reference, x)
                     run_model(model, x)
@@ -413,10 +418,11 @@ def output_errors(model: nn.Module, reference: nn.Module, layers: Sequence[Torch
     handles = [la.module.register_forward_hook(on_output(la)) for la in layers]
     handles += [ref_modules[la.name].register_forward_hook(ref_hook(la)) for la in layers]
     seen = 0
+    to_model = input_converter(model)
     try:
         with torch.no_grad(), eval_mode(model), eval_mode(reference):
             for x in batches(calib):
-                x = model_input(model, x)
+                x = to_model(x)
                 ref_out.clear()
                 run_model(reference, x)
                 run_model(model, x)
