@@ -75,6 +75,21 @@ def _mirror(A: np.ndarray) -> None:
                     A[j, i] = A[i, j]
 
 
+@numba.njit(cache=True)
+def _symmetric_from_upper(S: np.ndarray, H: np.ndarray) -> None:
+    """H (float64, d x d) = the symmetric matrix whose upper triangle is S's (any float
+    dtype and strides; below the diagonal S holds junk), in 64 x 64 tiles: one pass where a
+    converting copy and the mirror took two."""
+    d = H.shape[0]
+    for a in range(0, d, 64):
+        for b in range(a, d, 64):
+            for i in range(a, min(a + 64, d)):
+                for j in range(max(b, i), min(b + 64, d)):
+                    v = np.float64(S[i, j])
+                    H[i, j] = v
+                    H[j, i] = v
+
+
 def _zeros(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A zero rows x cols matrix whose rows start 64-byte aligned (a view into a wider one):
     float32 GEMMs that update a matrix of odd width (d + 1) run 15-25% slower."""
@@ -290,9 +305,14 @@ class GramSum:
             src = self._part.mats
         else:
             return g
-        H = torch.empty(d, d, dtype=torch.float64)  # contiguous, for the Gram to keep
-        H.copy_(src[0][:d, :d])
-        mirror_upper(H)
+        if src[0].device.type == "cpu":  # numpy's allocation: huge pages where the kernel
+            H = np.empty((d, d))            # grants them, not 1200 faults on fresh pages
+            _symmetric_from_upper(src[0][:d, :d].numpy(), H)
+        else:
+            Ht = torch.empty(d, d, dtype=torch.float64)  # contiguous, for the Gram to keep
+            Ht.copy_(src[0][:d, :d])
+            mirror_upper(Ht)
+            H = Ht.numpy()
         total = src[0][:d, d].to("cpu", torch.float64)
         cross = total0 = None
         if d0 is not None:  # a copy as well: the Gram keeps it
@@ -302,4 +322,4 @@ class GramSum:
             total0 = src[1][d, :d0].to("cpu", torch.float64).numpy()
         self._total = self._part = None  # final: the sums are the Gram's now (and freed)
         self._final = True
-        return g.add_stats(H.numpy(), total.numpy(), self.n, cross, total0, adopt=True)
+        return g.add_stats(H, total.numpy(), self.n, cross, total0, adopt=True)

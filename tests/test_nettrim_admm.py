@@ -391,8 +391,10 @@ def test_hopeless_restorations_are_skipped_without_changing_the_solve(monkeypatc
     """At a high gain the restored W costs more l1 than RESTORE_L1 allows for many checks; the
     attempts whose l1 change (predicted from the last one, scaled by the violation) is beyond
     twice the budget are skipped, and the solve ends where it did with an attempt at every
-    check: same iterations, same W."""
+    check: same iterations, same W. (The budget is held at 1e-5, where this layer's
+    restorations stay over it for many checks; at the default 2e-5 they seldom do.)"""
     W, X, b = layer(4, d=40, m=20, n=1000)
+    monkeypatch.setattr(nettrim_admm, "RESTORE_L1", 1e-5)
     runs = []
     for skip in (float("inf"), nettrim_admm.RESTORE_SKIP):
         monkeypatch.setattr(nettrim_admm, "RESTORE_SKIP", skip)
@@ -417,6 +419,35 @@ def test_an_oscillating_l1_does_not_pass_for_settled():
     ref = lt.solve_layer(W, X, bias=b, method="nettrim-cvx", activation="relu", gain=0.9)
     assert r.certificate["converged"] and r.certificate["violation_rel"] <= 1e-5
     assert r.certificate["l1"] == pytest.approx(ref.certificate["l1"], rel=1e-4)
+
+
+def test_the_tail_test_extrapolates_a_slowing_fall_and_nothing_else():
+    """_tail_small: a geometric fall of ratio 0.7 per window passes once its last step and
+    the extrapolated rest are small; a fall that slowed by a ratio near 1 in either of the
+    last two windows, a rise, a last step over TAIL_STEP obj_tol, or too short a history
+    does not."""
+    tol, base = 2e-6, 1000.0
+
+    def seen(falls):  # l1 at checks 20 apart: base + what is still to fall
+        out, level = [], base + sum(falls)
+        for k, f in enumerate(falls):
+            out.append((20 * k, level))
+            level -= f
+        return out, 20 * len(falls), level
+
+    def passes(falls):
+        s, it, l1 = seen(falls)
+        return nettrim_admm._tail_small(s, it, l1, tol)
+
+    # on an l1 of 1000 the last fall may be up to 4e-3 (TAIL_STEP obj_tol), the rest 1e-2
+    assert passes([1.8e-3 / 0.49, 1.8e-3 / 0.7, 1.8e-3])  # the rest: 4.2e-3
+    assert not passes([5e-3 / 0.09, 5e-3 / 0.3, 5e-3])  # the rest 2.1e-3, the last fall over
+    assert not passes([1.8e-3 / 0.98, 1.8e-3 / 0.99, 1.8e-3])  # ratio 0.99: rest 0.18
+    assert not passes([1.8e-3 / 0.7, 1.8e-3 / 0.49, 1.8e-3])  # the fall sped up, then slowed
+    assert not passes([1.8e-3, -1e-4, 1.8e-3])  # a rise in between
+    assert not passes([1.8e-3 / 0.7, 1.8e-3])  # two windows only
+    # the ratio is the larger of the two: 0.3 then 0.9 extrapolates with 0.9
+    assert not passes([1.8e-3 / 0.27, 1.8e-3 / 0.9, 1.8e-3])
 
 
 def test_warm_start_from_the_solution_converges_at_once():
