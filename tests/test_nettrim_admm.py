@@ -446,8 +446,29 @@ def test_the_tail_test_extrapolates_a_slowing_fall_and_nothing_else():
     assert not passes([1.8e-3 / 0.7, 1.8e-3 / 0.49, 1.8e-3])  # the fall sped up, then slowed
     assert not passes([1.8e-3, -1e-4, 1.8e-3])  # a rise in between
     assert not passes([1.8e-3 / 0.7, 1.8e-3])  # two windows only
-    # the ratio is the larger of the two: 0.3 then 0.9 extrapolates with 0.9
+    # the ratio is the larger of the two: 0.3 then 0.9 extrapolates with 0.9, and so does
+    # 0.95 then 0.5 (the older window nearly as slow as the one before it)
     assert not passes([1.8e-3 / 0.27, 1.8e-3 / 0.9, 1.8e-3])
+    assert not passes([1.8e-3 / (0.5 * 0.95), 1.8e-3 / 0.5, 1.8e-3])
+
+
+def test_the_tail_route_of_settled_sees_every_check():
+    """With checks closer than the windows (check_every 5), the tail route of _settled also
+    asks every check of the last 60 iterations to fall: an l1 that rose between the sampled
+    checks does not pass, the same falls without the rise do, and _settled without ``tail``
+    (the plain test: a fall of at most obj_tol per window) passes neither."""
+    # per 20 iterations, the last 3e-3: over obj_tol * 1000, within TAIL_STEP times that
+    tol, falls = 2e-6, [3e-3 / 0.25, 3e-3 / 0.5, 3e-3]
+    level, smooth = 1000.0 + sum(falls), []
+    for it in range(0, 61, 5):  # a straight fall within each window
+        k = min(it // 20, 2)
+        drop = sum(falls[:k]) + falls[k] * (it - 20 * k) / 20 if it < 60 else sum(falls)
+        smooth.append((it, level - drop))
+    wavy = [(it, v + (1e-3 if it % 20 == 10 else 0.0)) for it, v in smooth]
+    for seen, want in ((smooth, True), (wavy, False)):
+        *before, (it, l1) = seen
+        assert nettrim_admm._settled(before, it, l1, tol, tail=True) is want
+        assert not nettrim_admm._settled(before, it, l1, tol)
 
 
 def test_warm_start_from_the_solution_converges_at_once():

@@ -282,6 +282,20 @@ def test_upper_gram_panels_by_dtype(d, dtype):
     assert not wide[d:].any() and not wide[:, d:].any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [1, 64, 65, 130])
+def test_symmetric_from_upper_reads_the_upper_triangle_of_a_strided_view(d, dtype):
+    """to_gram's one-pass finish: H in float64 from the upper triangle of a padded view
+    (GramSum's sums), whatever the lower triangle holds, for tile edges on and off 64."""
+    rng = np.random.default_rng(d)
+    wide = rng.standard_normal((d + 1, d + 16)).astype(dtype)
+    S = wide[:d, :d]
+    H = np.full((d, d), np.nan)
+    tg._symmetric_from_upper(S, H)
+    upper = np.triu(S.astype(np.float64))
+    np.testing.assert_array_equal(H, upper + np.triu(upper, 1).T)
+
+
 def test_grouped_layer_shares_the_buffer_budget(monkeypatch):
     """The groups of a convolution share PIECE buffered entries, so a depthwise layer's
     buffers stay as small as one ordinary layer's."""
