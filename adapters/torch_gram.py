@@ -58,23 +58,6 @@ def add_upper_gram(H: torch.Tensor, A: torch.Tensor,
         Hp.addmm_(A.narrow(0, a, b - a), A.narrow(0, a, A.shape[0] - a).T)
 
 
-def mirror_upper(H: torch.Tensor) -> None:
-    """Copy H's upper triangle onto its lower one, in place (a CPU tensor of any strides)."""
-    _mirror(H.numpy())
-
-
-@numba.njit(cache=True)
-def _mirror(A: np.ndarray) -> None:
-    # 64 x 64 tiles, so that the strided writes stay in cache: 0.35 ms at d = 785 in float64,
-    # where torch's tile-wise transposed copies took 1.8 ms of a 5 ms finish
-    d = A.shape[0]
-    for a in range(0, d, 64):
-        for b in range(a, d, 64):
-            for i in range(a, min(a + 64, d)):
-                for j in range(max(b, i + 1), min(b + 64, d)):
-                    A[j, i] = A[i, j]
-
-
 @numba.njit(cache=True)
 def _symmetric_from_upper(S: np.ndarray, H: np.ndarray) -> None:
     """H (float64, d x d) = the symmetric matrix whose upper triangle is S's (any float
@@ -305,14 +288,11 @@ class GramSum:
             src = self._part.mats
         else:
             return g
-        if src[0].device.type == "cpu":  # numpy's allocation: huge pages where the kernel
-            H = np.empty((d, d))            # grants them, not 1200 faults on fresh pages
-            _symmetric_from_upper(src[0][:d, :d].numpy(), H)
-        else:
-            Ht = torch.empty(d, d, dtype=torch.float64)  # contiguous, for the Gram to keep
-            Ht.copy_(src[0][:d, :d])
-            mirror_upper(Ht)
-            H = Ht.numpy()
+        # numpy's allocation: huge pages where the kernel grants them, not 1200 faults on
+        # fresh pages; C-contiguous, for the Gram to keep. (Sums on another device come over
+        # to the CPU first.)
+        H = np.empty((d, d))
+        _symmetric_from_upper(src[0][:d, :d].cpu().numpy(), H)
         total = src[0][:d, d].to("cpu", torch.float64)
         cross = total0 = None
         if d0 is not None:  # a copy as well: the Gram keeps it
