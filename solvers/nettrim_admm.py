@@ -185,8 +185,8 @@ def _settled(seen: list[tuple[int, float]], it: int, l1: float, obj_tol: float,
     an l1 still falling faster passes too when ``_tail_small`` says what is left of its fall is
     small, and every check of the last 60 iterations fell (checks closer than the windows it
     samples could hide an oscillation from it)."""
-    back = [l1_then for it_then, l1_then in seen if it_then <= it - SETTLE_WINDOW]
-    if not back:
+    back = _window_back(seen, it)
+    if back is None:
         return False
     recent = [l1_then for it_then, l1_then in seen if it_then >= it - 3 * SETTLE_WINDOW]
     recent.append(l1)
@@ -194,9 +194,15 @@ def _settled(seen: list[tuple[int, float]], it: int, l1: float, obj_tol: float,
     falling = bool(np.all(np.diff(recent) <= slack))
     if tail and falling and _tail_small(seen, it, l1, obj_tol):
         return True
-    if abs(l1 - back[-1]) > obj_tol * max(l1, 1e-300):
+    if abs(l1 - back[1]) > obj_tol * max(l1, 1e-300):
         return False
     return falling or max(recent) - min(recent) <= 3 * obj_tol * max(l1, 1e-300)
+
+
+def _window_back(seen: list[tuple[int, float]], it: int) -> tuple[int, float] | None:
+    """The latest check (iteration, l1) at least SETTLE_WINDOW iterations before ``it``."""
+    back = [c for c in seen if c[0] <= it - SETTLE_WINDOW]
+    return back[-1] if back else None
 
 
 def _tail_small(seen: list[tuple[int, float]], it: int, l1: float, obj_tol: float) -> bool:
@@ -215,10 +221,10 @@ def _tail_small(seen: list[tuple[int, float]], it: int, l1: float, obj_tol: floa
     pts = [l1]
     last = it
     for _ in range(3):
-        back = [(i, v) for i, v in seen if i <= last - SETTLE_WINDOW]
-        if not back:
+        back = _window_back(seen, last)
+        if back is None:
             return False
-        last, v = back[-1]
+        last, v = back
         pts.append(v)
     falls = [pts[k + 1] - pts[k] for k in range(3)]  # the latest first
     scale = max(l1, 1e-300)
