@@ -92,7 +92,7 @@ class TorchBridge:
                  max_rows: int | None = None, seed: int = 0,
                  keep_reference: bool = False, frontier: bool = True,
                  max_samples: int = 2048, progress: bool = False,
-                 gram_dtype: str = "float64") -> None:
+                 gram_dtype: str = "float32") -> None:
 
         self.model, self.calib, self.max_rows, self.seed = model, calib, max_rows, seed
         self.gram_dtype = check_gram_dtype(gram_dtype)
@@ -244,7 +244,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 executor=None, allocation: str = "global", max_rows: int | None = None,
                 seed: int = 0, frontier: bool = True, max_samples: int = 2048,
                 mask_convention: bool = False, checkpoint=None, resume=None, progress=False,
-                gram_dtype: str = "float64", vs_dense: bool = True, **solver_options):
+                gram_dtype: str = "float32", vs_dense: bool = True, **solver_options):
     """Prune ``model`` in place, layer by layer, and return a
     :class:`layertrim.layerwise.report.PruneReport`.
 
@@ -268,9 +268,11 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     max_rows : subsample at most this many input rows (patches) per batch and layer.
     seed : seeds that subsampling, the per-sample solvers' row samples, and a seeded solver
         (``random``), which gets a per-layer seed derived from it.
-    gram_dtype : "float64" (exact products) or "float32" (a float32 CPU model's batch products
-        in float32, summed in float64: 1.5-2x faster calibration, Grams within ~1e-7
-        relative; avoid it when a layer has fewer calibration rows than inputs).
+    gram_dtype : "float32" (the default: a float32 CPU model's batch products in float32,
+        summed in float64, 1.5x faster calibration, Grams within ~1e-7 relative plus a
+        diagonal ridge of ~1e-5 relative that keeps them positive semidefinite) or "float64"
+        (exact products, also for float32 models). Other dtypes and CUDA models are always
+        multiplied in float64.
     mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
     vs_dense : measure each layer's output against the dense network's after the prune
         (``rel_error_dense``): one more pass of both networks over ``calib``, and in parallel

@@ -263,7 +263,7 @@ def finish(name: str, sums: LayerSums) -> list[Gram]:
 def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
                   max_rows: int | None = None, seed: int = 0,
                   reference: nn.Module | None = None, progress: bool = False,
-                  gram_dtype: str = "float64") -> dict[str, list[Gram]]:
+                  gram_dtype: str = "float32") -> dict[str, list[Gram]]:
     """Run ``calib`` through ``model`` (eval mode, no grad) and accumulate, for every layer and
     group, the float64 Gram of its inputs. Memory beyond the model is the Grams themselves plus
     one batch: the inputs are never stored.
@@ -274,8 +274,9 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         it, and the Grams track the cross term X_hat^T X between this model's layer inputs
         X_hat and the reference's X (the cascade statistics).
     progress : show a progress bar over the batches (tqdm, on stderr).
-    gram_dtype : "float64" (the default) or "float32": the precision of each batch's products
-        for a float32 model on the CPU (``torch_gram.GramSum``); the sums over batches are float64.
+    gram_dtype : "float32" (the default) or "float64": the precision of each batch's products
+        for a float32 model on the CPU (``torch_gram.GramSum``; float32 products give the
+        Gram's diagonal a rounding ridge); the sums over batches are float64.
     """
     float32 = check_gram_dtype(gram_dtype) == "float32"
     check_int("max_rows", max_rows, allow_none=True)

@@ -19,7 +19,7 @@ import torch
 from layertrim.errors import InvalidInputError
 from layertrim.gram import Gram
 
-GRAM_CHUNK = 32768  # rows per float32 partial sum: bounds its rounding (see GramSum)
+GRAM_CHUNK = 8192  # rows per float32 partial sum: bounds its rounding (see GramSum)
 GRAM_DTYPES = ("float64", "float32")
 BLOCK_ROWS = 192  # float32 rows per panel of the upper-triangle product (add_upper_gram)
 BUFFER_ENTRIES = 1 << 20  # entries of a GramSum's sample buffer (and of the reference's)
@@ -58,19 +58,34 @@ def add_upper_gram(H: torch.Tensor, A: torch.Tensor,
         Hp.addmm_(A.narrow(0, a, b - a), A.narrow(0, a, A.shape[0] - a).T)
 
 
-@numba.njit(cache=True)
-def _symmetric_from_upper(S: np.ndarray, H: np.ndarray) -> None:
-    """H (float64, d x d) = the symmetric matrix whose upper triangle is S's (any float
-    dtype and strides; below the diagonal S holds junk), in 64 x 64 tiles: one pass where a
-    converting copy and the mirror took two."""
+@numba.njit(cache=True, parallel=True)
+def _symmetric_from_upper(S: np.ndarray, H: np.ndarray) -> bool:
+    """H (float64, d x d) = the symmetric matrix whose upper triangle is S's (any float dtype
+    and strides; below the diagonal S holds junk); False where an entry is NaN or Inf. One
+    pass over 64 x 64 tile pairs shared by the threads, where a converting copy, a mirror and
+    a finiteness check took three."""
     d = H.shape[0]
-    for a in range(0, d, 64):
-        for b in range(a, d, 64):
-            for i in range(a, min(a + 64, d)):
-                for j in range(max(b, i), min(b + 64, d)):
-                    v = np.float64(S[i, j])
-                    H[i, j] = v
-                    H[j, i] = v
+    nt = (d + 63) // 64
+    pairs = nt * (nt + 1) // 2
+    first = np.empty(pairs, np.int64)  # the tile pairs (a <= b), listed so that the threads
+    second = np.empty(pairs, np.int64)  # share the work evenly (tile rows shrink downwards)
+    k = 0
+    for a in range(nt):
+        for b in range(a, nt):
+            first[k], second[k] = a, b
+            k += 1
+    probe = np.zeros(pairs)  # v * 0 is NaN exactly where v is NaN or Inf
+    for p in numba.prange(pairs):
+        a, b = first[p] * 64, second[p] * 64
+        acc = 0.0
+        for i in range(a, min(a + 64, d)):
+            for j in range(max(b, i), min(b + 64, d)):
+                v = np.float64(S[i, j])
+                acc += v * 0.0
+                H[i, j] = v
+                H[j, i] = v
+        probe[p] = acc
+    return bool(np.isfinite(probe.sum()))
 
 
 def _zeros(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -117,15 +132,16 @@ class GramSum:
     about ``buffer_entries`` entries (a longer matrix is taken a piece at a time). Memory is
     O(d^2 + buffer_entries), whatever the number of rows.
 
-    By default every product is taken in float64. With ``float32``
-    (``gram_dtype="float32"``), float32 CPU inputs are multiplied and summed in float32 into a
-    partial sum that is added to the float64 totals every GRAM_CHUNK rows, so float32's
-    rounding (of the products and of the sums) is confined to one partial sum: about 1e-7
-    relative on the MNIST networks (bench/calibration.py), a few 1e-6 on a narrow layer with
-    tens of thousands of rows; and float32 GEMMs run about 2x faster. That rounding is not
-    positive semidefinite: where the inputs are rank-deficient (fewer rows than inputs,
-    collinear inputs) it exceeds a solver's tiny ridge (1e-8 of mean(diag H)), so it is opt-in.
-    Other dtypes and devices always multiply in float64 (a CUDA float32 product may run in
+    With ``float32`` (``gram_dtype="float32"``, the calibration default), float32 CPU inputs
+    are multiplied and summed in float32 into a partial sum that is added to the float64 totals
+    every GRAM_CHUNK rows, so float32's rounding (of the products and of the sums) is confined
+    to one partial sum: about 1e-7 relative on the MNIST networks (bench/calibration.py); and
+    float32 GEMMs run about 2x faster. That rounding is not positive semidefinite: where the
+    inputs are rank-deficient (fewer rows than inputs, collinear inputs) the Gram's smallest
+    eigenvalues are about -1e-6 of its mean diagonal instead of 0. The solvers take that as
+    they take a singular Gram: they damp it or fall back to an eigenvalue cut (tests:
+    test_float32_grams_prune_a_rank_deficient_cascade_like_float64). Other dtypes and
+    devices, and ``float32=False``, multiply in float64 (a CUDA float32 product may run in
     TF32)."""
 
     def __init__(self, d: int, d0: int | None = None, float32: bool = False,
@@ -279,7 +295,6 @@ class GramSum:
         sums are handed over: no batch can be added afterwards."""
         self._multiply_buffer()
         self._buf = None
-        g = Gram(self.d, self.d0)
         d, d0 = self.d, self.d0
         if self._total is not None:
             self._flush()
@@ -287,13 +302,14 @@ class GramSum:
         elif self._part is not None:  # float32 sums alone: converted in the copy below
             src = self._part.mats
         else:
-            return g
+            return Gram(d, d0)
         # numpy's allocation: huge pages where the kernel grants them, not 1200 faults on
         # fresh pages; C-contiguous, for the Gram to keep. (Sums on another device come over
         # to the CPU first.)
         H = np.empty((d, d))
-        _symmetric_from_upper(src[0][:d, :d].cpu().numpy(), H)
-        total = src[0][:d, d].to("cpu", torch.float64)
+        if not _symmetric_from_upper(src[0][:d, :d].cpu().numpy(), H):
+            raise InvalidInputError("X batch contains NaN or Inf (or X^T X overflows)")
+        total = src[0][:d, d].to("cpu", torch.float64).numpy()
         cross = total0 = None
         if d0 is not None:  # a copy as well: the Gram keeps it
             cross = torch.empty(d, d0, dtype=torch.float64)
@@ -302,4 +318,4 @@ class GramSum:
             total0 = src[1][d, :d0].to("cpu", torch.float64).numpy()
         self._total = self._part = None  # final: the sums are the Gram's now (and freed)
         self._final = True
-        return g.add_stats(H, total.numpy(), self.n, cross, total0, adopt=True)
+        return Gram.holding(H, total, self.n, cross, total0, finite=True)

@@ -1,8 +1,8 @@
 """Calibration cost: collecting every layer's Gram (the parallel schedule's one pass) against a
 plain forward pass over the same batches, for the 784-300-100-10 MLP and LeNet-5 on 2048 MNIST
 training images (batches of 256). Both Gram paths of adapters/torch.py run in the same process:
-float64 products (the default) and float32 products summed in float64 per chunk
-(``gram_dtype="float32"``). Each timing is the median of ``--repeats`` interleaved
+float32 products summed in float64 per chunk (the default, ``gram_dtype="float32"``) and
+float64 products (``gram_dtype="float64"``). Each timing is the median of ``--repeats`` interleaved
 runs. Writes bench/results/calibration.json. ``--batch 32`` exercises the buffer that gathers
 short batches before multiplying (adapters/torch_gram.py: batches under DIRECT_ROWS rows).
 
@@ -62,15 +62,20 @@ def measure(model, calib, repeats: int) -> dict:
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     g32, g64 = grams(True), grams(False)
-    err = max(float(np.max(np.abs(a.H - b.H)) / np.max(np.abs(b.H)))
-              for la in layers for a, b in zip(g32[la.name], g64[la.name], strict=True))
+    err = ridge = 0.0
+    for la in layers:
+        for a, b in zip(g32[la.name], g64[la.name], strict=True):
+            off = ~np.eye(la.d, dtype=bool)  # the rounding; the diagonal adds the ridge
+            err = max(err, float(np.max(np.abs(a.H - b.H)[off]) / np.max(np.abs(b.H))))
+            dg = np.diag(b.H) > 0
+            ridge = max(ridge, float(np.max(np.diag(a.H)[dg] / np.diag(b.H)[dg] - 1)))
     flops_fwd = sum(la.m * la.d * la.groups for la in layers)  # per row, for the record
-    return {"forward_s": med["forward"], "calibration_s": med["float64"],
-            "calibration_float32_s": med["float32"],
-            "ratio": med["float64"] / med["forward"],
-            "ratio_float32": med["float32"] / med["forward"],
+    return {"forward_s": med["forward"], "calibration_s": med["float32"],
+            "calibration_float64_s": med["float64"],
+            "ratio": med["float32"] / med["forward"],
+            "ratio_float64": med["float64"] / med["forward"],
             "speedup_float32_vs_float64": med["float64"] / med["float32"],
-            "gram_rel_diff_max": err,
+            "gram_rel_diff_offdiag_max": err, "diag_ridge_max": ridge,
             "layers": {la.name: {"d": la.d, "m": la.m, "groups": la.groups,
                                  "gram_over_forward_flops": la.d / la.m} for la in layers},
             "weights_per_row": flops_fwd, "times_s": times}

@@ -91,9 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--resume", metavar="DIR",
                     help="continue the run checkpointed in DIR: finished layers are not solved "
                          "again")
-    pr.add_argument("--gram-dtype", default="float64", choices=["float64", "float32"],
+    pr.add_argument("--gram-dtype", default="float32", choices=["float32", "float64"],
                     help="precision of each calibration batch's Gram products for a float32 "
-                         "model on the CPU (sums over batches are float64; default float64)")
+                         "model on the CPU (sums over batches are float64; default float32)")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="solver setting, repeatable")
     pr.add_argument("--out", required=True, help="output model file (written atomically)")

@@ -123,6 +123,36 @@ class Gram:
         return self
 
     @classmethod
+    def holding(cls, H: np.ndarray, total: np.ndarray, n: int, cross: np.ndarray | None = None,
+                total0: np.ndarray | None = None, *, finite: bool = False) -> Gram:
+        """A Gram that keeps the given statistics themselves (float64 arrays, H and cross
+        C-contiguous; not copied): the end of a calibration, which gives them up, without the
+        zeros a fresh Gram would fill first. ``finite``: the caller has checked H (a pass over
+        d^2 entries saved); everything else is checked here."""
+        H, total = np.asarray(H), np.asarray(total)
+        d = total.shape[0] if total.ndim == 1 else -1
+        if H.dtype != np.float64 or H.shape != (d, d) or not H.flags.c_contiguous:
+            raise InvalidInputError(f"Gram.holding needs a C-contiguous float64 d x d H and a "
+                                    f"length-d sum, got {H.shape} ({H.dtype}) and {total.shape}")
+        g = cls.__new__(cls)  # not __init__: its zeros are what this saves
+        g.d, g.d0, g.n, g._empty = d, None, int(n), False
+        g.H, g.sum = H, np.asarray(total, dtype=np.float64)
+        g.cross = g.sum0 = None
+        if cross is not None:
+            cross, total0 = np.asarray(cross), np.asarray(total0, dtype=np.float64)
+            if cross.dtype != np.float64 or cross.ndim != 2 or cross.shape[0] != d or (
+                    total0.shape != cross.shape[1:]) or not cross.flags.c_contiguous:
+                raise InvalidInputError(f"Gram.holding needs a C-contiguous float64 d x d0 cross "
+                                        f"term and a length-d0 sum, got {cross.shape} and "
+                                        f"{total0.shape}")
+            g.d0, g.cross, g.sum0 = cross.shape[1], cross, total0
+        if not (finite or np.all(np.isfinite(H))) or not np.all(np.isfinite(g.sum)) or (
+                cross is not None and not (np.all(np.isfinite(g.cross))
+                                           and np.all(np.isfinite(g.sum0)))):
+            raise InvalidInputError("X batch contains NaN or Inf (or X^T X overflows)")
+        return g
+
+    @classmethod
     def from_data(cls, X, batch_size: int = 4096) -> Gram:
         """Accumulate a whole array in batches (bounds the float64 temporary to one batch)."""
         X = np.asarray(X)

@@ -151,3 +151,35 @@ def test_a_nan_objective_stays_nan():
 
     p = LayerProblem.create(np.ones((2, 3)), np.ones((4, 3)), sparsity=0.5)
     assert np.isnan(p.objective(np.full((2, 3), np.nan)))
+
+
+def test_holding_keeps_the_arrays_and_checks_them():
+    """Gram.holding (the end of a calibration) keeps the given float64 arrays themselves, and
+    refuses a wrong shape, layout or dtype and a NaN anywhere (H's own check is skipped only
+    when the caller says it ran one)."""
+    rng = np.random.default_rng(0)
+    X, X0 = rng.standard_normal((30, 4)), rng.standard_normal((30, 3))
+    H, C = X.T @ X, X.T @ X0
+    g = Gram.holding(H, X.sum(0), 30, C, X0.sum(0))
+    assert g.H is H and g.cross is C and (g.d, g.d0, g.n) == (4, 3, 30)
+    ref = Gram(4, 3).update(X, X0)
+    np.testing.assert_allclose(g.augmented(), ref.augmented(), rtol=1e-12)
+    np.testing.assert_allclose(g.cross, ref.cross, rtol=1e-12)
+    assert Gram.holding(H, X.sum(0), 30).cross is None
+    with pytest.raises(InvalidInputError, match="C-contiguous float64"):
+        Gram.holding(H.astype(np.float32), X.sum(0), 30)
+    with pytest.raises(InvalidInputError, match="C-contiguous float64"):
+        Gram.holding(np.asfortranarray(H[:, :3][:3]), X.sum(0)[:3], 30)
+    with pytest.raises(InvalidInputError, match="C-contiguous float64"):
+        Gram.holding(H, X.sum(0)[:3], 30)
+    with pytest.raises(InvalidInputError, match="cross term"):
+        Gram.holding(H, X.sum(0), 30, C[:3], X0.sum(0))
+    bad = H.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+        Gram.holding(bad, X.sum(0), 30)
+    assert Gram.holding(bad, X.sum(0), 30, finite=True).H is bad  # the caller checked
+    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+        Gram.holding(H, np.full(4, np.inf), 30)
+    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+        Gram.holding(H, X.sum(0), 30, C, np.full(3, np.nan))

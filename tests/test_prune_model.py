@@ -77,10 +77,12 @@ def test_parallel_equals_solving_each_layer_on_the_dense_networks_gram():
 def test_cascade_sees_the_pruned_inputs():
     data = calib()
     par, cas = cnn(), cnn()
+    # float64 products: the Gram and the cross term of the first layer's identical inputs are
+    # then the same sums (float32 products round them apart, by ~1e-7)
     lt.prune_model(par, data, sparsity=0.7, method="sparsegpt", schedule="parallel",
-                   executor="serial", allocation="uniform")
+                   executor="serial", allocation="uniform", gram_dtype="float64")
     lt.prune_model(cas, data, sparsity=0.7, method="sparsegpt", schedule="cascade",
-                   executor="serial", allocation="uniform")
+                   executor="serial", allocation="uniform", gram_dtype="float64")
     first = [la.weight() for la in find_layers(par)][0], [la.weight() for la in find_layers(cas)][0]
     # the first layer sees the same inputs: its cascade target is W0 itself (up to the 1e-8
     # damping of the least squares), so the pruned weights agree to float32 rounding

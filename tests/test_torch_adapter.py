@@ -155,7 +155,7 @@ def test_float32_grams_match_exact_float64_sums():
     try:
         lt_torch.GRAM_CHUNK = 37  # several chunks per batch, one of them ragged
         grams = collect_grams(net, layers, calib, gram_dtype="float32")
-        exact = collect_grams(net, layers, calib)  # the default: float64 products
+        exact = collect_grams(net, layers, calib, gram_dtype="float64")
     finally:
         lt_torch.GRAM_CHUNK = old
         for h in hooks:

@@ -275,11 +275,11 @@ def test_upper_gram_panels_by_dtype(d, dtype):
     if d >= 128:  # at least two panels, so some of the lower triangle was never written
         assert (np.tril(H.numpy(), -1) == 0).any()
     full = np.empty((d, d))
-    tg._symmetric_from_upper(H.numpy(), full)
+    assert tg._symmetric_from_upper(H.numpy(), full)
     np.testing.assert_allclose(full, want, rtol=0, atol=tol)
     wide = torch.zeros(d + 1, d + 16, dtype=dtype)  # a strided view, as GramSum's sums are
     add_upper_gram(wide[:d, :d], A)
-    tg._symmetric_from_upper(wide[:d, :d].numpy(), full)
+    assert tg._symmetric_from_upper(wide[:d, :d].numpy(), full)
     np.testing.assert_allclose(full, want, rtol=0, atol=tol)
     assert not wide[d:].any() and not wide[:, d:].any()
 
@@ -288,14 +288,21 @@ def test_upper_gram_panels_by_dtype(d, dtype):
 @pytest.mark.parametrize("d", [1, 64, 65, 130])
 def test_symmetric_from_upper_reads_the_upper_triangle_of_a_strided_view(d, dtype):
     """to_gram's one-pass finish: H in float64 from the upper triangle of a padded view
-    (GramSum's sums), whatever the lower triangle holds, for tile edges on and off 64."""
+    (GramSum's sums), whatever the lower triangle holds, for tile edges on and off 64; a NaN
+    or Inf in the upper triangle (and only there) is reported."""
     rng = np.random.default_rng(d)
     wide = rng.standard_normal((d + 1, d + 16)).astype(dtype)
     S = wide[:d, :d]
+    if d > 1:
+        S[-1, 0] = np.nan  # below the diagonal: junk, never read
     H = np.full((d, d), np.nan)
-    tg._symmetric_from_upper(S, H)
+    assert tg._symmetric_from_upper(S, H)
     upper = np.triu(S.astype(np.float64))
     np.testing.assert_array_equal(H, upper + np.triu(upper, 1).T)
+    for bad in (np.inf, np.nan):
+        S[0, d - 1] = bad
+        assert not tg._symmetric_from_upper(S, H)
+
 
 
 def test_grouped_layer_shares_the_buffer_budget(monkeypatch):
@@ -322,7 +329,8 @@ def test_the_cross_term_pairs_the_pruned_input_with_the_dense_one():
     calib = [torch.randn(b, 6) for b in (7, 300, 2)]
     from layertrim.adapters.torch import TorchLayer
 
-    G = collect_grams(net, [TorchLayer("2", net[2])], calib, reference=ref)["2"][0]
+    G = collect_grams(net, [TorchLayer("2", net[2])], calib, reference=ref,
+                      gram_dtype="float64")["2"][0]
     with torch.no_grad():
         X = torch.cat([net[1](net[0](x)) for x in calib]).double().numpy()
         X0 = torch.cat([ref[1](ref[0](x)) for x in calib]).double().numpy()
@@ -402,9 +410,10 @@ def test_pixel_route_edge_cases(monkeypatch):
     plan = tcg.pixel_plan(TorchLayer("0", strided[0]), x, False)
     assert plan is not None and plan.size == 25 < plan.pixels == 36  # column 5, row 5 unread
     x[:, :, 5, :] = float("nan")
-    got = collect_grams(strided, [TorchLayer("0", strided[0])], [x])["0"][0]
+    exact = {"gram_dtype": "float64"}  # the two routes' sums, free of float32 rounding
+    got = collect_grams(strided, [TorchLayer("0", strided[0])], [x], **exact)["0"][0]
     monkeypatch.setattr(tcg, "PIXEL_FLOPS", 0.0)  # the patches
-    ref = collect_grams(strided, [TorchLayer("0", strided[0])], [x])["0"][0]
+    ref = collect_grams(strided, [TorchLayer("0", strided[0])], [x], **exact)["0"][0]
     assert np.isfinite(got.H).all()
     np.testing.assert_allclose(got.augmented(), ref.augmented(), rtol=1e-12, atol=1e-12)
     monkeypatch.undo()
@@ -423,3 +432,4 @@ def test_pixel_route_edge_cases(monkeypatch):
     with pytest.raises(RuntimeError, match="after to_gram"):
         s.add(A, A)
     np.testing.assert_array_equal(g.cross, before)
+
