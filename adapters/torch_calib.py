@@ -220,12 +220,18 @@ class LayerSums:
         self.pixels: PixelGramSum | None = None
         # rows drawn at random are patches: they keep the patch route
         self._planned = max_rows is not None or isinstance(layer.module, nn.Linear)
+        # a Linear layer's rows, whole and without a cross term: GramSum.add_rows directly
+        self._rows_only = isinstance(layer.module, nn.Linear) and max_rows is None and not cross
 
     @property
     def n(self) -> int:
         return sum(s.n for s in self.groups) + (0 if self.pixels is None else self.pixels.n)
 
     def add(self, x_in: torch.Tensor, x_ref: torch.Tensor | None) -> None:
+        if self._rows_only:
+            s = self.groups[0]
+            s.add_rows(x_in if x_in.dim() == 2 else x_in.reshape(-1, s.d))
+            return
         if not self._planned:
             plan = pixel_plan(self.layer, x_in, self.cross, self.float32)
             if plan is not None:
@@ -323,6 +329,7 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
 
     def ref_hook(layer):
         def fn(_mod, inputs, _out):
+            current["layer"] = layer.name
             if layer.name in ref_in:  # the calls of the two networks could not be paired
                 raise InvalidInputError(
                     f"module {layer.name} runs more than once per forward pass (shared or "
@@ -333,13 +340,14 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
 
     def hook(layer):
         def fn(_mod, inputs, _out):
+            current["layer"] = layer.name
             x_ref = ref_in[layer.name] if reference is not None else None
             on_batch(layer, _positional(layer, inputs).detach(), x_ref)
         return fn
 
     handles: list = []
     to_model = input_converter(model)
-    current = {"layer": None}  # the prunable layer last entered, to name it in an error
+    current = {"layer": None}  # the layer whose hook runs, to name it in its error
     seen = 0
     total = len(calib) if hasattr(calib, "__len__") and not isinstance(
         calib, (torch.Tensor, np.ndarray, Mapping)) else None
@@ -351,10 +359,6 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                 if la.name not in ref_modules:
                     raise InvalidInputError(f"the reference model has no module {la.name}")
                 handles.append(ref_modules[la.name].register_forward_hook(ref_hook(la)))
-        for net in (model, reference) if reference is not None else (model,):
-            for la in find_layers(net, quiet=True):
-                handles.append(la.module.register_forward_pre_hook(
-                    lambda _m, _i, name=la.name: current.__setitem__("layer", name)))
         ref_mode = eval_mode(reference) if reference is not None else contextlib.nullcontext()
         with torch.no_grad(), eval_mode(model), ref_mode:
             for x in tqdm(batches(calib), total=total, desc="calibration", unit="batch",
@@ -369,7 +373,11 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
                 except InvalidInputError as e:  # raised by a hook
                     raise InvalidInputError(f"layer {current['layer']}: {e}") from None
                 except (RuntimeError, ValueError, TypeError) as e:
-                    where = f" at layer {current['layer']}" if current["layer"] else ""
+                    for h in handles:  # nothing may be added twice by the re-run below
+                        h.remove()
+                    nets = (model,) if reference is None else (reference, model)
+                    failed = _layer_that_fails(nets, x)
+                    where = f" at layer {failed}" if failed else ""
                     raise InvalidInputError(
                         f"a calibration batch of {describe(x)} does not fit the "
                         f"model{where}: {e}") from None
@@ -380,6 +388,25 @@ def calibrate(model: nn.Module, layers: Sequence[TorchLayer], calib,
     if seen == 0:
         raise InvalidInputError("the calibration data is empty")
     return seen
+
+
+def _layer_that_fails(nets: Sequence[nn.Module], x) -> str | None:
+    """Run a batch that failed again, through hooks that only note each prunable layer entered:
+    the one it fails in (None if it is in no prunable layer, or does not fail again). Only on
+    the error path, so that the calibration's passes carry no hook per layer for it."""
+    entered: dict[str, str | None] = {"layer": None}
+    handles = [la.module.register_forward_pre_hook(
+        lambda _m, _i, name=la.name: entered.__setitem__("layer", name))
+        for net in nets for la in find_layers(net, quiet=True)]
+    try:
+        for net in nets:
+            run_model(net, x)
+    except Exception:  # noqa: BLE001 - the error itself was reported by the caller
+        return entered["layer"]
+    finally:
+        for h in handles:
+            h.remove()
+    return None
 
 
 

@@ -177,6 +177,22 @@ class GramSum:
         fast = self.float32 and x.dtype == torch.float32 and x.device.type == "cpu"
         return torch.float32 if fast else torch.float64
 
+    def add_rows(self, x: torch.Tensor) -> None:
+        """Add a batch of rows x (rows x d, as a Linear layer's input arrives) to a sum without
+        a cross term: ``add(x.T)``, with a short path for the common case (a long float32
+        CPU batch whose product fits in the current float32 partial sum), where add's checks
+        and routing cost a few percent of a calibration pass."""
+        rows = x.shape[0]
+        part = self._part
+        if (part is not None and not self._final and rows >= DIRECT_ROWS
+                and self._part_rows + rows <= GRAM_CHUNK and x.dtype is torch.float32
+                and x.device.type == "cpu" and x.shape[1] == self.d and x.stride(1) == 1):
+            part.add([x.T], False)
+            self._part_rows += rows
+            self.n += rows
+            return
+        self.add(x.T)
+
     def add(self, A: torch.Tensor, A0: torch.Tensor | None = None) -> None:
         """Add one batch of samples: A is a d x rows matrix, or any tensor whose leading
         dimensions multiply to d and whose others index the samples (a convolution's patch

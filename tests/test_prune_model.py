@@ -237,6 +237,12 @@ def test_bad_input():
         lt.prune_model(model, [], sparsity=0.5, executor="serial")
     with pytest.raises(InvalidInputError, match=r"shape \(4, 3, 8, 8\).*at layer 0"):
         lt.prune_model(model, [torch.randn(4, 3, 8, 8)], sparsity=0.5, executor="serial")
+    # a batch that the first layer takes and a later one refuses (10 x 10 images: the Linear
+    # gets 8 * 4 * 4 inputs, not 8 * 3 * 3), in both schedules (cascade: the reference too)
+    for schedule in ("parallel", "cascade"):
+        with pytest.raises(InvalidInputError, match=r"shape \(4, 2, 10, 10\).*at layer 5"):
+            lt.prune_model(cnn(), [torch.randn(4, 2, 10, 10)], sparsity=0.5,
+                           executor="serial", schedule=schedule)
     with pytest.raises(InvalidInputError, match="no prunable layer"):
         lt.prune_model(nn.Sequential(nn.ReLU()), data, sparsity=0.5)
     with pytest.raises(InvalidInputError, match="one-shot iterator"):
