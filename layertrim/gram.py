@@ -147,8 +147,8 @@ class Gram:
                                         f"{total0.shape}")
             g.d0, g.cross, g.sum0 = cross.shape[1], cross, total0
         if not (finite or np.all(np.isfinite(H))) or not np.all(np.isfinite(g.sum)) or (
-                cross is not None and not (np.all(np.isfinite(g.cross))
-                                           and np.all(np.isfinite(g.sum0)))):
+                cross is not None and not (np.all(np.isfinite(cross))
+                                           and np.all(np.isfinite(total0)))):
             raise InvalidInputError("X batch contains NaN or Inf (or X^T X overflows)")
         return g
 
