@@ -139,16 +139,16 @@ class Gram:
         g.H, g.sum = H, np.asarray(total, dtype=np.float64)
         g.cross = g.sum0 = None
         if cross is not None:
-            cross, total0 = np.asarray(cross), np.asarray(total0, dtype=np.float64)
+            cross, sum0 = np.asarray(cross), np.asarray(total0, dtype=np.float64)
             if cross.dtype != np.float64 or cross.ndim != 2 or cross.shape[0] != d or (
-                    total0.shape != cross.shape[1:]) or not cross.flags.c_contiguous:
+                    sum0.shape != cross.shape[1:]) or not cross.flags.c_contiguous:
                 raise InvalidInputError(f"Gram.holding needs a C-contiguous float64 d x d0 cross "
                                         f"term and a length-d0 sum, got {cross.shape} and "
-                                        f"{total0.shape}")
-            g.d0, g.cross, g.sum0 = cross.shape[1], cross, total0
+                                        f"{sum0.shape}")
+            g.d0, g.cross, g.sum0 = cross.shape[1], cross, sum0
         if not (finite or np.all(np.isfinite(H))) or not np.all(np.isfinite(g.sum)) or (
-                cross is not None and not (np.all(np.isfinite(cross))
-                                           and np.all(np.isfinite(total0)))):
+                g.cross is not None and not (np.all(np.isfinite(g.cross))
+                                             and np.all(np.isfinite(np.asarray(g.sum0))))):
             raise InvalidInputError("X batch contains NaN or Inf (or X^T X overflows)")
         return g
 
