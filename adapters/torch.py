@@ -269,10 +269,10 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     seed : seeds that subsampling, the per-sample solvers' row samples, and a seeded solver
         (``random``), which gets a per-layer seed derived from it.
     gram_dtype : "float32" (the default: a float32 CPU model's batch products in float32,
-        summed in float64, 1.5x faster calibration, Grams within ~1e-7 relative plus a
-        diagonal ridge of ~1e-5 relative that keeps them positive semidefinite) or "float64"
-        (exact products, also for float32 models). Other dtypes and CUDA models are always
-        multiplied in float64.
+        summed in float64, 1.5x faster calibration, Grams within ~1e-7 relative; a
+        rank-deficient layer's Gram may be indefinite by ~1e-6 of its mean diagonal, which the
+        solvers damp) or "float64" (exact products, also for float32 models). Other dtypes
+        and CUDA models are always multiplied in float64.
     mask_convention : also leave ``weight_orig``/``weight_mask`` (torch.nn.utils.prune).
     vs_dense : measure each layer's output against the dense network's after the prune
         (``rel_error_dense``): one more pass of both networks over ``calib``, and in parallel

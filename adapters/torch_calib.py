@@ -281,8 +281,8 @@ def collect_grams(model: nn.Module, layers: Sequence[TorchLayer], calib, *,
         X_hat and the reference's X (the cascade statistics).
     progress : show a progress bar over the batches (tqdm, on stderr).
     gram_dtype : "float32" (the default) or "float64": the precision of each batch's products
-        for a float32 model on the CPU (``torch_gram.GramSum``; float32 products give the
-        Gram's diagonal a rounding ridge); the sums over batches are float64.
+        for a float32 model on the CPU (``torch_gram.GramSum``, which says what float32
+        rounding does to the Gram); the sums over batches are float64.
     """
     float32 = check_gram_dtype(gram_dtype) == "float32"
     check_int("max_rows", max_rows, allow_none=True)

@@ -304,7 +304,6 @@ def test_symmetric_from_upper_reads_the_upper_triangle_of_a_strided_view(d, dtyp
         assert not tg._symmetric_from_upper(S, H)
 
 
-
 def test_grouped_layer_shares_the_buffer_budget(monkeypatch):
     """The groups of a convolution share PIECE buffered entries, so a depthwise layer's
     buffers stay as small as one ordinary layer's."""
@@ -432,4 +431,3 @@ def test_pixel_route_edge_cases(monkeypatch):
     with pytest.raises(RuntimeError, match="after to_gram"):
         s.add(A, A)
     np.testing.assert_array_equal(g.cross, before)
-
