@@ -131,9 +131,8 @@ class PixelGramSum:
         for s in self.sums:
             G = s.to_gram()
             d = index.shape[1]
-            g = Gram(d, None if G.cross is None else d)
             if G.n == 0:
-                out.append(g)
+                out.append(Gram(d, None if G.cross is None else d))
                 continue
             H = np.zeros((d, d))
             _window_sums(G.H, index, H, True)
@@ -142,8 +141,8 @@ class PixelGramSum:
                 cross = np.zeros((d, d))
                 _window_sums(G.cross, index, cross, False)
                 total0 = _window_vector(G.sum0, index)
-            out.append(g.add_stats(H, _window_vector(G.sum, index), G.n * self.plan.positions,
-                                   cross, total0, adopt=True))
+            out.append(Gram.holding(H, _window_vector(G.sum, index), G.n * self.plan.positions,
+                                    cross, total0))
         return out
 
 
