@@ -6,7 +6,7 @@ float64 products (``gram_dtype="float64"``). Each timing is the median of ``--re
 runs. Writes bench/results/calibration.json. ``--batch 32`` exercises the buffer that gathers
 short batches before multiplying (adapters/torch_gram.py: batches under DIRECT_ROWS rows).
 
-    python bench/calibration.py [--repeats 7] [--batch 256] [--out PATH]
+    python bench/calibration.py [--repeats 7] [--batch 256] [--images 2048] [--out PATH]
 """
 
 from __future__ import annotations
@@ -80,12 +80,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument("--images", type=int, default=CALIB)
     ap.add_argument("--out", default=str(HERE / "results" / "calibration.json"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    X = torch.from_numpy(load_mnist()["train"][0][:CALIB])
-    out = {"benchmark": "calibration", "images": CALIB, "batch": args.batch,
+    X = torch.from_numpy(load_mnist()["train"][0][:args.images])
+    out = {"benchmark": "calibration", "images": len(X), "batch": args.batch,
            "threads": torch.get_num_threads(), "models": {}}
     for name, model, shape in (("mlp 784-300-100-10", mlp(), (-1, 784)),
                                ("lenet-5 cnn", lenet(), (-1, 1, 28, 28))):
