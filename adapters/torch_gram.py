@@ -7,8 +7,7 @@ panels; the lower one is its mirror, so the Gram is exactly symmetric. Where a b
 copied anyway (a convolution's patches, a conversion to float64), the copy is a (d + 1) x rows
 sample matrix whose last row is ones, so that the same GEMM yields the column sums (and the
 reference's, for the cross term) with no separate reduction pass. Short batches are gathered
-in a bounded buffer first (a Linear layer's rows, as they are, up to BUFFER_ROWS), so that the
-GEMM's inner dimension is long enough to run at speed.
+in a bounded buffer first, so that the GEMM's inner dimension is long enough to run at speed.
 """
 
 from __future__ import annotations
@@ -23,9 +22,7 @@ from layertrim.gram import Gram
 GRAM_CHUNK = 8192  # rows per float32 partial sum: bounds its rounding (see GramSum)
 GRAM_DTYPES = ("float64", "float32")
 BLOCK_ROWS = 192  # float32 rows per panel of the upper-triangle product (add_upper_gram)
-BUFFER_ENTRIES = 1 << 21  # entries of a GramSum's sample buffer (and of the reference's):
-# 8 MB in float32, 2675 rows of the MNIST MLP's first layer (a GEMM over 2048 rows runs 10-30%
-# faster than eight over 256 on 2 cores: bench/calibration.py)
+BUFFER_ENTRIES = 1 << 20  # entries of a GramSum's sample buffer (and of the reference's)
 DIRECT_ROWS = 256  # batches of fewer rows are buffered (GramSum.add)
 BUFFER_ROWS = 4096  # at most this many rows buffered: long enough an inner dimension for a
 # GEMM at speed, without a narrow layer's buffer costing megabytes (every layer holds one)
@@ -137,10 +134,8 @@ class GramSum:
     Batches shorter than DIRECT_ROWS wait in a buffer of at most ``buffer_entries`` entries and
     BUFFER_ROWS rows (as many again for X0), multiplied when full and at the end; longer ones
     are multiplied as they come, from their own memory or through a temporary copy of at most
-    about ``buffer_entries`` entries (a longer matrix is taken a piece at a time). A Linear
-    layer's float32 rows (add_rows) have a buffer of their own, kept as rows: every batch
-    shorter than it waits there, since a contiguous copy costs less than the short GEMMs it
-    saves. Memory is O(d^2 + buffer_entries), whatever the number of rows.
+    about ``buffer_entries`` entries (a longer matrix is taken a piece at a time). Memory is
+    O(d^2 + buffer_entries), whatever the number of rows.
 
     With ``float32`` (``gram_dtype="float32"``, the calibration default), float32 CPU inputs
     are multiplied and summed in float32 into a partial sum that is added to the float64 totals
@@ -164,8 +159,6 @@ class GramSum:
         self._part_rows = 0
         self._buf: list[torch.Tensor] | None = None  # [(d+1) x cap, (d0+1) x cap], ones last
         self._fill = 0  # buffered rows
-        self._rows: torch.Tensor | None = None  # add_rows' float32 rows, cap x d
-        self._rows_fill = 0
         self._final = False  # to_gram hands the sums over
 
     def limit_buffer(self, entries: int) -> None:
@@ -189,47 +182,21 @@ class GramSum:
         fast = self.float32 and x.dtype == torch.float32 and x.device.type == "cpu"
         return torch.float32 if fast else torch.float64
 
-    @property
-    def row_capacity(self) -> int:
-        """Rows that add_rows gathers before multiplying (at most BUFFER_ROWS, in at most
-        ``buffer_entries`` entries)."""
-        if self._rows is not None:
-            return self._rows.shape[0]
-        return max(1, min(BUFFER_ROWS, self.buffer_entries // max(1, self.d)))
-
     def add_rows(self, x: torch.Tensor) -> None:
         """Add a batch of rows x (rows x d, as a Linear layer's input arrives) to a sum without
-        a cross term: ``add(x.T)``, except that float32 CPU rows are gathered, as they are, in
-        a row buffer of row_capacity rows and multiplied when it is full: a contiguous copy
-        costs less than the short GEMMs it saves (on the MNIST MLP's 256-row batches, 6% of
-        a calibration pass: 16.7 ms against 17.7 ms, bench/calibration.py's setting)."""
-        if (self._final or not self.float32 or self.d0 is not None or x.dim() != 2
-                or x.shape[1] != self.d or x.dtype is not torch.float32
-                or x.device.type != "cpu"):
-            self.add(x.T)
-            return
+        a cross term: ``add(x.T)``, with a short path for the common case (a long float32
+        CPU batch whose product fits in the current float32 partial sum), where add's checks
+        and routing cost a few percent of a calibration pass."""
         rows = x.shape[0]
-        cap = self.row_capacity
-        if rows >= cap:  # long enough to multiply as it comes
-            self._multiply_rows()
-            self.add(x.T)
+        part = self._part
+        if (part is not None and not self._final and rows >= DIRECT_ROWS
+                and self._part_rows + rows <= GRAM_CHUNK and x.dtype is torch.float32
+                and x.device.type == "cpu" and x.shape[1] == self.d and x.stride(1) == 1):
+            part.add([x.T], False)
+            self._part_rows += rows
+            self.n += rows
             return
-        if self._rows is None:
-            self._rows = torch.empty(cap, self.d)
-        done = 0
-        while done < rows:
-            take = min(rows - done, cap - self._rows_fill)
-            self._rows[self._rows_fill:self._rows_fill + take].copy_(x[done:done + take])
-            self._rows_fill += take
-            done += take
-            if self._rows_fill == cap:
-                self._multiply_rows()
-        self.n += rows
-
-    def _multiply_rows(self) -> None:
-        if self._rows_fill:
-            self._multiply([self._rows[:self._rows_fill].T], augmented=False)
-            self._rows_fill = 0
+        self.add(x.T)
 
     def add(self, A: torch.Tensor, A0: torch.Tensor | None = None) -> None:
         """Add one batch of samples: A is a d x rows matrix, or any tensor whose leading
@@ -348,8 +315,7 @@ class GramSum:
         """The float64 Gram of everything added (raises InvalidInputError on NaN or Inf). The
         sums are handed over: no batch can be added afterwards."""
         self._multiply_buffer()
-        self._multiply_rows()
-        self._buf = self._rows = None
+        self._buf = None
         d, d0 = self.d, self.d0
         if self._total is not None:
             self._flush()

@@ -250,51 +250,6 @@ def test_buffer_fills_across_uneven_batches(float32, monkeypatch):
         np.testing.assert_allclose(have, want, rtol=0, atol=tol * np.abs(want).max())
 
 
-def test_add_rows_gathers_rows_across_the_buffer_edge(monkeypatch):
-    """A Linear layer's float32 rows wait in a row buffer of 10 rows: batches that straddle
-    its edge are split, a full buffer is multiplied, a batch of 10 rows or more multiplies the
-    waiting rows first and then goes straight through, a strided batch is copied as it is, and
-    the rest is multiplied at the end. With GRAM_CHUNK at 13 the float32 partial sums are
-    flushed too. Everything equals the exact float64 sums; a float64 batch, or a float64 sum,
-    takes add's own route. A NaN in a row that waited in the buffer is still reported."""
-    monkeypatch.setattr(tg, "GRAM_CHUNK", 13)
-    rng = np.random.default_rng(3)
-    X = rng.standard_normal((80, 7)).astype(np.float32)
-    for float32 in (True, False):
-        s = GramSum(7, float32=float32, buffer_entries=7 * 10)
-        assert s.row_capacity == 10
-        fills = []
-        # 3, 4, 2, 6 (15: one full buffer, 5 wait), 1; 14 (the 6 waiting are multiplied
-        # first); 4 column-major; 3 in float64; 6 (full); 32; 5 left for to_gram
-        cuts = [0, 3, 7, 9, 15, 16, 30, 34, 37, 43, 75, 80]
-        for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
-            x = torch.from_numpy(X[a:b])
-            if i == 6:
-                x = torch.from_numpy(np.asfortranarray(X[a:b]))  # strided rows
-            if i == 7:
-                x = x.double()  # add's route (a float64 copy), the buffer left as it is
-            s.add_rows(x)
-            assert s.n == b
-            fills.append(s._rows_fill)
-        if float32:
-            assert fills == [3, 7, 9, 5, 6, 0, 4, 4, 0, 0, 5] and s._rows.shape == (10, 7)
-        else:
-            assert s._rows is None  # float64 sums: every batch is add's
-        g = s.to_gram()
-        Xd = X.astype(np.float64)
-        tol = 1e-6 if float32 else 1e-13
-        for have, want in [(g.H, Xd.T @ Xd), (g.sum, Xd.sum(0))]:
-            np.testing.assert_allclose(have, want, rtol=0, atol=tol * np.abs(want).max())
-        assert g.n == 80
-    s = GramSum(7, float32=True, buffer_entries=7 * 10)
-    bad = X[:4].copy()
-    bad[2, 5] = np.nan
-    s.add_rows(torch.from_numpy(bad))
-    assert s._rows_fill == 4
-    with pytest.raises(InvalidInputError, match="NaN or Inf"):
-        s.to_gram()
-
-
 def test_cross_term_inputs_must_match_d0():
     with pytest.raises(InvalidInputError, match="exactly when d0"):
         GramSum(3).add(torch.ones(3, 2), torch.ones(3, 2))
