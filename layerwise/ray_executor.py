@@ -115,6 +115,7 @@ class RayExecutor(Executor):
         self.resources = resources
         self.init_options = dict(init_options or {})
         self._started = False
+        self._inflight: dict = {}  # the current as_completed's running tasks
 
     def connect(self) -> None:
         """Join the cluster (or start a local instance) now; a clear error if unreachable."""
@@ -135,9 +136,16 @@ class RayExecutor(Executor):
         self._started = True
 
     def close(self) -> None:
-        """Disconnect if this executor connected (a local instance it started stops)."""
+        """Cancel the tasks a consumer abandoned (one that stopped between results, Ctrl-C
+        while it saved a finished layer, holds the results generator, whose own cleanup would
+        wait for it to be collected), then disconnect if this executor connected (a local
+        instance it started stops)."""
         import ray
 
+        if self._inflight and ray.is_initialized():
+            for ref in list(self._inflight):
+                ray.cancel(ref, force=True)
+        self._inflight = {}
         if self._started and ray.is_initialized():
             ray.shutdown()
         self._started = False
@@ -161,6 +169,7 @@ class RayExecutor(Executor):
         max_cpus, max_memory = self._largest_node()
         limit = self.workers or len(jobs)
         pending: dict = {}
+        self._inflight = pending
         queue = list(range(len(jobs)))
 
         def submit(i: int) -> InvalidInputError | None:

@@ -303,3 +303,37 @@ def test_a_consumer_that_stops_between_results_does_not_wait_for_running_jobs():
     assert time.perf_counter() - t0 < 30  # not the 60 s job
     with LocalExecutor(workers=2) as ex:
         assert sorted(i for i, _ in ex.as_completed(time.sleep, [0.01, 0.02])) == [0, 1]
+
+
+def test_a_ray_consumer_that_stops_between_results_leaves_no_task_running(ray_session):
+    """The Ray side of the test above: the instance is the caller's (the executor did not
+    start it, so closing does not shut it down), and the consumer stops after the first
+    result while it holds the results generator. Closing the executor cancels the 60 s task
+    at once; before, it ran on until the generator was collected."""
+    import time
+    from types import SimpleNamespace
+
+    from layertrim.layerwise.ray_executor import RayExecutor
+
+    def job(delay):
+        problem = SimpleNamespace(W0=np.zeros((1, 1)), bias=None, H=np.eye(1), X=None, m=1)
+        return SimpleNamespace(problem=problem, delay=delay)
+
+    def nap(j):  # a closure: Ray ships it by value
+        time.sleep(j.delay)
+        return j.delay
+
+    cpus = ray.available_resources().get("CPU", 0)
+    with pytest.raises(KeyboardInterrupt):
+        with RayExecutor() as ex:
+            results = ex.as_completed(nap, [job(0.01), job(60.0)])  # held, as the runner does
+            for _ in results:
+                raise KeyboardInterrupt
+    assert ray.is_initialized()  # the caller's instance is left running
+    t0 = time.perf_counter()
+    while ray.available_resources().get("CPU", 0) < cpus and time.perf_counter() - t0 < 20:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == cpus  # the 60 s task no longer holds one
+    assert results is not None  # the generator was alive all along
+    with RayExecutor() as ex:  # a completed run still closes cleanly
+        assert sorted(i for i, _ in ex.as_completed(nap, [job(0.01), job(0.02)])) == [0, 1]
