@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from layertrim.adapters.torch_calib import (  # noqa: F401  (re-exported: the public names)
+    Inputs,
     LayerSums,
     accumulate,
     batches,
@@ -141,8 +142,8 @@ class TorchBridge:
                 raise InvalidInputError("the calibration data is empty")
             self._front = (0, xs, list(xs))
         j, xp, xr = self._front
-        if i < j or isinstance(xp[0], dict):  # not in forward order, or keyword inputs (a
-            # slice of the Sequential takes one positional input): a full pass
+        if i < j or not isinstance(xp[0], torch.Tensor):  # not in forward order, or the
+            # model's inputs are not one tensor (a slice of the Sequential takes one): a full pass
             return collect_grams(self.model, [layer], self.calib, max_rows=self.max_rows,
                                  seed=self.seed, reference=self.reference,
                                  gram_dtype=self.gram_dtype)
@@ -251,7 +252,8 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
     Parameters
     ----------
     model : the torch module (its dtype and device are kept).
-    calib : calibration inputs: a tensor, or an iterable of tensors or of (x, ...) batches.
+    calib : calibration inputs: a tensor, or an iterable of tensors, of (x, ...) batches, of
+        dicts of keyword inputs, or of ``Inputs(x, mask, ...)`` for a model of several inputs.
     sparsity : a fraction in [0, 1), or a dict by layer name; without ``layers``, a dict
         prunes only the layers it names (the others stay dense).
     allocation : how a fractional ``sparsity`` is spread: "global" (the default: the fraction

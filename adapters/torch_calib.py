@@ -25,6 +25,28 @@ from layertrim.validate import check_int
 INPUT_KEYS = ("x", "X", "inputs", "input", "data")  # a dict batch's model input
 
 
+class Inputs:
+    """One calibration batch for a model that takes more than one input: the model is called
+    as ``model(*args, **kwargs)``. A plain tuple cannot say this, since a DataLoader's tuples
+    are (inputs, labels); a dict is keyword inputs alone.
+
+    >>> calib = [Inputs(x, mask) for x, mask in zip(xs, masks)]  # model(x, mask)
+    """
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args)
+        self.kwargs = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                       for k, v in kwargs.items()}
+        if not any(isinstance(v, torch.Tensor) for v in (*self.args, *self.kwargs.values())):
+            raise InvalidInputError("Inputs(...) holds no tensor: a calibration batch needs "
+                                    "the model's input tensors")
+
+    def __repr__(self) -> str:
+        return f"Inputs({describe(self)})"
+
+
 def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tensor
                   ) -> list[TorchLayer]:
     """``layers`` in the order the forward pass first calls them (one pass on ``x``, eval
@@ -74,7 +96,7 @@ def labelled_pair(obj) -> bool:
     return not y.is_floating_point() or x.dim() > y.dim()
 
 
-Batch = torch.Tensor | dict  # a dict: the model's keyword inputs, model(**batch)
+Batch = torch.Tensor | dict | Inputs  # dict: keyword inputs, model(**batch); Inputs: several
 
 
 def batches(calib) -> Iterable[Batch]:
@@ -90,7 +112,7 @@ def batches(calib) -> Iterable[Batch]:
         return
     if labelled_pair(calib):
         calib = [calib[0]]  # one labelled batch, not two batches
-    elif isinstance(calib, Mapping):  # one batch (iterating it would give its keys)
+    elif isinstance(calib, (Mapping, Inputs)):  # one batch (iterating a dict gives its keys)
         calib = [calib]
     try:
         it = iter(calib)
@@ -99,6 +121,9 @@ def batches(calib) -> Iterable[Batch]:
                                 f"got {type(calib).__name__}") from None
     for item in it:
         x = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(x, Inputs):  # the model's several inputs
+            yield x
+            continue
         if isinstance(x, Mapping):  # a DataLoader over a dataset of dicts; a tokenizer's
             # BatchEncoding (a UserDict)
             x = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
@@ -121,15 +146,26 @@ def batches(calib) -> Iterable[Batch]:
 
 
 def run_model(model: nn.Module, x: Batch):
-    """The model on one batch: keyword inputs for a dict, else one positional input."""
-    return model(**x) if isinstance(x, dict) else model(x)
+    """The model on one batch: keyword inputs for a dict, the arguments of an Inputs, else one
+    positional input."""
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, Inputs):
+        return model(*x.args, **x.kwargs)
+    return model(x)
 
 
 def describe(x: Batch) -> str:
     """A batch's shape for an error message."""
+    def shape(v) -> str:
+        return f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+
     if isinstance(x, dict):
         return "{" + ", ".join(f"{k}: {tuple(v.shape)}" for k, v in x.items()
                                if isinstance(v, torch.Tensor)) + "}"
+    if isinstance(x, Inputs):
+        return "inputs (" + ", ".join([shape(v) for v in x.args] + [
+            f"{k}={shape(v)}" for k, v in x.kwargs.items()]) + ")"
     return f"shape {tuple(x.shape)}"
 
 
@@ -166,6 +202,8 @@ def _converted(x, dtype, device):
         return x if device is None or x.device == device else x.to(device)
     if isinstance(x, dict):
         return {k: _converted(v, dtype, device) for k, v in x.items()}
+    if isinstance(x, Inputs):
+        return Inputs(*_converted(x.args, dtype, device), **_converted(x.kwargs, dtype, device))
     if isinstance(x, (list, tuple)):
         return type(x)(_converted(v, dtype, device) for v in x)
     return x

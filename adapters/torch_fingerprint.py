@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from layertrim.adapters.torch_calib import Inputs
 from layertrim.errors import InvalidInputError
 
 
@@ -85,8 +86,9 @@ def calibration_fingerprint(calib, **settings) -> str:
 
 def _update_value(h, name: str, v) -> None:
     """A batch's value in full: tensors and arrays by their bytes, dicts (by key), lists and
-    tuples entry by entry, plain scalars and strings by repr. Anything else has no faithful
-    digest (a repr abbreviates or names a memory address) and is refused."""
+    tuples entry by entry, an Inputs by its arguments, plain scalars and strings by repr.
+    Anything else has no faithful digest (a repr abbreviates or names a memory address) and is
+    refused."""
     if isinstance(v, torch.Tensor):
         _update(h, name, v)
     elif isinstance(v, np.ndarray):
@@ -95,6 +97,10 @@ def _update_value(h, name: str, v) -> None:
         h.update(f"{name}|dict|{len(v)}|".encode())
         for k in sorted(v, key=str):
             _update_value(h, f"{name}.{k}", v[k])
+    elif isinstance(v, Inputs):  # positional, then keyword
+        h.update(f"{name}|Inputs|".encode())
+        _update_value(h, f"{name}.args", v.args)
+        _update_value(h, f"{name}.kwargs", v.kwargs)
     elif isinstance(v, (list, tuple)):
         h.update(f"{name}|{type(v).__name__}|{len(v)}|".encode())
         for j, e in enumerate(v):

@@ -302,3 +302,65 @@ def test_keyword_inputs_with_labels_given_as_one_pair():
     lt.prune_model(net, (batch, torch.arange(8) % 3), sparsity=0.5, method="sparsegpt",
                    schedule="parallel", executor="serial")
     assert (net.fc1.weight == 0).float().mean() > 0.2
+
+
+class _Masked(nn.Module):
+    """A model of two positional inputs, model(x, mask), and an optional keyword one."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x, mask, scale=None):
+        h = torch.relu(self.fc1(x)) * mask[:, None]
+        return self.fc2(h if scale is None else h * scale)
+
+
+@pytest.mark.parametrize("schedule", ["cascade", "parallel"])
+@pytest.mark.parametrize("method", ["sparsegpt", "nettrim"])
+def test_a_model_of_several_inputs_is_calibrated_from_inputs_batches(schedule, method,
+                                                                     tmp_path):
+    """``Inputs(x, mask, scale=...)`` batches call model(x, mask, scale=...): the Grams are
+    those of what the layers see (the mask zeroes fc2's rows), from numpy arrays too, alone or
+    in (Inputs, labels) pairs; the prune runs in both schedules and resumes from its
+    checkpoint, whose fingerprint reads every argument; bad batches are named."""
+    from layertrim.adapters.torch import Inputs, collect_grams, find_layers
+    from layertrim.adapters.torch_calib import batches
+    from layertrim.adapters.torch_fingerprint import calibration_fingerprint
+
+    torch.manual_seed(0)
+    net = _Masked()
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(10, 6, generator=g) for _ in range(3)]
+    masks = [(torch.rand(10, generator=g) > 0.3).float() for _ in range(3)]
+    calib = [Inputs(x, m.numpy(), scale=torch.tensor(2.0)) for x, m in zip(xs, masks, strict=True)]
+    assert isinstance(calib[0].args[1], torch.Tensor)  # the array became a tensor
+    grams = collect_grams(net, find_layers(net), calib, gram_dtype="float64")
+    with torch.no_grad():
+        H = torch.cat([torch.relu(net.fc1(x)) * m[:, None] * 2
+                       for x, m in zip(xs, masks, strict=True)]).double()
+    np.testing.assert_allclose(grams["fc2"][0].H, (H.T @ H).numpy(), rtol=1e-12, atol=1e-12)
+    X = torch.cat(xs).double()
+    np.testing.assert_allclose(grams["fc1"][0].H, (X.T @ X).numpy(), rtol=1e-12, atol=1e-12)
+    labelled = [(b, torch.zeros(10, dtype=torch.long)) for b in calib]
+    assert [b.args[0] is x for b, x in zip(batches(labelled), xs, strict=True)] == [True] * 3
+    assert len(list(batches(calib[0]))) == 1  # one Inputs is one batch
+    opts = dict(sparsity=0.5, method=method, schedule=schedule, executor="serial")
+    dense = copy.deepcopy(net)
+    report = lt.prune_model(net, labelled, checkpoint=tmp_path / "ck", **opts)
+    assert {r.name for r in report.layers} == {"fc1", "fc2"}
+    assert (net.fc1.weight == 0).float().mean() > 0.2
+    resumed = copy.deepcopy(dense)
+    lt.prune_model(resumed, labelled, resume=tmp_path / "ck", **opts)
+    for p, q in zip(resumed.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    other = [Inputs(x, torch.ones(10), scale=torch.tensor(2.0)) for x in xs]
+    assert calibration_fingerprint(other) != calibration_fingerprint(calib)
+    with pytest.raises(InvalidInputError, match="calibration"):
+        lt.prune_model(copy.deepcopy(dense), other, resume=tmp_path / "ck", **opts)
+    with pytest.raises(InvalidInputError, match=r"inputs \(shape \(10, 5\), shape \(10,\)"):
+        lt.prune_model(copy.deepcopy(dense), [Inputs(torch.randn(10, 5), torch.ones(10))],
+                       **opts)
+    with pytest.raises(InvalidInputError, match="holds no tensor"):
+        Inputs(1, scale=2.0)
