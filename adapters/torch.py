@@ -8,7 +8,7 @@ Only this package imports torch; the solvers see numpy arrays.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -137,16 +137,20 @@ class TorchBridge:
         layer, i = self.by_name[name], self.position[name]
         if self._front is None:
             to_model = input_converter(self.model)
-            xs = [to_model(x) for x in batches(self.calib)]
+            xs = []
+            for x in batches(self.calib):
+                if not isinstance(x, torch.Tensor):  # keyword or several inputs: a slice of
+                    self.frontier_ok = False  # the Sequential takes one, so no cache
+                    return self.grams([name], cross=True)[name]
+                xs.append(to_model(x))
             if not xs:
                 raise InvalidInputError("the calibration data is empty")
             self._front = (0, xs, list(xs))
         j, xp, xr = self._front
-        if i < j or not isinstance(xp[0], torch.Tensor):  # not in forward order, or the
-            # model's inputs are not one tensor (a slice of the Sequential takes one): a full pass
+        if i < j:  # not in forward order: a full pass
             return collect_grams(self.model, [layer], self.calib, max_rows=self.max_rows,
                                  seed=self.seed, reference=self.reference,
-                                 gram_dtype=self.gram_dtype)
+                                 progress=self.progress, gram_dtype=self.gram_dtype)[name]
         with torch.no_grad(), eval_mode(self.model), eval_mode(self.reference):
             try:
                 xp = [self.model[j:i](x) for x in xp]
@@ -240,6 +244,17 @@ class TorchBridge:
                                        **extra)
 
 
+def _one_shot(calib) -> bool:
+    """Whether ``calib`` is an iterator that one pass uses up (a generator), not a container
+    or a single batch; something not iterable at all is left for ``batches`` to name."""
+    if isinstance(calib, (torch.Tensor, np.ndarray, Mapping, Inputs)):
+        return False
+    try:
+        return iter(calib) is calib
+    except TypeError:
+        return False
+
+
 def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                 schedule: str = "cascade", pattern: str = "layer", layers=None, exclude=None,
                 executor=None, allocation: str = "global", max_rows: int | None = None,
@@ -307,7 +322,7 @@ def prune_model(model: nn.Module, calib, *, sparsity, method: str = "l0-admm",
                                     f"model's prunable layers: {prunable}")
         layers = [re.escape(str(name)) for name in sparsity]
     found = find_layers(model, include=layers, exclude=exclude)
-    one_shot = not isinstance(calib, (torch.Tensor, np.ndarray)) and iter(calib) is calib
+    one_shot = _one_shot(calib)
     if one_shot and schedule == "cascade":
         raise InvalidInputError("the cascade schedule runs the calibration data once per layer: "
                                 "pass a list, a tensor or a DataLoader, not a one-shot iterator")

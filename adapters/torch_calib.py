@@ -74,8 +74,8 @@ def forward_order(model: nn.Module, layers: Sequence[TorchLayer], x: torch.Tenso
 
 
 def labelled_pair(obj) -> bool:
-    """Whether ``obj`` is one (inputs, targets) pair rather than two batches: a 2-tuple of
-    keyword inputs (a dict) and a label vector as long as their batch, or of
+    """Whether ``obj`` is one (inputs, targets) pair rather than two batches: a 2-tuple of an
+    Inputs and a tensor, of keyword inputs (a dict) and a label vector as long as their batch, or of
     tensors of equal length whose second is a vector (or a scalar batch) of integer labels,
     or of float targets beside inputs of more dimensions (two batches of one model's inputs
     have the same number of dimensions). Two float vectors of one length could be either, and
@@ -83,6 +83,8 @@ def labelled_pair(obj) -> bool:
     if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], torch.Tensor)):
         return False
     x, y = obj
+    if isinstance(x, Inputs):  # a tensor beside a model's several inputs can only be targets
+        return True
     if isinstance(x, Mapping):  # (keyword inputs, labels): labels as long as their batch
         rows = {len(v) for v in x.values() if isinstance(v, torch.Tensor) and v.dim()}
         return y.dim() == 1 and rows == {len(y)}

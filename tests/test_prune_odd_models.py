@@ -364,3 +364,35 @@ def test_a_model_of_several_inputs_is_calibrated_from_inputs_batches(schedule, m
                        **opts)
     with pytest.raises(InvalidInputError, match="holds no tensor"):
         Inputs(1, scale=2.0)
+
+
+def test_inputs_batches_on_a_sequential_alone_and_as_a_labelled_pair():
+    """An nn.Sequential given Inputs(x) in the cascade gives the weights it gets from x itself
+    (the frontier cache, which slices the Sequential, steps aside for such batches rather than
+    handing back the wrong statistics); one Inputs, and one (Inputs, labels) pair, are one
+    batch each."""
+    from layertrim.adapters.torch import Inputs
+    from layertrim.adapters.torch_calib import batches
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    X, y = torch.randn(40, 8), torch.randint(0, 4, (40,))
+    opts = dict(sparsity=0.5, method="sparsegpt", executor="serial", vs_dense=False)
+    want = copy.deepcopy(net)
+    lt.prune_model(want, [X[:20], X[20:]], **opts)
+    for calib in ([Inputs(X[:20]), Inputs(X[20:])], [(Inputs(X[:20]), y[:20]), (Inputs(X[20:]),
+                                                                                 y[20:])]):
+        got = copy.deepcopy(net)
+        lt.prune_model(got, calib, **opts)
+        for p, q in zip(got.parameters(), want.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    whole = copy.deepcopy(net)
+    lt.prune_model(whole, X, **opts)
+    for calib in (Inputs(X), (Inputs(X), y)):
+        assert len(list(batches(calib))) == 1
+        got = copy.deepcopy(net)
+        lt.prune_model(got, calib, **opts)
+        for p, q in zip(got.parameters(), whole.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="tensor or an iterable of batches"):
+        lt.prune_model(copy.deepcopy(net), 5, **opts)
