@@ -115,7 +115,7 @@ class RayExecutor(Executor):
         self.resources = resources
         self.init_options = dict(init_options or {})
         self._started = False
-        self._inflight: dict = {}  # the current as_completed's running tasks
+        self._runs: list[dict] = []  # each unfinished as_completed's running tasks
 
     def connect(self) -> None:
         """Join the cluster (or start a local instance) now; a clear error if unreachable."""
@@ -136,16 +136,19 @@ class RayExecutor(Executor):
         self._started = True
 
     def close(self) -> None:
-        """Cancel the tasks a consumer abandoned (one that stopped between results, Ctrl-C
-        while it saved a finished layer, holds the results generator, whose own cleanup would
-        wait for it to be collected), then disconnect if this executor connected (a local
-        instance it started stops)."""
+        """Cancel the tasks of every ``as_completed`` not yet finished (a consumer that
+        stopped between results and still holds the results generator, whose own cleanup
+        waits for it to be collected: Ctrl-C while a caller saved a finished layer), then
+        disconnect if this executor connected (a local instance it started stops). Closing
+        inside a loop over results therefore ends that run too."""
         import ray
 
-        if self._inflight and ray.is_initialized():
-            for ref in list(self._inflight):
-                ray.cancel(ref, force=True)
-        self._inflight = {}
+        for pending in list(self._runs):
+            if ray.is_initialized():  # (a cancel after shutdown would start a new instance)
+                for ref in list(pending):
+                    ray.cancel(ref, force=True)
+            pending.clear()  # the generator's cleanup finds nothing left to cancel
+        self._runs = []
         if self._started and ray.is_initialized():
             ray.shutdown()
         self._started = False
@@ -169,7 +172,7 @@ class RayExecutor(Executor):
         max_cpus, max_memory = self._largest_node()
         limit = self.workers or len(jobs)
         pending: dict = {}
-        self._inflight = pending
+        self._runs.append(pending)
         queue = list(range(len(jobs)))
 
         def submit(i: int) -> InvalidInputError | None:
@@ -215,5 +218,8 @@ class RayExecutor(Executor):
                     except ray.exceptions.RayError as e:
                         yield i, e
         finally:  # Ctrl-C or an early stop: cancel what is still running
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            if pending and ray.is_initialized():
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+            pending.clear()
+            self._runs = [r for r in self._runs if r is not pending]

@@ -335,5 +335,64 @@ def test_a_ray_consumer_that_stops_between_results_leaves_no_task_running(ray_se
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == cpus  # the 60 s task no longer holds one
     assert results is not None  # the generator was alive all along
+    with pytest.raises(KeyboardInterrupt):  # two runs alive at once: both are cancelled
+        with RayExecutor() as ex:
+            outer = ex.as_completed(nap, [job(0.01), job(60.0)])
+            for _ in outer:
+                assert list(ex.map(nap, [job(0.01)])) == [0.01]  # a whole run inside
+                raise KeyboardInterrupt
+    t0 = time.perf_counter()
+    while ray.available_resources().get("CPU", 0) < cpus and time.perf_counter() - t0 < 20:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == cpus
+    assert outer is not None
     with RayExecutor() as ex:  # a completed run still closes cleanly
         assert sorted(i for i, _ in ex.as_completed(nap, [job(0.01), job(0.02)])) == [0, 1]
+
+
+RAY_STARTED_SCRIPT = """
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import ray
+
+from layertrim.layerwise.ray_executor import RayExecutor
+
+
+def job(delay):
+    problem = SimpleNamespace(W0=np.zeros((1, 1)), bias=None, H=np.eye(1), X=None, m=1)
+    return SimpleNamespace(problem=problem, delay=delay)
+
+
+def nap(j):
+    time.sleep(j.delay)
+    return j.delay
+
+
+ex = RayExecutor(workers=2, init_options=dict(num_cpus=2, object_store_memory=100 << 20,
+                                              configure_logging=False))
+results = ex.as_completed(nap, [job(0.01), job(60.0)])
+next(results)
+ex.close()  # cancels the 60 s task, then stops the instance it started
+print("after close:", ray.is_initialized())
+results.close()  # the held generator's cleanup, after the shutdown
+print("after the generator:", ray.is_initialized())
+"""
+
+
+def test_a_held_generator_closed_after_the_executor_starts_no_new_ray_instance(tmp_path):
+    """With an instance the executor started itself, close() stops it; the results generator,
+    cleaned up afterwards, must not cancel again (a Ray call after shutdown starts a new
+    default instance that nothing stops). Run in a fresh process: this module's own instance
+    is up."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "started.py"
+    script.write_text(RAY_STARTED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "after close: False" in out.stdout and "after the generator: False" in out.stdout, (
+        out.stdout + out.stderr[-2000:])
