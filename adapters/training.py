@@ -137,14 +137,19 @@ def make_optimizer(params, optimizer: str, lr: float, weight_decay: float,
     return torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd)
 
 
-def labelled(loader) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches of a DataLoader, a list of pairs, or any re-iterable of pairs."""
+def labelled(loader) -> Iterable[tuple[Any, torch.Tensor]]:
+    """(x, y) batches of a DataLoader, a list of pairs, or any re-iterable of pairs. x is the
+    model's input: a tensor, a dict of keyword inputs, or an ``Inputs`` of several inputs
+    (``torch_calib.run_model`` calls the model on it)."""
+    from layertrim.adapters.torch_calib import Inputs
+
     for item in _iterator(loader, "loader must be an iterable of (x, y) batches"):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise InvalidInputError("each batch of loader must be an (x, y) pair")
         x, y = item[0], item[1]
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise InvalidInputError("each batch of loader must be an (x, y) pair of tensors")
+        if not isinstance(x, (torch.Tensor, dict, Inputs)) or not isinstance(y, torch.Tensor):
+            raise InvalidInputError("each batch of loader must be an (x, y) pair of tensors "
+                                    "(x may also be a dict of keyword inputs or an Inputs)")
         yield x, y
 
 
@@ -154,7 +159,9 @@ def n_batches(loader) -> int | None:
 
 def accuracy(model: nn.Module, val) -> float:
     """Top-1 accuracy of ``model`` on ``val``: an (X, y) pair of tensors or an iterable of
-    (x, y) batches. Eval mode, no grad; every submodule's mode is restored."""
+    (x, y) batches (``labelled``). Eval mode, no grad; every submodule's mode is restored."""
+    from layertrim.adapters.torch_calib import run_model
+
     was = {m: m.training for m in model.modules()}
     model.eval()
     correct = total = 0
@@ -162,6 +169,10 @@ def accuracy(model: nn.Module, val) -> float:
                              ) else labelled(val)
     with torch.no_grad():
         for x, y in pairs:
+            if not isinstance(x, torch.Tensor):  # keyword or several inputs: one call
+                correct += int((run_model(model, x).argmax(1) == y).sum())
+                total += y.numel()
+                continue
             for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
                 correct += int((model(xb).argmax(1) == yb).sum())
                 total += yb.numel()
@@ -202,6 +213,8 @@ def run_epochs(model: nn.Module, loader, opt: torch.optim.Optimizer, *, epochs: 
 
 def _epochs(model, loader, opt, epochs, loss_fn, desc, progress, report, val, before_forward,
             before_step, after_step, extra_loss, end_epoch, tqdm, flags) -> None:
+    from layertrim.adapters.torch_calib import run_model
+
     step = 0
     total = n_batches(loader)
     for epoch in range(epochs):
@@ -215,7 +228,7 @@ def _epochs(model, loader, opt, epochs, loss_fn, desc, progress, report, val, be
             if before_forward is not None:
                 before_forward(step)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(run_model(model, x), y)
             full = loss + extra_loss(step) if extra_loss is not None else loss
             full.backward()
             if before_step is not None:

@@ -151,3 +151,63 @@ def test_a_dataloader_is_not_probed():
     torch.manual_seed(0)
     check_loader(dl, 2)
     assert torch.equal(torch.rand(1), want)
+
+
+class _TwoInputs(nn.Module):
+    """model(x, mask): the MLP of _pruned_mlp with a per-row mask on its hidden layer."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x, mask):
+        return self.body[2](self.body[1](self.body[0](x)) * mask[:, None])
+
+
+def test_a_model_of_several_inputs_is_pruned_then_finetuned_from_inputs_batches():
+    """Inputs(x, mask) batches go through the whole path, calibration to fine-tuning and
+    validation, and train exactly as the same network given a one-input wrapper: the loss
+    curve, the accuracies and the weights are equal; dict batches of keyword inputs too."""
+    from layertrim.adapters.torch import Inputs
+
+    loader, (X, y) = _data()
+    g = torch.Generator().manual_seed(3)
+    masks = [(torch.rand(len(xb), generator=g) > 0.2).float() for xb, _ in loader]
+    M = torch.cat(masks)
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    a = _TwoInputs(body)
+    calib = [Inputs(xb, m) for (xb, _), m in zip(loader, masks, strict=True)]
+    rep = lt.prune_model(a, calib, sparsity=0.5, method="sparsegpt", executor="serial")
+    assert rep.layers and (a.body[0].weight == 0).float().mean() > 0.2
+
+    class Joined(nn.Module):  # the same network, its two inputs in one tensor
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, xm):
+            return self.net(xm[:, :-1], xm[:, -1])
+
+    import copy
+
+    b = Joined(copy.deepcopy(a))
+    c = copy.deepcopy(a)
+    pairs_a = [(Inputs(xb, m), yb) for (xb, yb), m in zip(loader, masks, strict=True)]
+    pairs_b = [(torch.cat([xb, m[:, None]], 1), yb)
+               for (xb, yb), m in zip(loader, masks, strict=True)]
+    pairs_c = [({"x": xb, "mask": m}, yb) for (xb, yb), m in zip(loader, masks, strict=True)]
+    opts = dict(epochs=2, optimizer="sgd", lr=0.1, progress=False)
+    torch.manual_seed(5)
+    ra = lt.finetune(a, pairs_a, val=[(Inputs(X, M), y)], **opts)
+    torch.manual_seed(5)
+    rb = lt.finetune(b, pairs_b, val=(torch.cat([X, M[:, None]], 1), y), **opts)
+    torch.manual_seed(5)
+    rc = lt.finetune(c, pairs_c, val=[({"x": X, "mask": M}, y)], **opts)
+    assert ra.epoch_loss == rb.epoch_loss == rc.epoch_loss
+    assert ra.val_accuracy == rb.val_accuracy == rc.val_accuracy
+    for p, q, r in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):
+        assert torch.equal(p, q) and torch.equal(p, r)
+    assert bool((a.body[0].weight[current_masks(b.net)["body.0"] == 0] == 0).all())
+    with pytest.raises(lt.InvalidInputError, match="an Inputs"):
+        lt.finetune(a, [("x", y)], progress=False)
