@@ -27,7 +27,8 @@ def model_fingerprint(model: nn.Module) -> str:
     ``extra_repr`` states them: an activation or a stride changes the Grams while the
     state_dict stays the same; a custom module's plain attributes and its forward's source)
     and every entry of the state_dict (names, dtypes, shapes,
-    values): the layers that are not pruned shape the Grams too."""
+    values), the buffers kept out of it and a module's unregistered tensor attributes: the
+    layers that are not pruned shape the Grams too."""
     h = hashlib.sha256()
     sources: dict[type, str] = {}  # one read of a class's source, however many instances
     for name, mod in model.named_modules():
@@ -39,6 +40,14 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, t in model.state_dict().items():
         if isinstance(t, torch.Tensor):
             _update(h, name, t)
+    persistent = set(model.state_dict())
+    for name, t in model.named_buffers():  # non-persistent ones (an input normalisation)
+        if name not in persistent:
+            _update(h, f"buffer:{name}", t)
+    for name, mod in model.named_modules():  # plain tensor attributes, not registered
+        for k, v in sorted(vars(mod).items()):
+            if isinstance(v, torch.Tensor) and not k.startswith("_"):
+                _update(h, f"attr:{name}.{k}", v)
     return h.hexdigest()
 
 
@@ -53,8 +62,8 @@ def _plain_attributes(mod: nn.Module) -> str:
     for k, v in sorted(vars(mod).items()):
         if k.startswith("_") or k == "training":
             continue
-        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(e, _PLAIN)
-                                                                  for e in v)):
+        if isinstance(v, _PLAIN) or (isinstance(v, (tuple, list)) and all(
+                isinstance(e, _PLAIN) for e in v)):
             items.append(f"{k}={v!r}")
     return ",".join(items)
 

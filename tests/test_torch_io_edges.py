@@ -162,6 +162,24 @@ def test_a_custom_modules_settings_are_in_its_fingerprint():
     assert model_fingerprint(Act("relu")) == model_fingerprint(a)
 
 
+def test_buffers_out_of_the_state_dict_and_list_settings_are_in_the_fingerprint():
+    """A non-persistent buffer (an input normalisation), an unregistered tensor attribute
+    and a list setting change the Grams while the state_dict stays the same: a resume with
+    such a model took the other's saved layers."""
+    def model(scale=1.0, shift=0.0, acts=("relu",)):
+        m = scaled()
+        m.scale.fill_(scale)
+        m.shift = torch.full((4,), shift)  # a plain tensor attribute
+        m.acts = list(acts)
+        return m
+
+    base = model_fingerprint(model())
+    assert model_fingerprint(model()) == base
+    for other in (model(scale=3.0), model(shift=1.0), model(acts=("tanh",))):
+        assert torch.equal(other.fc.weight, model().fc.weight)
+        assert model_fingerprint(other) != base
+
+
 class Scaled(nn.Module):
     def __init__(self):
         super().__init__()
