@@ -249,6 +249,15 @@ def run_schedule(bridge: ModelBridge, *, sparsity, method: str = "l0-admm",
         raise InvalidInputError(f"unknown allocation {allocation!r}; use one of {ALLOCATIONS}")
     if resume and checkpoint is None:
         raise InvalidInputError("resume needs the checkpoint directory to resume from")
+    from layertrim.solvers import available, get_solver
+
+    if not get_solver(method).whole_model:
+        whole = [n for n in available() if get_solver(n).whole_model and not n.startswith(
+            "test-")]
+        raise InvalidInputError(
+            f"method {method!r} prunes single layers only (layertrim.solve_layer, given the "
+            f"layer's input samples X and its activation); for a whole model use one of "
+            f"{whole}")
     ex = get_executor(executor)
     owned = isinstance(executor, str) or executor is None  # made here: closed here
     try:

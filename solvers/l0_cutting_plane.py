@@ -350,7 +350,8 @@ def _feasible(z: np.ndarray, k: int, groups: tuple[int, int] | None) -> bool:
 
 
 @register("l0-cutting-plane",
-          "ReLU l0 model solved to proven optimality by perspective outer approximation (small d)")
+          "ReLU l0 model solved to proven optimality by perspective outer approximation (small d)",
+          whole_model=False)  # needs the layer's samples, ReLU, small d: solve_layer only
 def solve(problem: LayerProblem, *, ridge: float = 1e-6, slack: float = 0.0,
           gap_tol: float = 1e-7, max_cuts: int = 500, time_limit: float | None = None,
           node_limit: int | None = None, max_inputs: int = 64,

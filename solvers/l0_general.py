@@ -250,6 +250,7 @@ def _refit_support(model: _Model, W, b, mask, max_iter: int, deadline: float | N
 @register(
     "l0-general",
     "IHT with line search on ||sigma(XW^T+b) - Y||^2, any activation (Phan et al. 2020)",
+    whole_model=False,  # needs the layer's samples and its activation: solve_layer only
 )
 def solve(
     problem: LayerProblem,

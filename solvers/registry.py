@@ -26,23 +26,28 @@ class SolverEntry:
     description: str
     needs_target: bool = True  # False: the solver picks the sparsity itself (Net-Trim's eps)
     per_sample: bool = False  # True: iterates on the n x d inputs, not only on the Gram
+    whole_model: bool = True  # False: single layers only (solve_layer), never prune_model
 
 
 _REGISTRY: dict[str, SolverEntry] = {}
 
 
 def register(
-    name: str, description: str, *, needs_target: bool = True, per_sample: bool = False
+    name: str, description: str, *, needs_target: bool = True, per_sample: bool = False,
+    whole_model: bool = True,
 ) -> Callable[[SolverFn], SolverFn]:
     """Decorator: register ``fn`` under ``name`` with a one-line description.
 
-    ``needs_target=False`` marks solvers that run without a sparsity or nnz target.
+    ``needs_target=False`` marks solvers that run without a sparsity or nnz target;
+    ``whole_model=False`` those that only single-layer calls can feed (their own inputs and
+    settings per layer), which whole-model pruning refuses up front.
     """
 
     def wrap(fn: SolverFn) -> SolverFn:
         if name in _REGISTRY:
             raise RuntimeError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = SolverEntry(name, fn, description, needs_target, per_sample)
+        _REGISTRY[name] = SolverEntry(name, fn, description, needs_target, per_sample,
+                                      whole_model)
         return fn
 
     return wrap

@@ -396,3 +396,19 @@ def test_inputs_batches_on_a_sequential_alone_and_as_a_labelled_pair():
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     with pytest.raises(InvalidInputError, match="tensor or an iterable of batches"):
         lt.prune_model(copy.deepcopy(net), 5, **opts)
+
+
+@pytest.mark.parametrize("method", ["l0-general", "l0-cutting-plane"])
+def test_single_layer_methods_are_refused_by_prune_model_before_any_work(method):
+    """l0-general and l0-cutting-plane need each layer's samples and activation, which only
+    solve_layer gives them: prune_model used to calibrate and allocate, then fail in every
+    layer (l0-cutting-plane's advice, activation='relu', was itself refused)."""
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def untouched():
+        raise AssertionError("the calibration data was read")
+        yield
+
+    with pytest.raises(InvalidInputError, match=f"{method}.*single layers only.*l0-admm"):
+        lt.prune_model(net, untouched(), sparsity=0.5, method=method, schedule="parallel",
+                       executor="serial")
