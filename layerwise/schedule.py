@@ -151,9 +151,11 @@ def cascade_target(W: np.ndarray, b: np.ndarray | None,
 
 
 def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: str,
-             grams: dict[str, list[Gram]], method: str = "sparsegpt") -> dict[str, float]:
+             grams: dict[str, list[Gram]], method: str = "sparsegpt",
+             pattern: str = "layer") -> dict[str, float]:
     """Per-layer sparsities for a global target (see ``allocate.py``); the error curves are
-    drawn by ``curve_method(method)``."""
+    drawn by ``curve_method(method)``. No layer gets more than it can take: every group keeps
+    a weight, and with the "row" pattern every row."""
     from layertrim.layerwise.allocate import (
         GRID,
         curve_method,
@@ -164,8 +166,11 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
     )
 
     sizes = [sum(bridge.weights(n, g)[0].size for g in range(bridge.groups(n))) for n in names]
-    # the largest sparsity a layer can take with every group keeping a weight
-    caps = np.array([1 - bridge.groups(n) / size for n, size in zip(names, sizes, strict=True)])
+    # the largest sparsity a layer can take with every group (every row) keeping a weight
+    rows = Pattern.parse(pattern).kind == "row"
+    keep = [sum(bridge.weights(n, g)[0].shape[0] if rows else 1 for g in range(bridge.groups(n)))
+            for n in names]
+    caps = np.array([1 - k / size for k, size in zip(keep, sizes, strict=True)])
     if allocation == "owl":
         scores = [np.concatenate([np.abs(bridge.weights(n, g)[0])
                                   * np.sqrt(np.maximum(np.diag(grams[n][g].H), 0.0))
@@ -315,7 +320,7 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
     if budget is not None and allocation != "uniform":
         dense_grams = grams_of(names)
         t = time.perf_counter()
-        sparsity = allocate(bridge, names, budget, allocation, dense_grams, method)
+        sparsity = allocate(bridge, names, budget, allocation, dense_grams, method, pattern)
         clock["allocation_s"] += time.perf_counter() - t
     policy = sparsity_policy(sparsity, names)
     if not fixed and Pattern.parse(pattern).kind == "layer" and not per_sample:
