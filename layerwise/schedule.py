@@ -157,7 +157,7 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
     drawn by ``curve_method(method)``. No layer gets more than it can take: every group keeps
     a weight, and with the "row" pattern every row."""
     from layertrim.layerwise.allocate import (
-        GRID,
+        allocation_grid,
         curve_method,
         error_curves,
         global_allocation,
@@ -178,15 +178,16 @@ def allocate(bridge: ModelBridge, names: list[str], target: float, allocation: s
                                   for g in range(bridge.groups(n))], axis=0) for n in names]
         s = owl_allocation(scores, target, caps=caps)
     else:
+        grid = allocation_grid(target)
         curves = np.array([np.mean(error_curves(
             [(*bridge.weights(n, g), grams[n][g]) for g in range(bridge.groups(n))],
-            method=curve_method(method)), axis=0)
+            grid=grid, method=curve_method(method)), axis=0)
             for n in names])
         # a level is out of reach when the layer's count would leave a group without a weight
         # (each group rounding alone can look feasible: 0.925 of 9 keeps one)
-        curves[np.asarray(GRID)[None, :] > caps[:, None] + 1e-12] = np.inf
-        s = trim_overshoot(global_allocation(curves, sizes, target, grid=GRID), curves, sizes,
-                           target, grid=GRID)
+        curves[np.asarray(grid)[None, :] > caps[:, None] + 1e-12] = np.inf
+        s = trim_overshoot(global_allocation(curves, sizes, target, grid=grid), curves, sizes,
+                           target, grid=grid)
     return {n: float(v) for n, v in zip(names, s, strict=True)}
 
 

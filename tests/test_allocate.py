@@ -182,8 +182,25 @@ def test_owl_respects_the_layers_caps_and_refuses_an_unreachable_target():
     s = owl_allocation(scores, 0.9, caps=[0.99, 1 - 64 / 576])
     assert s[1] <= 1 - 64 / 576 + 1e-12
     assert np.sum(s * [600, 576]) >= 0.9 * 1176 - 1e-6
-    with pytest.raises(InvalidInputError, match="out of reach"):
-        owl_allocation(scores, 0.995)
+    with pytest.raises(InvalidInputError, match="out of reach: the layers can prune at most"):
+        owl_allocation(scores, 0.995, caps=[0.99, 1 - 64 / 576])
+
+
+@pytest.mark.parametrize("allocation", ["global", "owl"])
+@pytest.mark.parametrize("target", [0.995, 0.999])
+def test_targets_above_the_grids_top_are_reached_exactly(allocation, target):
+    """Any sparsity in [0, 1) is a valid target: global's grid ended at 0.99 and owl held
+    every layer there, so 0.995 was refused on two 100 x 100 layers that can prune 0.9999.
+    Now finer levels (and owl's hold, at half the target's density) reach it, and the count
+    is exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 100))
+    report = lt.prune_model(model, torch.randn(256, 100), sparsity=target,
+                            method="sparsegpt", schedule="parallel", executor="serial",
+                            allocation=allocation, vs_dense=False)
+    zeros = sum(int((model[i].weight == 0).sum()) for i in (0, 2))
+    assert zeros == round(target * 20000)
+    assert report.sparsity == pytest.approx(target)
 
 
 def test_grouped_layers_near_their_cap_and_dicts_on_groups():
