@@ -391,7 +391,9 @@ def _run(bridge: ModelBridge, ex, *, sparsity, method: str, schedule: str, patte
                     continue
                 r = results[key]
                 bridge.write_back(name, g, r.W, r.bias)
-                nnz = int(np.count_nonzero(r.W))  # also zeros the solver kept in its mask
+                # counted as the model holds them: zeros the solver kept in its mask, and
+                # weights a float16 model rounds to zero
+                nnz = int(np.count_nonzero(bridge.weights(name, g)[0]))
                 report.layers.append(LayerRecord(
                     name=name, group=g, m=W0.shape[0], d=W0.shape[1], nnz=nnz,
                     sparsity=1 - nnz / r.W.size, rel_error=r.rel_error, time_s=r.wall_time,

@@ -106,7 +106,9 @@ def _target_as_option(problem: LayerProblem, method: str, options: dict) -> bool
     """Net-Trim's l1 program sets the sparsity through its radius: a sparsity (or nnz) given
     with the problem becomes its ``target_sparsity`` search (reached within 1%), never
     silently ignored; a structured pattern, which the program cannot keep, is refused.
-    Returns True for a sparsity of 0: the layer stays dense, as with every other method."""
+    Returns True for a sparsity of 0: the layer is left as it is. (The Gram methods, in the
+    cascade, refit such a layer to its target instead: it compensates the layers pruned
+    before it; in the parallel schedule the target is W itself and nothing moves.)"""
     if problem.pattern.kind != "layer":
         raise InvalidInputError(
             f"method {method!r} prunes without structure (its l1 program picks the support); "

@@ -443,3 +443,20 @@ def test_row_pattern_allocations_leave_a_weight_in_every_row(allocation):
     total = sum(m.weight.numel() for m in (net.a, net.b, net.c))
     assert abs(zeros / total - 0.85) < 0.02  # per-row rounding
     assert {r.name for r in report.layers} == {"a", "b", "c"}
+
+
+def test_the_report_counts_the_zeros_a_float16_model_holds():
+    """Weights near float16's smallest subnormal round to zero when written back: the report
+    counts the model's weights as written, not the float64 solution (130 zeros, reported
+    128)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-7 / 0.25)
+    net = net.half()
+    report = lt.prune_model(net, torch.randn(64, 16), sparsity=0.5, method="sparsegpt",
+                            schedule="parallel", executor="serial", allocation="uniform",
+                            vs_dense=False)
+    held = int((net[0].weight != 0).sum())
+    assert report.layers[0].nnz == held
+    assert report.layers[0].sparsity == 1 - held / 256
