@@ -164,6 +164,12 @@ class TorchBridge:
                          stream_generator(self.seed, name))
         for x, x0 in zip(xp, xr, strict=True):
             try:
+                layer.check_input(x)
+                layer.check_input(x0)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"a calibration batch does not fit the model at layer "
+                                        f"{name}: {e}") from None
+            try:
                 sums.add(x, x0)
             except InvalidInputError as e:
                 raise InvalidInputError(f"layer {name}: {e}") from None

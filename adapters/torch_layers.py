@@ -63,6 +63,22 @@ class TorchLayer:
         return b.detach()[group * self.m:(group + 1) * self.m].to(
             "cpu", torch.float64, copy=True).numpy()
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse an input this layer would not take (the cascade's frontier hands a layer
+        inputs it has not run on: a Linear's reshape would silently re-cut a 9-wide batch
+        into 8-wide rows)."""
+        mod = self.module
+        if isinstance(mod, nn.Linear):
+            ok, want = x.dim() >= 1 and x.shape[-1] == mod.in_features, \
+                f"rows of {mod.in_features} features"
+        else:
+            k = mod.weight.dim() - 2  # spatial dimensions
+            ok = x.dim() in (k + 1, k + 2) and x.shape[-(k + 1)] == mod.in_channels
+            want = f"{mod.in_channels} channels of {k} spatial dimensions"
+        if not ok:
+            raise InvalidInputError(f"its input has shape {tuple(x.shape)}; the layer takes "
+                                    f"{want}")
+
     def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The layer's input as one (rows, d) matrix per group."""
         return [A.T for A in self.columns(x, x.dtype)]

@@ -460,3 +460,23 @@ def test_the_report_counts_the_zeros_a_float16_model_holds():
     held = int((net[0].weight != 0).sum())
     assert report.layers[0].nnz == held
     assert report.layers[0].sparsity == 1 - held / 256
+
+
+@pytest.mark.parametrize("shape", [(64, 9), (64, 7), (3, 5)])
+def test_a_batch_of_the_wrong_width_is_refused_by_the_cascade_frontier(shape):
+    """The cascade's frontier cache hands the first layer the raw batches without running the
+    model: a 64 x 9 batch was re-cut into 72 rows of 8 and pruned on, (3, 5) raised a raw
+    RuntimeError. Both schedules now name the layer and the shapes, and nothing changes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    before = [p.detach().clone() for p in net.parameters()]
+    for schedule in ("cascade", "parallel"):
+        with pytest.raises(InvalidInputError, match=r"does not fit the model.*layer 0"):
+            lt.prune_model(net, torch.randn(*shape), sparsity={"0": 0.5}, method="sparsegpt",
+                           schedule=schedule, executor="serial")
+    for p, q in zip(net.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    with pytest.raises(InvalidInputError, match=r"layer 0: its input has shape \(8, 2, 10, 10"):
+        lt.prune_model(conv, torch.randn(8, 2, 10, 10), sparsity={"0": 0.5},
+                       method="sparsegpt", executor="serial")
