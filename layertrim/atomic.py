@@ -15,7 +15,20 @@ import numpy as np
 from layertrim.errors import InvalidInputError
 
 
+def _regular_target(path: Path) -> Path:
+    """The file an output path names: a symlink's target (the link stays a link), refused
+    where it exists and is not a regular file (a device, a FIFO, a socket: replacing
+    /dev/null, as root, would replace the device)."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InvalidInputError(f"cannot write {path}: it exists and is not a regular file "
+                                f"(a device, a pipe or a socket)")
+    return path
+
+
 def _write_atomically(path: Path, mode: str, write: Callable) -> Path:
+    path = _regular_target(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InvalidInputError(f"cannot write {path}: folder {folder} does not exist")
@@ -53,15 +66,22 @@ def check_not_input(path: str | os.PathLike, protect=()) -> Path:
 def check_outputs(outputs: dict, protect=()) -> None:
     """Before any work: every output path (``{flag: path}``, None for not asked) can be
     written. Refused: an input in ``protect`` (or a link to one), an existing directory, a
-    folder that does not exist, and one file named by two outputs."""
+    device, pipe or socket, a folder that does not exist or that this user cannot write, and
+    one file named by two outputs."""
     given = [(flag, Path(p)) for flag, p in outputs.items() if p is not None]
     for i, (flag, path) in enumerate(given):
         check_not_input(path, protect)
         if path.is_dir():
             raise InvalidInputError(f"{flag} {path}: is a directory, not a file to write")
-        folder = path.parent if str(path.parent) else Path(".")
+        try:
+            target = _regular_target(path)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{flag} {path}: {e}") from None
+        folder = target.parent if str(target.parent) else Path(".")
         if not folder.is_dir():
             raise InvalidInputError(f"{flag} {path}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InvalidInputError(f"{flag} {path}: folder {folder} is not writable")
         for other_flag, other in given[:i]:
             if _same_file(other, path):
                 raise InvalidInputError(f"{other_flag} and {flag} name the same file {path}")

@@ -152,7 +152,6 @@ def _prune(args) -> int:
         save_model,
     )
     from layertrim.atomic import atomic_write_text
-    from layertrim.layerwise.checkpoint import Checkpoint
 
     model, fmt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
     baked = bake_masks(model)  # a model saved with masks is pruned from its masked weights
@@ -186,6 +185,12 @@ def _prune(args) -> int:
         raise InvalidInputError(f"--option {reserved[0]}=... is set by prune's own flags, "
                                 f"not by a solver option")
     checkpoint, default_ckpt = _checkpoint_dir(args)
+    if checkpoint is not None:
+        for flag, path in (("--out", args.out), ("--report", args.report),
+                           ("--plot", args.plot)):
+            if path is not None and Path(path).resolve() == Path(checkpoint).resolve():
+                raise InvalidInputError(f"the checkpoint directory and {flag} name the same "
+                                        f"path {path}")
     # removable on an early failure
     ours = checkpoint is not None and default_ckpt and not Path(checkpoint).exists()
     executor = get_executor(args.executor, workers=args.workers, address=args.address,
@@ -215,8 +220,9 @@ def _prune(args) -> int:
         print(f"layertrim: error: {e}. No model written{where}", file=sys.stderr)
         return 1
     except InvalidInputError:
-        if checkpoint is not None and ours and not Checkpoint(checkpoint).has_layers:
-            shutil.rmtree(checkpoint, ignore_errors=True)  # nothing saved: leave no clutter
+        if checkpoint is not None and ours:  # bad input: a resume of it would be refused
+            # (other data or settings) and the next run would find it in the way
+            shutil.rmtree(checkpoint, ignore_errors=True)
         raise
     print(report)
     print(f"wrote {save_model(model, args.out, out_fmt, protect=protect, source=args.model)}")

@@ -2,6 +2,7 @@
 and --arch modules found in the current directory (through the installed console script, as
 a user runs it) or failing with an error that names --arch."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,12 @@ def files(tmp_path):
                    "--method", "magnitude", "--executor", "serial", "--sparsity", "0.5"]
 
 
-@pytest.mark.parametrize("case", ["directory", "no-folder", "report-is-out", "plot-is-input"])
+@pytest.mark.parametrize("case", ["directory", "no-folder", "report-is-out", "plot-is-input",
+                                  "fifo", "report-is-fifo-link", "checkpoint-is-out"])
 def test_bad_output_paths_are_refused_before_any_work(files, tmp_path, capsys, case):
+    """... and a device, pipe or socket (through a link too: as root, --out /dev/null was
+    replaced by a regular file), and a --checkpoint that is --out (found only after the
+    work, when the model could not be renamed over the checkpoint directory)."""
     model, rest = files
     out, extra = tmp_path / "out.pt", []
     if case == "directory":
@@ -37,16 +42,57 @@ def test_bad_output_paths_are_refused_before_any_work(files, tmp_path, capsys, c
         out = tmp_path / "missing" / "out.pt"
     elif case == "report-is-out":
         extra = ["--report", str(out)]
-    else:
+    elif case == "plot-is-input":
         extra = ["--plot", str(model)]
+    elif case == "fifo":
+        os.mkfifo(out)
+    elif case == "report-is-fifo-link":
+        os.mkfifo(tmp_path / "pipe")
+        (tmp_path / "r.json").symlink_to(tmp_path / "pipe")
+        extra = ["--report", str(tmp_path / "r.json")]
+    else:
+        extra = ["--checkpoint", str(out)]
     assert main(["prune", str(model), *rest, "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
     want = {"directory": "is a directory", "no-folder": "does not exist",
             "report-is-out": "--out and --report name the same file",
-            "plot-is-input": "refusing to overwrite the input file"}[case]
+            "plot-is-input": "refusing to overwrite the input file",
+            "fifo": "is not a regular file", "report-is-fifo-link": "is not a regular file",
+            "checkpoint-is-out": "checkpoint directory and --out name the same path"}[case]
     assert want in err
     assert "calibration" not in err  # refused before the calibration pass started
     assert not Path(f"{out}.ckpt").exists() and not (tmp_path / "missing").exists()
+    if case in ("fifo", "report-is-fifo-link"):
+        assert (tmp_path / ("out.pt" if case == "fifo" else "pipe")).is_fifo()  # left as is
+
+
+def test_an_output_through_a_symlink_replaces_the_target_and_keeps_the_link(files, tmp_path):
+    model, rest = files
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "pruned.pt"
+    target.write_text("old")
+    link = tmp_path / "pruned.pt"
+    link.symlink_to(target)
+    assert main(["prune", str(model), *rest, "--no-checkpoint", "--out", str(link)]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    state = torch.load(target, weights_only=True)
+    assert float((state["0.weight"] == 0).float().mean()) > 0.3
+
+
+def test_bad_input_found_after_some_layers_leaves_no_default_checkpoint(tmp_path, capsys):
+    """The default OUT.ckpt of a run stopped by bad input: a resume of it would be refused
+    (other data) and the next run found it in the way ("already holds a checkpoint")."""
+    model = tmp_path / "model.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                   torch.nn.Linear(20, 4)), model)  # 16 outputs into 20
+    calib = tmp_path / "calib.pt"
+    torch.save(torch.randn(64, 8), calib)
+    out = tmp_path / "out.pt"
+    argv = ["prune", str(model), "--trust-pickle", "--calib", str(calib), "--method",
+            "magnitude", "--executor", "serial", "--pattern", "2:4", "--out", str(out)]
+    assert main(argv) == 2
+    assert "layer 2" in capsys.readouterr().err
+    assert not Path(f"{out}.ckpt").exists() and not out.exists()
 
 
 def test_solve_and_bench_check_their_outputs_first(tmp_path, capsys):
