@@ -67,6 +67,24 @@ def _import_from_cwd(mod_name: str):
         return importlib.import_module(mod_name)
 
 
+def _unpickle(path):
+    """A pickled module, its classes imported as --arch modules are: from the current
+    directory too when their package is not found (the installed console script's sys.path
+    lacks it, so `layertrim inspect` could not read back a pickle that `prune` wrote)."""
+    def load():
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=False)
+
+    try:
+        return load()
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if not e.name or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, cwd)  # left extended, as _import_from_cwd leaves it
+        return load()
+
+
 def _first_line(e: Exception) -> str:
     """The gist of a loader's error (some come without a message; torch's carry terminal
     colour codes, which a log file shows as junk)."""
@@ -139,8 +157,7 @@ def load_model(path, *, arch: str | None = None,
                     f"{_first_line(e)}); if it is a pickled module you trust, pass "
                     f"--trust-pickle (unpickling runs code)") from None
             try:
-                with open(path, "rb") as f:
-                    model = torch.load(f, map_location="cpu", weights_only=False)
+                model = _unpickle(path)
             except Exception as e2:
                 raise InvalidInputError(f"cannot read {path} as a state_dict or as a pickled "
                                         f"module: {_first_line(e2)}") from None

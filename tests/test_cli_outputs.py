@@ -164,3 +164,28 @@ def test_arch_module_in_the_current_directory(tmp_path):
         assert r.returncode == 2, (spec, r.stderr)
         assert f"--arch {spec}" in r.stderr and gist in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_a_pickle_of_a_class_in_the_current_directory_is_read_back(tmp_path):
+    """`prune --format pickle` wrote a module whose class lives in the current directory;
+    the installed script (whose sys.path lacks that directory) could not inspect or prune it
+    again: "No module named 'mine'"."""
+    (tmp_path / "mine.py").write_text(
+        "import torch\n\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = torch.nn.Linear(6, 4), torch.nn.Linear(4, 2)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.b(torch.relu(self.a(x)))\n\n"
+        "def net():\n    return Net()\n")
+    code = ("import sys; sys.path.insert(0, '.'); import torch, mine; torch.manual_seed(0); "
+            "torch.save(mine.Net(), 'p.pt'); torch.save(torch.randn(32, 6), 'c.pt')")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
+    r = _run(["inspect", "p.pt", "--trust-pickle"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 prunable layers" in r.stdout
+    r = _run(["prune", "p.pt", "--trust-pickle", "--calib", "c.pt", "--sparsity", "0.5",
+              "--method", "magnitude", "--executor", "serial", "--no-checkpoint", "--out",
+              "q.pt"], tmp_path)
+    assert r.returncode == 0, r.stderr
