@@ -124,7 +124,8 @@ def load_model(path, *, arch: str | None = None,
     a pickled module needs ``trust_pickle``."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidInputError(f"cannot read {path}: no such file")
+        raise InvalidInputError(f"cannot read {path}: "
+                                f"{'a directory' if path.is_dir() else 'no such file'}")
     fmt = detect_format(path)
     if fmt == "safetensors":
         from safetensors.torch import load_file
@@ -350,9 +351,9 @@ def _scripted_with(state: dict, source) -> bytes:
 
 def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
     """Calibration inputs from a .pt (a tensor, a dict with one of INPUT_KEYS, an (inputs,
-    labels) pair, or a list of batches or pairs) or an .npz (one of INPUT_KEYS, else its only
-    array), split into batches. Integer inputs (raw uint8 images) are refused: their scale is
-    the user's to set."""
+    labels) pair, or a list of batches or pairs), an .npy (one array) or an .npz (one of
+    INPUT_KEYS, else its only array), split into batches. Integer inputs (raw uint8 images)
+    are refused: their scale is the user's to set; complex ones too."""
     import numpy as np
 
     from layertrim.validate import check_int
@@ -360,8 +361,14 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
     check_int("the batch size", batch_size)
     path = Path(path)
     if not path.is_file():
-        raise InvalidInputError(f"cannot read {path}: no such file")
-    if path.suffix == ".npz":
+        raise InvalidInputError(f"cannot read {path}: "
+                                f"{'a directory' if path.is_dir() else 'no such file'}")
+    if path.suffix == ".npy":  # one array of inputs
+        try:
+            x = torch.from_numpy(np.load(path, allow_pickle=False))
+        except Exception as e:  # an object array, a truncated file
+            raise InvalidInputError(f"cannot read {path} as an .npy: {_first_line(e)}") from None
+    elif path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as f:
                 keys = list(f.keys())
@@ -389,7 +396,10 @@ def load_calibration(path, batch_size: int = 256) -> list[torch.Tensor]:
                 f"found a {type(obj).__name__}")
     if x.dim() < 1 or len(x) == 0:
         raise InvalidInputError(f"{path}: the calibration set is empty")
-    if not (x.is_floating_point() or x.is_complex()):
+    if x.is_complex():
+        raise InvalidInputError(f"{path}: the calibration inputs are {x.dtype}; the prunable "
+                                f"layers take real inputs")
+    if not x.is_floating_point():
         raise InvalidInputError(
             f"{path}: the calibration inputs are {x.dtype}; convert them to floats scaled as "
             f"the model was trained on (e.g. images / 255) and save them again")

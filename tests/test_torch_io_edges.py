@@ -263,3 +263,19 @@ def test_a_keyword_inputs_pair_in_a_file_is_a_clean_error(tmp_path):
                tmp_path / "kw.pt")
     with pytest.raises(InvalidInputError, match="expected a tensor of inputs"):
         load_calibration(tmp_path / "kw.pt", 8)
+
+
+def test_npy_complex_and_directory_calibration_files(tmp_path):
+    """An .npy holds one array of inputs (torch.load's weights-only advice was misleading);
+    complex inputs are refused like integer ones (they failed later, in a dtype mismatch);
+    a directory is named as one, not as a missing file."""
+    np.save(tmp_path / "c.npy", X.numpy())
+    assert torch.equal(torch.cat(load_calibration(tmp_path / "c.npy", 32)), X)
+    torch.save(X.to(torch.complex64), tmp_path / "z.pt")
+    with pytest.raises(InvalidInputError, match="complex64.*real inputs"):
+        load_calibration(tmp_path / "z.pt")
+    np.save(tmp_path / "o.npy", np.array([object()]), allow_pickle=True)
+    with pytest.raises(InvalidInputError, match="cannot read .*o.npy as an .npy"):
+        load_calibration(tmp_path / "o.npy")
+    with pytest.raises(InvalidInputError, match="a directory"):
+        load_calibration(tmp_path)
