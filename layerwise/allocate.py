@@ -40,9 +40,9 @@ GRID = tuple(np.round(np.concatenate([np.arange(0.0, 0.9, 0.05), [0.9, 0.925, 0.
 
 
 def allocation_grid(target: float) -> tuple[float, ...]:
-    """GRID, and for a target above 0.98 finer levels between 0.99 and 1 around it (a layer
+    """GRID, and for a target above 0.99 finer levels between 0.99 and 1 around it (a layer
     count can then reach 0.995 or 0.999 overall; GRID's top of 0.99 refused them)."""
-    if target <= 0.98:
+    if target <= 0.99:
         return GRID
     extra = {round(1 - (1 - target) * f, 6) for f in (4, 2, 1, 0.5, 0.25)}
     return tuple(sorted(set(GRID) | {v for v in extra if 0.99 < v < 1}))
@@ -149,11 +149,11 @@ def owl_allocation(scores: Sequence[np.ndarray], target: float, *, m: float = 5.
                    lam: float = 0.08, caps: Sequence[float] | None = None) -> np.ndarray:
     """OWL sparsities from each layer's Wanda score matrix, weighted mean = target. ``caps``
     are the layers' largest feasible sparsities (each group keeping a weight). Every layer is
-    held at 0.99, or for a target above 0.98 at half the target's density (0.9975 for 0.995),
+    held at 0.99, or for a target above 0.99 at half the target's density (0.9975 for 0.995),
     and at its cap. A target that the caps put out of reach is refused."""
     target = _check_target(target)
     sizes = np.array([s.size for s in scores], dtype=np.float64)
-    top = np.full(len(scores), max(0.99, 1 - (1 - target) / 2))
+    top = np.full(len(scores), 0.99 if target <= 0.99 else 1 - (1 - target) / 2)
     if caps is not None:
         top = np.minimum(top, np.asarray(caps, dtype=np.float64))
     D = np.array([float(np.mean(s > m * np.mean(s))) for s in scores])
