@@ -218,6 +218,11 @@ def _with_tied_aliases(model: nn.Module, state: dict) -> dict:
     extra = {}
     for keys in by_ptr.values():
         have = [k for k in keys if k in state]
+        held = [state[k] for k in have if isinstance(state[k], torch.Tensor)]
+        if any(t.shape != held[0].shape or not torch.equal(t, held[0]) for t in held[1:]):
+            # one tensor in the architecture: a load would keep whichever key came last
+            raise InvalidInputError(f"the file's tied weights {have} differ, but the "
+                                    f"architecture shares one tensor between them")
         if have and len(have) < len(keys):
             extra.update({k: state[have[0]] for k in keys if k not in state})
     return {**state, **extra} if extra else state

@@ -77,6 +77,20 @@ def test_tied_weights_save_as_safetensors_and_load_back(tmp_path):
     assert torch.equal(loaded(X), model(X))
 
 
+def test_tied_keys_that_disagree_in_a_file_are_refused(tmp_path):
+    """The architecture shares one tensor between emb and out: a state file that holds two
+    different values for them loaded silently, the last key winning."""
+    state = {k: v.clone() for k, v in tied().state_dict().items()}
+    torch.save(state, tmp_path / "same.pt")
+    loaded, _ = load_model(tmp_path / "same.pt", arch=f"{ARCH}:tied")
+    assert torch.equal(loaded.out.weight, state["emb.weight"])
+    state["out.weight"] += 1
+    torch.save(state, tmp_path / "differ.pt")
+    with pytest.raises(InvalidInputError, match=r"tied weights \['emb.weight', 'out.weight'\] "
+                                                r"differ"):
+        load_model(tmp_path / "differ.pt", arch=f"{ARCH}:tied")
+
+
 @pytest.mark.parametrize("dtype,fmt,name", [(torch.float16, "state_dict", "m.pt"),
                                             (torch.bfloat16, "safetensors", "m.safetensors")])
 def test_a_half_precision_file_is_pruned_and_saved_in_its_dtype(tmp_path, dtype, fmt, name):
