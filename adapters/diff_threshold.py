@@ -55,6 +55,7 @@ from layertrim.adapters.training import (
     check_fraction,
     check_loader,
     check_model,
+    check_optimizer,
     check_plain_weight,
     check_positive_float,
     check_val,
@@ -158,6 +159,8 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
         check_plain_weight(la.name, la.module, "diff_threshold")
     check_loader(loader, epochs)
     check_val(val)
+    check_optimizer(optimizer, lr, weight_decay, momentum)  # before the gates change the model
+    check_positive_float("threshold_lr", threshold_lr)
     gates = {}
     for la in found:
         w = la.module.weight.detach()

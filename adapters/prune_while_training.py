@@ -16,6 +16,7 @@ layer's inputs, a BatchNorm in between).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,15 +25,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layertrim.adapters.torch_structured import _BN, _columns, mask_pair, shrink_pair
+from layertrim.adapters.torch_structured import (
+    _BN,
+    _columns,
+    _set,
+    check_pair,
+    mask_pair,
+    shrink_pair,
+)
 from layertrim.adapters.training import (
     Timer,
     TrainReport,
     check_fraction,
     check_loader,
     check_model,
+    check_optimizer,
     check_plain_weight,
     check_val,
+    labelled,
     make_optimizer,
     run_epochs,
     weight_sparsity,
@@ -91,6 +101,36 @@ def pairs_of(model: nn.Module, layers=None) -> list[tuple[str, str, str | None]]
         raise InvalidInputError("no layer to prune: the model needs at least two Linear/Conv2d "
                                 "layers")
     return out
+
+
+def _outputs(model: nn.Module, x) -> torch.Tensor:
+    """The model's output on one batch, in eval mode (every flag restored), no grad."""
+    from layertrim.adapters.torch_calib import run_model
+
+    was = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return run_model(model, x).detach().clone()
+    finally:
+        for m, flag in was.items():
+            m.training = flag
+
+
+def _check_shrunk(masked: torch.Tensor, shrunk: torch.Tensor) -> bool:
+    """Whether the shrunk network computes what the masked one did (warning where not: the
+    model is not the chain pairs_of assumes, e.g. a skip connection adds channels that were
+    shrunk apart)."""
+    scale = float(masked.abs().max()) or 1.0
+    diff = float((masked - shrunk).abs().max()) if masked.shape == shrunk.shape else float("inf")
+    tol = 1e-4 if masked.dtype in (torch.float32, torch.float64) else 1e-2
+    if diff <= tol * scale:
+        return True
+    warnings.warn(f"prune_while_training: shrinking changed the outputs by {diff:.3g} (of "
+                  f"{scale:.3g}) on a training batch, so the model is not a chain of its "
+                  f"layers (a skip connection, a layer feeding two others?); it is left masked, "
+                  f"at its full size", stacklevel=3)
+    return False
 
 
 def _scores(p: _Pair, criterion: str, gen: torch.Generator) -> torch.Tensor:
@@ -160,11 +200,13 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
     mods = dict(model.named_modules())
     pairs = []
     found = pairs_of(model, layers)
-    for first, second, _ in found:
+    for first, second, bn in found:
         check_plain_weight(first, mods[first], "prune_while_training")
         check_plain_weight(second, mods[second], "prune_while_training")
+        check_pair(model, first, second, bn)  # refused before training, not after it
     check_loader(loader, epochs)
     check_val(val)
+    check_optimizer(optimizer, lr, weight_decay, momentum)
     for first, second, bn in found:
         mod = mods[first]
         n = mod.weight.shape[0]
@@ -181,7 +223,8 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
                 if not torch.is_grad_enabled():  # validation passes (under no_grad) are not
                     return  # training samples; a user-frozen (eval) block's still are
                 a = F.relu(out.detach())
-                dims = [d for d in range(a.dim()) if d != 1]
+                ch = a.dim() - 1 if isinstance(m, nn.Linear) else 1  # a Linear's neurons are
+                dims = [d for d in range(a.dim()) if d != ch]  # last, also on (B, T, F)
                 s = a.mean(dims) * a.shape[0]
                 p.act_sum = s if p.act_sum is None else p.act_sum + s
                 p.act_n += a.shape[0]
@@ -229,9 +272,18 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
             kept = {p.first: torch.nonzero(p.alive).flatten().numpy() for p in pairs}
             for p in pairs:
                 mask_pair(model, p.first, p.second, kept[p.first])
+            shrunk = False
             if shrink:
+                probe = next(iter(labelled(loader)))[0]
+                before = _outputs(model, probe)
+                names = {n for p in pairs for n in (p.first, p.second, p.bn) if n is not None}
+                masked = {n: model.get_submodule(n) for n in names}
                 for p in pairs:
                     shrink_pair(model, p.first, p.second, kept[p.first], bn=p.bn)
+                shrunk = _check_shrunk(before, _outputs(model, probe))
+                if not shrunk:  # the masked modules, which computed the right thing, return
+                    for n, mod in masked.items():
+                        _set(model, n, mod)
     finally:
         for h in hooks:
             h.remove()
@@ -240,5 +292,5 @@ def prune_while_training(model: nn.Module, loader, *, fraction: float, criterion
     report.details.update(
         kept={k: v.tolist() for k, v in kept.items()},
         filters={p.first: (int(p.alive.sum()), int(p.alive.numel())) for p in pairs},
-        events=events, criterion=criterion, fraction=fraction)
+        events=events, criterion=criterion, fraction=fraction, shrunk=shrunk)
     return report

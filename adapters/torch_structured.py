@@ -152,6 +152,21 @@ def shrink_pair(model: nn.Module, first: str, second: str, kept, *, scale=None, 
     return model
 
 
+def check_pair(model: nn.Module, first: str, second: str, bn: str | None = None) -> None:
+    """What mask_pair and shrink_pair would refuse for this pair (a grouped convolution,
+    shapes that do not chain, a BatchNorm of another size), checked before a caller has
+    changed anything."""
+    n = _n_out(_get(model, first))
+    _columns(_get(model, second), n, torch.arange(n))
+    if bn is not None:
+        b = _get(model, bn)
+        if not isinstance(b, _BN):
+            raise InvalidInputError(f"bn must name a BatchNorm1d/2d, got {type(b).__name__}")
+        if b.num_features != n:
+            raise InvalidInputError(f"BatchNorm {bn} has {b.num_features} features for the "
+                                    f"{n} neurons of {first}")
+
+
 def _shrink_bn(b: nn.Module, n: int, kt: torch.Tensor, like: torch.Tensor) -> nn.Module:
     """The BatchNorm on the kept features, on the device and in the dtype of its own state
     (or of ``like``, layer l's weight, when it has none)."""

@@ -97,6 +97,8 @@ def check_loader(loader, epochs: int) -> None:
     and start its workers)."""
     from torch.utils.data import DataLoader
 
+    if hasattr(loader, "__len__") and len(loader) == 0:  # before a caller changes the model
+        raise InvalidInputError("loader holds no batches")
     if isinstance(loader, DataLoader):
         return
     if epochs > 1 and _iterator(loader, "loader must be an iterable of (x, y) batches") is loader:
@@ -111,6 +113,7 @@ def check_val(val) -> None:
     if val is None:
         return
     if _tensor_pair(val):
+        class_labels(val[1])
         if val[0].shape[:1] != val[1].shape[:1]:
             raise InvalidInputError(f"val: X has {val[0].shape[0] if val[0].dim() else 0} rows "
                                     f"but y has {val[1].shape[0] if val[1].dim() else 0} "
@@ -122,11 +125,20 @@ def check_val(val) -> None:
                                 "pass an (X, y) pair or a list of batches")
 
 
+def check_optimizer(optimizer: str, lr: float, weight_decay: float, momentum: float) -> None:
+    """The optimizer settings, checked before a caller changes the model."""
+    if optimizer not in OPTIMIZERS:
+        raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    check_positive_float("lr", lr)
+    check_positive_float("weight_decay", weight_decay, allow_zero=True)
+    if optimizer == "sgd":
+        check_positive_float("momentum", momentum, allow_zero=True)
+
+
 def make_optimizer(params, optimizer: str, lr: float, weight_decay: float,
                    momentum: float) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (with ``momentum``) over ``params``."""
-    if optimizer not in OPTIMIZERS:
-        raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    check_optimizer(optimizer, lr, weight_decay, momentum)
     lr = check_positive_float("lr", lr)
     wd = check_positive_float("weight_decay", weight_decay, allow_zero=True)
     if optimizer == "adam":
@@ -157,6 +169,17 @@ def n_batches(loader) -> int | None:
     return len(loader) if hasattr(loader, "__len__") else None
 
 
+def class_labels(y: torch.Tensor) -> torch.Tensor:
+    """Labels as a vector of class indices: an (N, 1) column is flattened; other shapes are
+    refused (compared with argmax(1) they broadcast, and accuracy exceeded 1)."""
+    if y.dim() == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    if y.dim() != 1:
+        raise InvalidInputError(f"val: the labels must be a vector of class indices, got "
+                                f"shape {tuple(y.shape)}")
+    return y
+
+
 def accuracy(model: nn.Module, val) -> float:
     """Top-1 accuracy of ``model`` on ``val``: an (X, y) pair of tensors or an iterable of
     (x, y) batches (``labelled``). Eval mode, no grad; every submodule's mode is restored."""
@@ -167,17 +190,20 @@ def accuracy(model: nn.Module, val) -> float:
     correct = total = 0
     pairs = [tuple(val)] if (_tensor_pair(val) and val[0].shape[:1] == val[1].shape[:1]
                              ) else labelled(val)
-    with torch.no_grad():
-        for x, y in pairs:
-            if not isinstance(x, torch.Tensor):  # keyword or several inputs: one call
-                correct += int((run_model(model, x).argmax(1) == y).sum())
-                total += y.numel()
-                continue
-            for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
-                correct += int((model(xb).argmax(1) == yb).sum())
-                total += yb.numel()
-    for m, flag in was.items():
-        m.training = flag
+    try:
+        with torch.no_grad():
+            for x, y in pairs:
+                y = class_labels(y)
+                if not isinstance(x, torch.Tensor):  # keyword or several inputs: one call
+                    correct += int((run_model(model, x).argmax(1) == y).sum())
+                    total += y.numel()
+                    continue
+                for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
+                    correct += int((model(xb).argmax(1) == yb).sum())
+                    total += yb.numel()
+    finally:
+        for m, flag in was.items():
+            m.training = flag
     if total == 0:
         raise InvalidInputError("val holds no samples")
     return correct / total

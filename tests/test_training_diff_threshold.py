@@ -86,3 +86,35 @@ def test_computed_weights_are_refused():
         lt.diff_threshold(model, loader, progress=False)
     with pytest.raises(lt.InvalidInputError, match="weight is computed"):
         lt.prune_while_training(model, loader, fraction=0.5, epochs=2, progress=False)
+
+
+@pytest.mark.parametrize("bad,msg", [({"optimizer": "rms"}, "unknown optimizer"),
+                                     ({"lr": -1.0}, "lr"), ({"threshold_lr": 0.0},
+                                                            "threshold_lr")])
+def test_bad_optimizer_settings_leave_the_model_untouched(bad, msg):
+    """They were checked after the soft gates were registered, outside the cleanup: the model
+    stayed parametrized (its outputs changed) and a retry was refused."""
+    model, loader, X, _ = _setup()
+    with torch.no_grad():
+        before = model(X)
+    with pytest.raises(lt.InvalidInputError, match=msg):
+        lt.diff_threshold(model, loader, epochs=1, progress=False, **bad)
+    assert not parametrize.is_parametrized(model[0])
+    with torch.no_grad():
+        assert torch.equal(model(X), before)
+
+
+def test_validation_labels_as_a_column_count_once():
+    """(N, 1) labels broadcast against argmax(1) to N x N: accuracy came out at 24.6."""
+    from layertrim.adapters.training import accuracy
+
+    model, loader, X, y = _setup()
+    a = accuracy(model, (X, y))
+    assert accuracy(model, (X, y[:, None])) == a
+    assert accuracy(model, [(X, y[:, None])]) == a
+    assert 0 <= a <= 1
+    with pytest.raises(lt.InvalidInputError, match="vector of class indices"):
+        accuracy(model, (X, torch.zeros(64, 2, dtype=torch.long)))
+    with pytest.raises(lt.InvalidInputError, match="vector of class indices"):
+        lt.finetune(model, loader, val=(X, torch.zeros(64, 2, dtype=torch.long)),
+                    progress=False)

@@ -211,3 +211,13 @@ def test_a_model_of_several_inputs_is_pruned_then_finetuned_from_inputs_batches(
     assert bool((a.body[0].weight[current_masks(b.net)["body.0"] == 0] == 0).all())
     with pytest.raises(lt.InvalidInputError, match="an Inputs"):
         lt.finetune(a, [("x", y)], progress=False)
+
+
+def test_an_empty_loader_is_refused_before_explicit_masks_zero_anything():
+    loader, _ = _data()
+    model = _pruned_mlp()
+    w = model[0].weight.detach().clone()
+    strict = {"0": torch.zeros(16, 12, dtype=torch.bool)}
+    with pytest.raises(lt.InvalidInputError, match="no batches"):
+        lt.finetune(model, [], masks=strict, progress=False)
+    assert torch.equal(model[0].weight, w)

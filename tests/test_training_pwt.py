@@ -91,3 +91,75 @@ def test_activation_criterion_counts_a_frozen_block():
                                   progress=False, val=(X, y))
     assert rep.details["filters"]["0"] == (8, 16)
     assert model.training and not model[0].training  # the flags as they came
+
+
+def test_unsupported_pairs_are_refused_before_training():
+    """A grouped convolution, or a BatchNorm of another size, was refused only at the first
+    pruning event or at the end, after training had changed the weights."""
+    loader, _ = _images()
+    grouped = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2),
+                            nn.ReLU(), nn.Conv2d(8, 4, 2), nn.Flatten())
+    odd_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(400),
+                           nn.Linear(400, 4))
+    for model, layers, msg in ((grouped, ["2"], "grouped"), (odd_bn, ["0"], "400 features")):
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(lt.InvalidInputError, match=msg):
+            lt.prune_while_training(model, loader, fraction=0.5, layers=layers, epochs=2,
+                                    progress=False)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k])
+    with pytest.raises(lt.InvalidInputError, match="unknown optimizer"):
+        lt.prune_while_training(_cnn(), loader, fraction=0.5, optimizer="rms", progress=False)
+
+
+def test_activation_scores_a_linear_on_sequences_by_neuron():
+    """On a (B, T, F) input a Linear's neurons are the last axis: the hook took axis 1 (time),
+    which raised a shape error for T = 5 and silently ranked time steps for T = 8."""
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(10, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x))).mean(1)
+
+    for steps in (5, 8):
+        torch.manual_seed(0)
+        model = Seq()
+        with torch.no_grad():  # neurons 0-3 fire strongly, 4-7 barely
+            model.a.weight.mul_(0.01)
+            model.a.bias.copy_(torch.tensor([5.0, 4, 3, 2, 0.01, 0.02, 0.03, 0.04]))
+        g = torch.Generator().manual_seed(1)
+        loader = [(torch.randn(16, steps, 10, generator=g), torch.randint(0, 3, (16,),
+                                                                          generator=g))
+                  for _ in range(3)]
+        rep = lt.prune_while_training(model, loader, fraction=0.5, criterion="activation",
+                                      layers=["a"], epochs=1, lr=1e-9, shrink=False,
+                                      progress=False)
+        assert rep.details["kept"]["a"] == [0, 1, 2, 3]
+
+
+def test_a_model_with_a_skip_connection_is_left_masked_with_a_warning():
+    """pairs_of takes the next layer in registration order: a skip connection adds channels
+    the shrink had taken apart, and the shrunk model silently computed something else. Now
+    the outputs are compared, and the masked model (right, at full size) is kept."""
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            h = h + torch.relu(self.c1(h))
+            return self.fc(h.mean((2, 3)))
+
+    loader, X = _images()
+    torch.manual_seed(0)
+    model = Skip()
+    with pytest.warns(UserWarning, match="not a chain"):
+        rep = lt.prune_while_training(model, loader, fraction=0.5, epochs=2, progress=False)
+    assert rep.details["shrunk"] is False
+    assert model.stem.out_channels == 8 and model.c1.out_channels == 8  # full size
+    assert int((model.stem.weight.flatten(1).abs().sum(1) == 0).sum()) == 4  # masked
