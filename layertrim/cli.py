@@ -337,6 +337,10 @@ def _solve(args) -> int:
     if data["H"] is not None:
         gram = data["H"]
     options = _parse_options(args.option)
+    reserved = sorted(set(options) & SOLVE_OWN_KEYS)
+    if reserved:
+        raise InvalidInputError(f"--option {reserved[0]}=... is set by solve's own flags "
+                                f"(--{reserved[0].replace('_', '-')}), not by a solver option")
     if args.seed is not None:
         options["seed"] = args.seed
     result = solve_layer(
@@ -358,6 +362,8 @@ def _solve(args) -> int:
 
 # prune_model's arguments that `layertrim prune` sets from its own flags; other prune_model
 # keywords (seed, max_rows, max_samples, frontier, ...) may come as --option
+SOLVE_OWN_KEYS = {"W", "X", "gram", "bias", "sparsity", "nnz", "method", "pattern", "refit",
+                  "activation"}
 PRUNE_OWN_KEYS = {"model", "calib", "sparsity", "method", "schedule", "pattern", "layers",
                   "exclude", "executor", "checkpoint", "resume", "gram_dtype", "progress",
                   "allocation", "mask_convention"}

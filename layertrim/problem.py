@@ -127,9 +127,13 @@ class LayerProblem:
         pat = Pattern.parse(pattern)
         pat.check_width(d)
         if not require_target and sparsity is None and nnz is None and pat.kind != "nm":
-            return cls(W0, b, H, Xarr, activation, pat, m * d, has_target=False)
-        k = _target_nnz(pat, m, d, sparsity, nnz)
-        return cls(W0, b, H, Xarr, activation, pat, k)
+            problem = cls(W0, b, H, Xarr, activation, pat, m * d, has_target=False)
+        else:
+            problem = cls(W0, b, H, Xarr, activation, pat, _target_nnz(pat, m, d, sparsity, nnz))
+        if not np.isfinite(problem.reference_energy()):  # (computed once, and kept)
+            raise InvalidInputError("the layer's output energy ||X W^T||^2 overflows float64: "
+                                    "rescale W or X")
+        return problem
 
     def objective(self, Wa: np.ndarray) -> float:
         """Reconstruction error tr((Wa - W0a) H (Wa - W0a)^T) = ||Xa (Wa - W0a)^T||_F^2."""

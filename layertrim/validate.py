@@ -41,11 +41,21 @@ def check_real(name: str, value, *, strict: bool = True, allow_none: bool = Fals
     if value is None and allow_none:
         return None
     kinds = (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not np.isfinite(value) \
-            or value < 0 or (strict and value == 0):
+    try:  # float() first: a Python int beyond 2**64 is no numpy number (np.isfinite fails)
+        v = float(value) if isinstance(value, kinds) and not isinstance(value, bool) else None
+    except OverflowError:
+        v = None
+    if v is None or not np.isfinite(v) or v < 0 or (strict and v == 0):
         raise InvalidInputError(f"{name} must be a finite number {'>' if strict else '>='} 0, "
                                 f"got {value!r}")
-    return float(value)
+    return v
+
+
+def check_seed(name: str, value) -> int:
+    """A random seed: a non-negative integer (a float or a list is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidInputError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def check_bool(name: str, value) -> bool:

@@ -61,7 +61,7 @@ from layertrim.solvers.structured import (
     check_pair,
     pair_rel_error,
 )
-from layertrim.validate import real_finite_array
+from layertrim.validate import check_bool, check_seed, real_finite_array
 
 VARIANTS = ("data-independent", "data-dependent")
 CHUNK_BYTES = 64 << 20  # the data-dependent sensitivity's temporary, per step
@@ -329,6 +329,10 @@ def solve(problem: LayerProblem, *, variant: str = "data-independent",
     t0 = time.perf_counter()
     k = column_keep(problem)
     check_damp(damp)
+    deterministic = check_bool("deterministic", deterministic)
+    refit = check_bool("refit", refit)
+    if not deterministic and seed is not None:  # None: fresh entropy, as numpy takes it
+        seed = check_seed("seed", seed)
     W = problem.W0
     if variant == "data-dependent":
         if problem.X is None:

@@ -27,7 +27,7 @@ from layertrim.result import LayerResult
 from layertrim.solvers.common import check_damp, finalize
 from layertrim.solvers.masks import layer_topk
 from layertrim.solvers.registry import register
-from layertrim.validate import check_int, real_finite_array
+from layertrim.validate import check_bool, check_int, real_finite_array
 
 STARTS = ("degree", "spectral", "rcm")
 
@@ -218,6 +218,7 @@ def solve(problem: LayerProblem, *, block: int = 16, start: str = "auto",
     is kept whole."""
     t0 = time.perf_counter()
     check_damp(damp)
+    refit = check_bool("refit", refit)
     if problem.pattern.kind != "layer":
         raise InvalidInputError(f"pivot keeps whole b x b blocks of the layer: use "
                                 f"pattern='layer', not {problem.pattern}")

@@ -183,3 +183,25 @@ def test_malformed_arguments(small):
 def test_pattern_objects_are_validated(args):
     with pytest.raises(InvalidInputError, match="pattern"):
         lt.Pattern(*args)
+
+
+def test_option_values_that_used_to_escape_as_raw_errors(small):
+    """From a review: an integer beyond 2**64 for a real option (np.isfinite refused the
+    Python int), a float or list seed for coreset, the string "false" for a switch (read as
+    true), and a layer whose output energy overflows float64 (Net-Trim divided by zero, the
+    others returned inf errors) are all refused by name."""
+    W, X = small
+    r = lt.solve_layer(W, X, sparsity=0.5, method="sparsegpt", damp=10**30)
+    assert r.nnz == W.size // 2  # a huge but finite damp is a valid one
+    with pytest.raises(InvalidInputError, match="damp must be a finite number"):
+        lt.solve_layer(W, X, sparsity=0.5, method="sparsegpt", damp=10**400)
+    for bad in (1.5, [1, 2], -1):
+        with pytest.raises(InvalidInputError, match="seed must be a non-negative integer"):
+            lt.solve_layer(W, X, sparsity=0.5, method="coreset", seed=bad)
+    with pytest.raises(InvalidInputError, match="deterministic must be True or False"):
+        lt.solve_layer(W, X, sparsity=0.5, method="coreset", deterministic="false")
+    with pytest.raises(InvalidInputError, match="refit must be True or False"):
+        lt.solve_layer(W, X, sparsity=0.5, method="pivot", block=2, refit="false")
+    for method in ("nettrim", "sparsegpt", "l0-admm"):
+        with pytest.raises(InvalidInputError, match="overflows float64"):
+            lt.solve_layer(W * 1e160, X, sparsity=0.5, method=method, activation="relu")

@@ -165,3 +165,11 @@ def test_nettrim_needs_no_sparsity_target(layer_file, tmp_path, method):
     with np.load(out) as f:
         assert 0 < f["mask"].sum() < W.size
     _assert_clean_error(cli("solve", path, "--method", "sparsegpt"), "missing sparsity target")
+
+
+def test_solve_options_that_its_own_flags_set_are_refused(layer_file, tmp_path):
+    """--option refit=False collided with solve's own refit: a TypeError traceback, exit 1."""
+    path, *_ = layer_file
+    for opt in ("refit=False", "activation='tanh'", "sparsity=0.5"):
+        r = cli("solve", path, "--method", "l0-admm", "--sparsity", "0.5", "--option", opt)
+        _assert_clean_error(r, "is set by solve's own flags")
