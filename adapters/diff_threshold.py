@@ -160,7 +160,7 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
     check_loader(loader, epochs)
     check_val(val)
     check_optimizer(optimizer, lr, weight_decay, momentum)  # before the gates change the model
-    check_positive_float("threshold_lr", threshold_lr)
+    threshold_lr = check_positive_float("threshold_lr", threshold_lr)
     gates = {}
     for la in found:
         w = la.module.weight.detach()
@@ -173,7 +173,7 @@ def diff_threshold(model: nn.Module, loader, *, epochs: int = 1,
     weights = [p for p in model.parameters() if id(p) not in t_ids]
     opt = make_optimizer(weights, optimizer, lr, weight_decay, momentum)
     opt.add_param_group({"params": thresholds, "weight_decay": 0.0,
-                         "lr": check_positive_float("threshold_lr", threshold_lr)})
+                         "lr": threshold_lr})
     report = TrainReport("diff-threshold")
 
     def layer_sparsity(name: str) -> float:

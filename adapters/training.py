@@ -125,27 +125,27 @@ def check_val(val) -> None:
                                 "pass an (X, y) pair or a list of batches")
 
 
-def check_optimizer(optimizer: str, lr: float, weight_decay: float, momentum: float) -> None:
-    """The optimizer settings, checked before a caller changes the model."""
+def check_optimizer(optimizer: str, lr: float, weight_decay: float,
+                    momentum: float) -> tuple[float, float, float]:
+    """The optimizer settings, checked (before a caller changes the model): (lr,
+    weight_decay, momentum) as floats; the momentum is SGD's alone (0.0 for the others)."""
     if optimizer not in OPTIMIZERS:
         raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-    check_positive_float("lr", lr)
-    check_positive_float("weight_decay", weight_decay, allow_zero=True)
-    if optimizer == "sgd":
-        check_positive_float("momentum", momentum, allow_zero=True)
+    lr = check_positive_float("lr", lr)
+    wd = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+    mom = check_positive_float("momentum", momentum, allow_zero=True) \
+        if optimizer == "sgd" else 0.0
+    return lr, wd, mom
 
 
 def make_optimizer(params, optimizer: str, lr: float, weight_decay: float,
                    momentum: float) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (with ``momentum``) over ``params``."""
-    check_optimizer(optimizer, lr, weight_decay, momentum)
-    lr = check_positive_float("lr", lr)
-    wd = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+    lr, wd, mom = check_optimizer(optimizer, lr, weight_decay, momentum)
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    mom = check_positive_float("momentum", momentum, allow_zero=True)
     return torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd)
 
 
