@@ -105,16 +105,10 @@ def pairs_of(model: nn.Module, layers=None) -> list[tuple[str, str, str | None]]
 
 def _outputs(model: nn.Module, x) -> torch.Tensor:
     """The model's output on one batch, in eval mode (every flag restored), no grad."""
-    from layertrim.adapters.torch_calib import run_model
+    from layertrim.adapters.torch_calib import eval_mode, run_model
 
-    was = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            return run_model(model, x).detach().clone()
-    finally:
-        for m, flag in was.items():
-            m.training = flag
+    with torch.no_grad(), eval_mode(model):
+        return run_model(model, x).clone()
 
 
 def _check_shrunk(masked: torch.Tensor, shrunk: torch.Tensor) -> bool:

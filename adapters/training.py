@@ -183,27 +183,21 @@ def class_labels(y: torch.Tensor) -> torch.Tensor:
 def accuracy(model: nn.Module, val) -> float:
     """Top-1 accuracy of ``model`` on ``val``: an (X, y) pair of tensors or an iterable of
     (x, y) batches (``labelled``). Eval mode, no grad; every submodule's mode is restored."""
-    from layertrim.adapters.torch_calib import run_model
+    from layertrim.adapters.torch_calib import eval_mode, run_model
 
-    was = {m: m.training for m in model.modules()}
-    model.eval()
     correct = total = 0
     pairs = [tuple(val)] if (_tensor_pair(val) and val[0].shape[:1] == val[1].shape[:1]
                              ) else labelled(val)
-    try:
-        with torch.no_grad():
-            for x, y in pairs:
-                y = class_labels(y)
-                if not isinstance(x, torch.Tensor):  # keyword or several inputs: one call
-                    correct += int((run_model(model, x).argmax(1) == y).sum())
-                    total += y.numel()
-                    continue
-                for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
-                    correct += int((model(xb).argmax(1) == yb).sum())
-                    total += yb.numel()
-    finally:
-        for m, flag in was.items():
-            m.training = flag
+    with torch.no_grad(), eval_mode(model):
+        for x, y in pairs:
+            y = class_labels(y)
+            if not isinstance(x, torch.Tensor):  # keyword or several inputs: one call
+                correct += int((run_model(model, x).argmax(1) == y).sum())
+                total += y.numel()
+                continue
+            for xb, yb in zip(x.split(2048), y.split(2048), strict=True):
+                correct += int((model(xb).argmax(1) == yb).sum())
+                total += yb.numel()
     if total == 0:
         raise InvalidInputError("val holds no samples")
     return correct / total
