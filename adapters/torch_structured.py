@@ -159,21 +159,20 @@ def check_pair(model: nn.Module, first: str, second: str, bn: str | None = None)
     n = _n_out(_get(model, first))
     _columns(_get(model, second), n, torch.arange(n))
     if bn is not None:
-        b = _get(model, bn)
-        if not isinstance(b, _BN):
-            raise InvalidInputError(f"bn must name a BatchNorm1d/2d, got {type(b).__name__}")
-        if b.num_features != n:
-            raise InvalidInputError(f"BatchNorm {bn} has {b.num_features} features for the "
-                                    f"{n} neurons of {first}")
+        _check_bn(_get(model, bn), n)
+
+
+def _check_bn(b: nn.Module, n: int) -> None:
+    if not isinstance(b, _BN):
+        raise InvalidInputError(f"bn must name a BatchNorm1d/2d, got {type(b).__name__}")
+    if b.num_features != n:
+        raise InvalidInputError(f"BatchNorm has {b.num_features} features for {n} neurons")
 
 
 def _shrink_bn(b: nn.Module, n: int, kt: torch.Tensor, like: torch.Tensor) -> nn.Module:
     """The BatchNorm on the kept features, on the device and in the dtype of its own state
     (or of ``like``, layer l's weight, when it has none)."""
-    if not isinstance(b, _BN):
-        raise InvalidInputError(f"bn must name a BatchNorm1d/2d, got {type(b).__name__}")
-    if b.num_features != n:
-        raise InvalidInputError(f"BatchNorm has {b.num_features} features for {n} neurons")
+    _check_bn(b, n)
     new = type(b)(kt.numel(), eps=b.eps, momentum=b.momentum, affine=b.affine,
                   track_running_stats=b.track_running_stats)
     state = b.weight if b.affine else b.running_mean if b.track_running_stats else like
