@@ -6,20 +6,19 @@ import time
 
 import numpy as np
 
-from layertrim.errors import InvalidInputError
 from layertrim.problem import LayerProblem
 from layertrim.result import LayerResult
 from layertrim.solvers.common import finalize
 from layertrim.solvers.masks import project_mask
 from layertrim.solvers.registry import register
+from layertrim.validate import check_seed
 
 
 @register("random", "keep a uniformly random set of weights (seeded; a floor, not a method)")
 def solve(problem: LayerProblem, *, seed: int = 0) -> LayerResult:
     """Keep a random set of ``problem.nnz`` weights under the pattern; ``seed`` fixes it."""
     t0 = time.perf_counter()
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed("seed", seed)
     scores = np.random.default_rng(seed).random(problem.W0.shape)
     mask = project_mask(scores, problem.pattern, problem.nnz)
     return finalize(problem, problem.W0a, mask, solver="random", settings={"seed": seed},
