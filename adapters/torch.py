@@ -125,15 +125,19 @@ class TorchBridge:
 
     def grams(self, names: list[str], cross: bool = False) -> dict[str, list[Gram]]:
         if cross and self.frontier_ok and len(names) == 1 and self.reference is not None:
-            return {names[0]: self._frontier_grams(names[0])}
+            grams = self._frontier_grams(names[0])
+            if grams is not None:
+                return {names[0]: grams}
         return collect_grams(self.model, [self.by_name[n] for n in names], self.calib,
                              max_rows=self.max_rows, seed=self.seed,
                              reference=self.reference if cross else None,
                              progress=self.progress, gram_dtype=self.gram_dtype)
 
-    def _frontier_grams(self, name: str) -> list[Gram]:
+    def _frontier_grams(self, name: str) -> list[Gram] | None:
         """Advance both networks' cached activations from the frontier to ``name``'s input
-        (running only the children in between), then accumulate its Grams from them."""
+        (running only the children in between), then accumulate its Grams from them; None
+        where the cache cannot serve (a layer behind the frontier, batches that are not one
+        tensor each), for a full pass instead."""
         layer, i = self.by_name[name], self.position[name]
         if self._front is None:
             to_model = input_converter(self.model)
@@ -141,16 +145,14 @@ class TorchBridge:
             for x in batches(self.calib):
                 if not isinstance(x, torch.Tensor):  # keyword or several inputs: a slice of
                     self.frontier_ok = False  # the Sequential takes one, so no cache
-                    return self.grams([name], cross=True)[name]
+                    return None
                 xs.append(to_model(x))
             if not xs:
                 raise InvalidInputError("the calibration data is empty")
             self._front = (0, xs, list(xs))
         j, xp, xr = self._front
-        if i < j:  # not in forward order: a full pass
-            return collect_grams(self.model, [layer], self.calib, max_rows=self.max_rows,
-                                 seed=self.seed, reference=self.reference,
-                                 progress=self.progress, gram_dtype=self.gram_dtype)[name]
+        if i < j:  # not in forward order
+            return None
         with torch.no_grad(), eval_mode(self.model), eval_mode(self.reference):
             try:
                 xp = [self.model[j:i](x) for x in xp]
