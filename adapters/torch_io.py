@@ -54,34 +54,33 @@ def build_arch(spec: str) -> nn.Module:
 
 def _import_from_cwd(mod_name: str):
     """importlib.import_module, retried with the current directory on sys.path when the
-    package itself is what was not found (the path is left extended: the module may import
-    its neighbours later)."""
-    try:
-        return importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        cwd = os.getcwd()
-        top = mod_name.split(".")[0]
-        if e.name != top or cwd in sys.path or "" in sys.path:
-            raise
-        sys.path.insert(0, cwd)
-        return importlib.import_module(mod_name)
+    package itself is what was not found (``_from_cwd``)."""
+    return _from_cwd(lambda: importlib.import_module(mod_name), mod_name.split(".")[0])
 
 
 def _unpickle(path):
-    """A pickled module, its classes imported as --arch modules are: from the current
-    directory too when their package is not found (the installed console script's sys.path
-    lacks it, so `layertrim inspect` could not read back a pickle that `prune` wrote)."""
+    """A pickled module, its classes found as --arch modules are: from the current directory
+    too (the installed console script's sys.path lacks it, so `layertrim inspect` could not
+    read back a pickle that `prune` wrote)."""
     def load():
         with open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=False)
 
+    return _from_cwd(load)
+
+
+def _from_cwd(load, top: str | None = None):
+    """``load()``, retried once with the current directory on sys.path when a module (the
+    package ``top``, if given) was not found and that directory is not on the path already.
+    The path is left extended: the module may import its neighbours later."""
     try:
         return load()
     except ModuleNotFoundError as e:
         cwd = os.getcwd()
-        if not e.name or cwd in sys.path or "" in sys.path:
+        if not e.name or (top is not None and e.name != top) or cwd in sys.path \
+                or "" in sys.path:
             raise
-        sys.path.insert(0, cwd)  # left extended, as _import_from_cwd leaves it
+        sys.path.insert(0, cwd)
         return load()
 
 
